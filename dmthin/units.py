@@ -1,0 +1,158 @@
+"""Units, limits and size parsing.
+
+Constants cite their kernel source.  Sizes given by users accept ints
+(bytes) or strings with binary units: ``"64K"``, ``"10G"``, ``"512"``,
+``"2GiB"``, ``"128s"`` (sectors).
+"""
+from __future__ import annotations
+
+import re
+
+from .errors import UsageError
+
+SECTOR_SIZE = 512                        # SECTOR_SHIFT = 9
+METADATA_BLOCK_SIZE = 4096               # THIN_METADATA_BLOCK_SIZE (8 sectors)
+METADATA_BLOCK_SECTORS = METADATA_BLOCK_SIZE // SECTOR_SIZE
+ENTRIES_PER_BITMAP = (METADATA_BLOCK_SIZE - 16) * 4   # 16320, dm-space-map-common.h
+MAX_METADATA_BITMAPS = 255                            # dm-space-map-metadata.h
+MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ((1 << 14) - 64)  # DM_SM_METADATA_MAX_BLOCKS
+MAX_METADATA_SECTORS = MAX_METADATA_BLOCKS * METADATA_BLOCK_SECTORS  # THIN_METADATA_MAX_SECTORS
+MAX_DEV_ID = (1 << 24) - 1               # dm-thin.c MAX_DEV_ID
+MAX_DATA_BLOCK = (1 << 40) - 1           # 24-bit shift in pack_block_time
+MAX_TIME = (1 << 24) - 1
+DATA_BLOCK_SIZE_MIN_SECTORS = 128        # DATA_DEV_BLOCK_SIZE_MIN_SECTORS (64 KiB)
+DATA_BLOCK_SIZE_MAX_SECTORS = 2097152    # DATA_DEV_BLOCK_SIZE_MAX_SECTORS (1 GiB)
+MAX_NAME_LEN = 127                       # DM_NAME_LEN - 1
+
+
+class Sectors(int):
+    """A count of 512-byte sectors."""
+
+    def bytes(self) -> int:
+        return int(self) * SECTOR_SIZE
+
+    __str__ = int.__repr__
+
+    def __repr__(self) -> str:
+        return f"Sectors({int(self)})"
+
+
+class DataBlocks(int):
+    """A count (or index) of data blocks."""
+
+    __str__ = int.__repr__
+
+    def __repr__(self) -> str:
+        return f"DataBlocks({int(self)})"
+
+
+class MetaBlocks(int):
+    """A count (or index) of 4 KiB metadata blocks."""
+
+    def bytes(self) -> int:
+        return int(self) * METADATA_BLOCK_SIZE
+
+    __str__ = int.__repr__
+
+    def __repr__(self) -> str:
+        return f"MetaBlocks({int(self)})"
+
+
+_SUFFIX = {"": 1, "B": 1, "S": SECTOR_SIZE, "K": 1 << 10, "M": 1 << 20,
+           "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | str, what: str = "size") -> int:
+    """Return *value* in bytes.
+
+    Accepts an int, or a string: a number followed by an optional binary
+    unit (``K``, ``M``, ``G``, ``T``, ``P``, ``E``, also ``KiB``/``KB``
+    spelled out; ``s`` for 512-byte sectors; ``B`` for bytes).
+    Raises :class:`~dmthin.errors.UsageError` on anything else.
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"invalid {what} {value!r}: give bytes or a size like 64K, 10G")
+    if isinstance(value, int):
+        if value < 0:
+            raise UsageError(f"invalid {what} {value}: it must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise UsageError(f"invalid {what} {value!r}: give bytes or a size like 64K, 10G")
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise UsageError(f"invalid {what} {value!r}: give bytes or a size like 64K, 10G")
+    num, unit = m.group(1), m.group(2).upper()
+    if unit.endswith("IB"):
+        unit = unit[:-2]
+    elif len(unit) == 2 and unit.endswith("B"):
+        unit = unit[:-1]
+    if unit not in _SUFFIX:
+        raise UsageError(f"invalid {what} {value!r}: unknown unit {m.group(2)!r} "
+                         "(use K, M, G, T, or s for sectors)")
+    mult = _SUFFIX[unit]
+    if "." in num:
+        result = float(num) * mult
+        if result != int(result):
+            raise UsageError(f"invalid {what} {value!r}: not a whole number of bytes")
+        return int(result)
+    return int(num) * mult
+
+
+def format_size(nbytes: int) -> str:
+    """Format bytes with binary units, as ``ls -h``/``du -h`` do: ``64K``,
+    ``1.5G``, ``100G``."""
+    n = float(nbytes)
+    for unit in ("B", "K", "M", "G", "T", "P"):
+        if n < 1024 or unit == "P":
+            if unit == "B":
+                return f"{int(n)}B"
+            text = f"{n:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_size_decimal(nbytes: float) -> str:
+    """Docker's ``units.HumanSize``: decimal units, ``%.4g``, e.g.
+    ``65.54kB``, ``10.74GB``, ``107.4GB``."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
+    i = 0
+    size = float(nbytes)
+    while size >= 1000 and i < len(units) - 1:
+        size /= 1000
+        i += 1
+    return f"{size:.4g}{units[i]}"
+
+
+def check_data_block_size(nbytes: int) -> int:
+    """Validate a data block size in bytes; return it in sectors.
+
+    The kernel accepts 64 KiB to 1 GiB in multiples of 64 KiB (``pool_ctr``).
+    """
+    if nbytes % SECTOR_SIZE or not (DATA_BLOCK_SIZE_MIN_SECTORS
+                                    <= nbytes // SECTOR_SIZE <= DATA_BLOCK_SIZE_MAX_SECTORS) \
+            or (nbytes // SECTOR_SIZE) % DATA_BLOCK_SIZE_MIN_SECTORS:
+        raise UsageError(f"invalid data block size {format_size(nbytes)}: "
+                         "use a multiple of 64K between 64K and 1G")
+    return nbytes // SECTOR_SIZE
+
+
+def check_dev_id(dev_id: int) -> int:
+    """Validate a thin device id (0 .. 2^24-1); raise EINVAL otherwise."""
+    from .errors import InvalidArgument
+    if isinstance(dev_id, bool) or not isinstance(dev_id, int) or not 0 <= dev_id <= MAX_DEV_ID:
+        raise InvalidArgument(f"invalid thin device id {dev_id!r}: "
+                              f"use an integer from 0 to {MAX_DEV_ID}")
+    return dev_id
+
+
+def check_name(name: str) -> str:
+    """Validate a device-mapper device name: non-empty, no ``/``, at most
+    127 bytes, printable ASCII without spaces."""
+    raw = name.encode("utf-8", "surrogateescape") if isinstance(name, str) else b""
+    if not raw or len(raw) > MAX_NAME_LEN or b"/" in raw or name in (".", "..") \
+            or any(c < 0x21 or c > 0x7e for c in raw):
+        raise UsageError(f"invalid device name {name!r}: use 1-{MAX_NAME_LEN} printable "
+                         "ASCII characters without '/' or spaces")
+    return name
