@@ -1,0 +1,176 @@
+"""Block I/O over a metadata file: 4 KiB blocks, validators, a bounded cache.
+
+The :class:`BlockManager` knows nothing of transactions: the transaction
+manager decides which blocks may be written.  Dirty blocks live in the same
+bounded LRU cache as clean ones; when one is evicted it is sealed (blocknr and
+checksum stamped by its validator) and written to the file, so metadata larger
+than memory works.  :meth:`flush` writes every dirty block and syncs.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+from ..errors import MetadataError
+from .checksum import BLOCK_SIZE, Validator
+
+DEFAULT_CACHE_BLOCKS = 8192          # 32 MiB
+
+
+class _Entry:
+    __slots__ = ("buf", "dirty", "validator")
+
+    def __init__(self, buf, dirty: bool, validator: Validator | None):
+        self.buf = buf
+        self.dirty = dirty
+        self.validator = validator
+
+
+class BlockManager:
+    """Validated, cached access to the 4 KiB blocks of one file.
+
+    Raises :class:`~dmthin.errors.MetadataError` (or its checksum and blocknr
+    subclasses) for blocks that fail validation or lie past the end.
+    """
+
+    def __init__(self, path: str | os.PathLike, writable: bool = False,
+                 cache_blocks: int = DEFAULT_CACHE_BLOCKS, nr_blocks: int | None = None):
+        self.path = os.fspath(path)
+        self.writable = writable
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+        self.fd = os.open(self.path, flags)
+        size = os.fstat(self.fd).st_size
+        if not size and os.path.exists(self.path) and not os.path.isfile(self.path):
+            # A block device: fstat gives 0; seek to the end.
+            size = os.lseek(self.fd, 0, os.SEEK_END)
+        self.file_blocks = size // BLOCK_SIZE
+        self.nr_blocks = self.file_blocks if nr_blocks is None else nr_blocks
+        self.cache_blocks = max(16, cache_blocks)
+        self._cache: OrderedDict[int, _Entry] = OrderedDict()
+        self.reads = 0
+        self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"<BlockManager {self.path!r} {self.nr_blocks} blocks>"
+
+    def close(self) -> None:
+        """Close the file without writing dirty blocks (abort semantics)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._cache.clear()
+
+    # -- internals ---------------------------------------------------------
+    def _check_range(self, b: int) -> None:
+        if not 0 <= b < self.file_blocks:
+            raise MetadataError(f"metadata block {b} is past the end of {self.path} "
+                                f"({self.file_blocks} blocks)", b)
+
+    def _read_raw(self, b: int) -> bytes:
+        self._check_range(b)
+        data = os.pread(self.fd, BLOCK_SIZE, b * BLOCK_SIZE)
+        self.reads += 1
+        if len(data) != BLOCK_SIZE:
+            raise MetadataError(f"short read of metadata block {b} from {self.path}", b)
+        return data
+
+    def _insert(self, b: int, entry: _Entry) -> None:
+        cache = self._cache
+        cache[b] = entry
+        cache.move_to_end(b)
+        while len(cache) > self.cache_blocks:
+            old_b, old = cache.popitem(last=False)
+            if old.dirty:
+                self._write_out(old_b, old)
+
+    def _write_out(self, b: int, entry: _Entry) -> None:
+        buf = entry.buf
+        if entry.validator is not None:
+            entry.validator.prepare_for_write(buf, b)
+        os.pwrite(self.fd, buf, b * BLOCK_SIZE)
+        self.writes += 1
+        entry.dirty = False
+
+    # -- reading -------------------------------------------------------------
+    def read(self, b: int, validator: Validator | None) -> bytearray | bytes:
+        """Return block *b*, checked by *validator* (None: unchecked).
+
+        The result must not be modified; use :meth:`write_lock` for that.
+        """
+        entry = self._cache.get(b)
+        if entry is not None:
+            self._cache.move_to_end(b)
+            if entry.validator is not validator and validator is not None and not entry.dirty:
+                validator.check(entry.buf, b)
+                entry.validator = validator
+            return entry.buf
+        data = self._read_raw(b)
+        if validator is not None:
+            validator.check(data, b)
+        self._insert(b, _Entry(data, False, validator))
+        return data
+
+    def read_uncached(self, b: int) -> bytes:
+        """Read block *b* from the file, bypassing the cache (for checkers)."""
+        return self._read_raw(b)
+
+    # -- writing -----------------------------------------------------------------
+    def write_lock(self, b: int, validator: Validator) -> bytearray:
+        """Return block *b* as a mutable buffer; it will be written back.
+
+        Only the transaction manager calls this, for blocks that are new or
+        shadowed in the current transaction.
+        """
+        entry = self._cache.get(b)
+        if entry is None:
+            data = self._read_raw(b)
+            validator.check(data, b)
+            entry = _Entry(bytearray(data), True, validator)
+            self._insert(b, entry)
+        else:
+            self._cache.move_to_end(b)
+            if not isinstance(entry.buf, bytearray):
+                entry.buf = bytearray(entry.buf)
+            entry.dirty = True
+            entry.validator = validator
+        return entry.buf
+
+    def write_lock_zero(self, b: int, validator: Validator) -> bytearray:
+        """Return a zeroed mutable buffer for block *b* (a new block)."""
+        if not 0 <= b < self.nr_blocks:
+            raise MetadataError(f"metadata block {b} is beyond the metadata device "
+                                f"({self.nr_blocks} blocks)", b)
+        if b >= self.file_blocks:
+            self._check_range(b)
+        buf = bytearray(BLOCK_SIZE)
+        self._insert(b, _Entry(buf, True, validator))
+        return buf
+
+    def write_block_now(self, b: int, buf: bytearray, validator: Validator) -> None:
+        """Seal and write *buf* at block *b* immediately (the superblock)."""
+        self._check_range(b)
+        entry = _Entry(buf, True, validator)
+        self._write_out(b, entry)
+        self._insert(b, entry)
+
+    def flush(self) -> None:
+        """Write every dirty block, then fsync."""
+        for b in sorted(b for b, e in self._cache.items() if e.dirty):
+            self._write_out(b, self._cache[b])
+        self.sync()
+
+    def sync(self) -> None:
+        if self.writable:
+            os.fsync(self.fd)
+
+    def forget(self, b: int) -> None:
+        """Drop block *b* from the cache without writing it."""
+        self._cache.pop(b, None)
+
+    def discard_dirty(self) -> None:
+        """Drop every dirty block (abort)."""
+        for b in [b for b, e in self._cache.items() if e.dirty]:
+            del self._cache[b]
+
+    def dirty_count(self) -> int:
+        return sum(1 for e in self._cache.values() if e.dirty)

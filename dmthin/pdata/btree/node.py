@@ -1,0 +1,119 @@
+"""Btree node format (dm-btree-internal.h).
+
+A node is one 4 KiB block: a 32-byte header (csum, flags, blocknr,
+nr_entries, max_entries, value_size, padding), then ``le64 keys[max]`` at
+offset 32, then ``values[max]`` of ``value_size`` bytes each.  Unused slots
+are zero.  Internal nodes have value_size 8 (child block numbers).
+"""
+from __future__ import annotations
+
+import struct
+
+from ...errors import BTreeError
+from ..checksum import BLOCK_SIZE
+
+INTERNAL_NODE = 1
+LEAF_NODE = 2
+HEADER_SIZE = 32
+
+_HEADER = struct.Struct("<IIQIIII")   # csum flags blocknr nr_entries max_entries value_size pad
+_HEAD_FIELDS = struct.Struct("<I4xQIII")  # flags at 4, blocknr 8, nr 16, max 20, vs 24
+_U64 = struct.Struct("<Q")
+
+
+def calc_max_entries(value_size: int) -> int:
+    """``calc_max_entries``: a multiple of 3 that fits the block."""
+    return 3 * (((BLOCK_SIZE - HEADER_SIZE) // (8 + value_size)) // 3)
+
+
+def read_header(buf) -> tuple[int, int, int, int]:
+    """Return ``(flags, nr_entries, max_entries, value_size)``."""
+    flags, _nr, nr, mx, vs = _HEAD_FIELDS.unpack_from(buf, 4)
+    return flags, nr, mx, vs
+
+
+def check_header(buf, blocknr: int) -> tuple[int, int, int, int]:
+    """``node_check``'s shape tests; raise :class:`BTreeError`."""
+    flags, nr, mx, vs = read_header(buf)
+    if HEADER_SIZE + (8 + vs) * mx > BLOCK_SIZE:
+        raise BTreeError(f"btree node {blocknr}: max_entries {mx} with value size {vs} "
+                         "does not fit a block", blocknr)
+    if nr > mx:
+        raise BTreeError(f"btree node {blocknr}: nr_entries {nr} > max_entries {mx}", blocknr)
+    if not flags & (INTERNAL_NODE | LEAF_NODE):
+        raise BTreeError(f"btree node {blocknr}: neither internal nor leaf (flags {flags})",
+                         blocknr)
+    return flags, nr, mx, vs
+
+
+def read_keys(buf, nr: int) -> tuple[int, ...]:
+    return struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE)
+
+
+def read_u64_values(buf, nr: int, mx: int) -> tuple[int, ...]:
+    return struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx)
+
+
+def value_offset(mx: int, vs: int, i: int) -> int:
+    return HEADER_SIZE + 8 * mx + i * vs
+
+
+class Node:
+    """A decoded btree node: mutable lists of keys and values.
+
+    Values are ints for value_size 8, else ``bytes`` of value_size.
+    """
+
+    __slots__ = ("flags", "max_entries", "value_size", "keys", "values")
+
+    def __init__(self, flags: int, max_entries: int, value_size: int,
+                 keys: list[int] | None = None, values: list | None = None):
+        self.flags = flags
+        self.max_entries = max_entries
+        self.value_size = value_size
+        self.keys = keys if keys is not None else []
+        self.values = values if values is not None else []
+
+    @property
+    def is_leaf(self) -> bool:
+        return bool(self.flags & LEAF_NODE)
+
+    @property
+    def nr_entries(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        kind = "leaf" if self.is_leaf else "internal"
+        return f"<Node {kind} {len(self.keys)}/{self.max_entries} vs={self.value_size}>"
+
+    @classmethod
+    def empty(cls, value_size: int, leaf: bool = True) -> "Node":
+        return cls(LEAF_NODE if leaf else INTERNAL_NODE, calc_max_entries(value_size),
+                   value_size)
+
+    @classmethod
+    def decode(cls, buf, blocknr: int = -1) -> "Node":
+        flags, nr, mx, vs = check_header(buf, blocknr)
+        keys = list(struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE))
+        off = HEADER_SIZE + 8 * mx
+        if vs == 8:
+            values = list(struct.unpack_from(f"<{nr}Q", buf, off))
+        else:
+            mv = bytes(buf[off:off + nr * vs])
+            values = [mv[i * vs:(i + 1) * vs] for i in range(nr)]
+        return cls(flags, mx, vs, keys, values)
+
+    def encode_into(self, buf: bytearray) -> None:
+        """Write the node into *buf* (csum and blocknr are the validator's)."""
+        nr = len(self.keys)
+        mx, vs = self.max_entries, self.value_size
+        if nr > mx:
+            raise BTreeError(f"node overflow: {nr} entries > max {mx}")
+        buf[4:BLOCK_SIZE] = bytes(BLOCK_SIZE - 4)
+        _HEAD_FIELDS.pack_into(buf, 4, self.flags, 0, nr, mx, vs)
+        struct.pack_into(f"<{nr}Q", buf, HEADER_SIZE, *self.keys)
+        off = HEADER_SIZE + 8 * mx
+        if vs == 8:
+            struct.pack_into(f"<{nr}Q", buf, off, *self.values)
+        elif nr:
+            buf[off:off + nr * vs] = b"".join(self.values)
