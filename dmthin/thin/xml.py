@@ -1,0 +1,347 @@
+"""thin_dump's XML format: a writer (visitor) and a streaming reader.
+
+:class:`XmlWriter` produces the output of ``thin_dump`` 0.9.0 byte for byte:
+two-space indentation, attributes in the tools' order, ``flags`` and
+``version`` always present on ``<superblock>``, a newline after every line.
+1.x ``<def>``/``<ref>`` events are written in the 1.x form.
+
+:func:`read_xml` parses the 0.9.0 form and the 1.x form (``<def name>``
+shared mapping lists and ``<ref name>``) with expat, in bounded memory, and
+drives any :class:`~dmthin.thin.ir.MetadataVisitor`.  Like the 1.x parser
+it rejects unknown elements and attributes and missing required attributes;
+in addition it range-checks values (dev_id, time, data blocks).  Every
+error is one :class:`XmlError` line naming the source, line and column.
+"""
+from __future__ import annotations
+
+import os
+from xml.parsers import expat
+
+from ..errors import UsageError
+from ..units import MAX_DATA_BLOCK, MAX_DEV_ID, MAX_TIME
+from .ir import Device, Map, Superblock
+
+U32 = (1 << 32) - 1
+U64 = (1 << 64) - 1
+READ_CHUNK = 1 << 20
+
+
+class XmlError(UsageError):
+    """Malformed or out-of-range metadata XML (one line, with position)."""
+
+
+# -- writer ------------------------------------------------------------------------
+
+def _esc(s: str) -> str:
+    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;"))
+
+
+class XmlWriter:
+    """Visitor writing ``thin_dump`` 0.9.0 XML to a text stream *out*."""
+
+    def __init__(self, out):
+        self.out = out
+        self.write = out.write
+        self.depth = 0
+        self._ind = ""
+
+    def _push(self) -> None:
+        self.depth += 1
+        self._ind = "  " * self.depth
+
+    def _pop(self) -> None:
+        self.depth -= 1
+        self._ind = "  " * self.depth
+
+    def superblock_b(self, sb: Superblock) -> None:
+        snap = "" if sb.metadata_snap is None else f' metadata_snap="{sb.metadata_snap}"'
+        flags = 0 if sb.flags is None else sb.flags
+        version = 1 if sb.version is None else sb.version
+        self.write(f'{self._ind}<superblock uuid="{_esc(sb.uuid)}" time="{sb.time}" '
+                   f'transaction="{sb.transaction}" flags="{flags}" version="{version}" '
+                   f'data_block_size="{sb.data_block_size}" '
+                   f'nr_data_blocks="{sb.nr_data_blocks}"{snap}>\n')
+        self._push()
+
+    def superblock_e(self) -> None:
+        self._pop()
+        self.write(f"{self._ind}</superblock>\n")
+
+    def def_shared_b(self, name: str) -> None:
+        self.write(f'{self._ind}<def name="{_esc(name)}">\n')
+        self._push()
+
+    def def_shared_e(self) -> None:
+        self._pop()
+        self.write(f"{self._ind}</def>\n")
+
+    def device_b(self, d: Device) -> None:
+        self.write(f'{self._ind}<device dev_id="{d.dev_id}" mapped_blocks="{d.mapped_blocks}" '
+                   f'transaction="{d.transaction}" creation_time="{d.creation_time}" '
+                   f'snap_time="{d.snap_time}">\n')
+        self._push()
+
+    def device_e(self) -> None:
+        self._pop()
+        self.write(f"{self._ind}</device>\n")
+
+    def map(self, m: Map) -> None:
+        if m.len == 1:
+            self.write(f'{self._ind}<single_mapping origin_block="{m.thin_begin}" '
+                       f'data_block="{m.data_begin}" time="{m.time}"/>\n')
+        else:
+            self.write(f'{self._ind}<range_mapping origin_begin="{m.thin_begin}" '
+                       f'data_begin="{m.data_begin}" length="{m.len}" time="{m.time}"/>\n')
+
+    def ref_shared(self, name: str) -> None:
+        self.write(f'{self._ind}<ref name="{_esc(name)}"/>\n')
+
+    def eof(self) -> None:
+        self.out.flush()
+
+
+# -- reader ------------------------------------------------------------------------
+
+_SB_REQUIRED = ("uuid", "time", "transaction", "data_block_size", "nr_data_blocks")
+_SB_OPTIONAL = ("flags", "version", "metadata_snap")
+_DEV_ATTRS = ("dev_id", "mapped_blocks", "transaction", "creation_time", "snap_time")
+_SINGLE_ATTRS = ("origin_block", "data_block", "time")
+_RANGE_ATTRS = ("origin_begin", "data_begin", "length", "time")
+_ALLOWED = {
+    "superblock": _SB_REQUIRED + _SB_OPTIONAL,
+    "device": _DEV_ATTRS,
+    "single_mapping": _SINGLE_ATTRS,
+    "range_mapping": _RANGE_ATTRS,
+    "def": ("name",),
+    "ref": ("name",),
+}
+_PARENTS = {
+    "superblock": (None,),
+    "device": ("superblock",),
+    "def": ("superblock",),
+    "single_mapping": ("device", "def"),
+    "range_mapping": ("device", "def"),
+    "ref": ("device",),
+}
+
+
+class _Fail(Exception):
+    """Internal: a message to be prefixed with the parser position."""
+
+
+def _attr_problem(tag: str, attrs: dict, required) -> str:
+    allowed = _ALLOWED[tag]
+    for k in attrs:
+        if k not in allowed:
+            return f"unknown attribute '{k}' on <{tag}>"
+    for k in required:
+        if k not in attrs:
+            return f"missing attribute '{k}' on <{tag}>"
+    return f"bad attributes on <{tag}>"
+
+
+def _num(tag: str, key: str, s: str, limit: int) -> int:
+    if not (s.isascii() and s.isdigit()):
+        raise _Fail(f"<{tag}> {key}=\"{s}\" is not a non-negative decimal integer")
+    n = int(s)
+    if n > limit:
+        raise _Fail(f"<{tag}> {key}={n} is out of range (maximum {limit})")
+    return n
+
+
+class _Reader:
+    def __init__(self, visitor, source: str):
+        self.v = visitor
+        self.source = source
+        self.stack: list[str] = []
+        self.sb: Superblock | None = None
+        self.nr_data_blocks = U64 + 1
+        self.defs: set[str] = set()
+        self.in_def = False
+        self.done = False
+        self.map = visitor.map
+
+    # element handlers -------------------------------------------------------
+    def start(self, tag: str, attrs: dict) -> None:
+        if tag == "single_mapping" or tag == "range_mapping":
+            if not self.stack or self.stack[-1] not in ("device", "def"):
+                self._bad_parent(tag)
+            self.stack.append(tag)
+            if tag == "single_mapping":
+                if len(attrs) != 3:
+                    raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS))
+                try:
+                    o, d, t = attrs["origin_block"], attrs["data_block"], attrs["time"]
+                except KeyError:
+                    raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS)) from None
+                n = 1
+            else:
+                if len(attrs) != 4:
+                    raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS))
+                try:
+                    o, d, t, n = (attrs["origin_begin"], attrs["data_begin"], attrs["time"],
+                                  attrs["length"])
+                except KeyError:
+                    raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS)) from None
+                n = _num(tag, "length", n, U64)
+                if n == 0:
+                    raise _Fail(f"<{tag}> length=0: a range must map at least one block")
+            o = int(o) if o.isdigit() and o.isascii() else _num(tag, "origin", o, U64)
+            d = int(d) if d.isdigit() and d.isascii() else _num(tag, "data", d, U64)
+            t = int(t) if t.isdigit() and t.isascii() else _num(tag, "time", t, U32)
+            if t > MAX_TIME:
+                raise _Fail(f"<{tag}> time={t} does not fit the 24 bits a mapping stores "
+                            f"(maximum {MAX_TIME})")
+            if o + n - 1 > U64:
+                raise _Fail(f"<{tag}> virtual blocks {o}..{o + n - 1} overflow 64 bits")
+            if d + n > self.nr_data_blocks:
+                last = d + n - 1
+                raise _Fail(f"<{tag}> maps data block {last}, beyond the end of the data "
+                            f"device (nr_data_blocks={self.nr_data_blocks})")
+            if d + n - 1 > MAX_DATA_BLOCK:
+                raise _Fail(f"<{tag}> data block {d + n - 1} does not fit 40 bits "
+                            f"(maximum {MAX_DATA_BLOCK})")
+            self.map(Map(o, d, t, n))
+            return
+        parents = _PARENTS.get(tag)
+        if parents is None:
+            raise _Fail(f"unknown element <{tag}>")
+        parent = self.stack[-1] if self.stack else None
+        if parent not in parents:
+            self._bad_parent(tag)
+        self.stack.append(tag)
+        if tag == "device":
+            dev = self._device(attrs)
+            self.v.device_b(dev)
+        elif tag == "superblock":
+            self.sb = self._superblock(attrs)
+            self.nr_data_blocks = self.sb.nr_data_blocks
+            self.v.superblock_b(self.sb)
+        elif tag == "def":
+            name = self._name(tag, attrs)
+            if name in self.defs:
+                raise _Fail(f"<def name=\"{name}\"> is defined twice")
+            self.defs.add(name)
+            self.v.def_shared_b(name)
+        else:   # ref
+            name = self._name(tag, attrs)
+            if name not in self.defs:
+                raise _Fail(f"<ref name=\"{name}\"> refers to an undefined <def>")
+            self.v.ref_shared(name)
+
+    def end(self, tag: str) -> None:
+        self.stack.pop()
+        if tag == "device":
+            self.v.device_e()
+        elif tag == "def":
+            self.v.def_shared_e()
+        elif tag == "superblock":
+            self.v.superblock_e()
+            self.done = True
+
+    def text(self, data: str) -> None:
+        if data.strip():
+            where = f"<{self.stack[-1]}>" if self.stack else "the document"
+            raise _Fail(f"unexpected text {data.strip()[:20]!r} in {where}")
+
+    # helpers --------------------------------------------------------------------
+    def _bad_parent(self, tag: str) -> None:
+        parent = self.stack[-1] if self.stack else None
+        if parent is None:
+            raise _Fail(f"<{tag}> must be inside <{_PARENTS[tag][0]}>, not at the top level")
+        if tag == "superblock":
+            raise _Fail(f"<superblock> must be the document element, not inside <{parent}>")
+        want = " or ".join(f"<{p}>" for p in _PARENTS[tag])
+        raise _Fail(f"<{tag}> is not allowed inside <{parent}> (it belongs in {want})")
+
+    def _check_keys(self, tag: str, attrs: dict, required) -> None:
+        allowed = _ALLOWED[tag]
+        for k in attrs:
+            if k not in allowed:
+                raise _Fail(f"unknown attribute '{k}' on <{tag}>")
+        for k in required:
+            if k not in attrs:
+                raise _Fail(f"missing attribute '{k}' on <{tag}>")
+
+    def _superblock(self, a: dict) -> Superblock:
+        tag = "superblock"
+        self._check_keys(tag, a, _SB_REQUIRED)
+
+        def opt(key, limit):
+            return _num(tag, key, a[key], limit) if key in a else None
+        return Superblock(
+            uuid=a["uuid"], time=_num(tag, "time", a["time"], U32),
+            transaction=_num(tag, "transaction", a["transaction"], U64),
+            flags=opt("flags", U32), version=opt("version", U32),
+            data_block_size=_num(tag, "data_block_size", a["data_block_size"], U32),
+            nr_data_blocks=_num(tag, "nr_data_blocks", a["nr_data_blocks"], U64),
+            metadata_snap=opt("metadata_snap", U64))
+
+    def _device(self, a: dict) -> Device:
+        tag = "device"
+        self._check_keys(tag, a, _DEV_ATTRS)
+        dev_id = _num(tag, "dev_id", a["dev_id"], U32)
+        if dev_id > MAX_DEV_ID:
+            raise _Fail(f"<device> dev_id={dev_id} is above the kernel's maximum "
+                        f"{MAX_DEV_ID} (2^24-1)")
+        return Device(dev_id, _num(tag, "mapped_blocks", a["mapped_blocks"], U64),
+                      _num(tag, "transaction", a["transaction"], U64),
+                      _num(tag, "creation_time", a["creation_time"], U32),
+                      _num(tag, "snap_time", a["snap_time"], U32))
+
+    def _name(self, tag: str, a: dict) -> str:
+        self._check_keys(tag, a, ("name",))
+        return a["name"]
+
+
+def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None:
+    """Parse metadata XML from *source* (a path or a binary file object) and
+    drive *visitor*.  *progress*, if given, is called with the number of
+    bytes consumed so far.  Raises :class:`XmlError` (one line with line and
+    column) for malformed XML, unknown elements or attributes, missing
+    attributes and out-of-range values; errors raised by the visitor as
+    ``ValueError`` (e.g. :class:`~dmthin.errors.InvalidArgument`) are
+    re-raised as :class:`XmlError` with the position.  ``OSError`` if the
+    file cannot be read."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return read_xml(f, visitor, name=name or os.fspath(source), progress=progress)
+    where = name or getattr(source, "name", "<xml>")
+    r = _Reader(visitor, str(where))
+    p = expat.ParserCreate()
+    p.buffer_text = True
+    p.buffer_size = 1 << 16
+    p.StartElementHandler = r.start
+    p.EndElementHandler = r.end
+    p.CharacterDataHandler = r.text
+    total = 0
+
+    def fail(msg: str):
+        line, col = p.CurrentLineNumber, p.CurrentColumnNumber + 1
+        raise XmlError(f"{where}: line {line}, column {col}: {msg}") from None
+
+    try:
+        while True:
+            chunk = source.read(READ_CHUNK)
+            p.Parse(chunk, not chunk)
+            if not chunk:
+                break
+            total += len(chunk)
+            if progress is not None:
+                progress(total)
+    except expat.ExpatError as err:
+        msg = expat.ErrorString(err.code) if err.code else str(err)
+        raise XmlError(f"{where}: line {err.lineno}, column {err.offset + 1}: "
+                       f"malformed XML: {msg}") from None
+    except _Fail as err:
+        fail(str(err))
+    except XmlError:
+        raise
+    except ValueError as err:
+        fail(str(err))
+    if r.sb is None:
+        raise XmlError(f"{where}: no <superblock> element: not thin metadata XML")
+    if not r.done:
+        raise XmlError(f"{where}: <superblock> is not closed")
+    visitor.eof()
