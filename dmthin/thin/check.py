@@ -1,0 +1,434 @@
+"""Check thin-pool metadata as ``thin_check`` does (dm-thin-format.md §1-§5).
+
+:func:`check_metadata` validates, without writing anything:
+
+1. the superblock: size of the file, magic, checksum, blocknr, version 1..2,
+   feature flags, data block size, space-map roots;
+2. the device details tree (value_size 24) and the top-level mapping tree
+   (dev_id -> subtree root): the same set of devices;
+3. unless ``skip_mappings``: every device's mapping subtree (value_size 8),
+   ``mapped_blocks`` against the number of mappings, data blocks below
+   ``nr_data_blocks``; shared subtrees are counted, not walked again;
+4. the held metadata snapshot, if any (its copy of the superblock and its
+   trees, which take part in the reference counts);
+5. both space maps: the metadata counts (superblock, index block, bitmaps,
+   every node by its number of parent pointers, +1 for the snapshot's roots)
+   and the data counts (number of leaves referencing each data block).
+
+Problems are collected in a :class:`Report`, one line each; the number of
+per-block count lines is capped.  Like thin_check 1.x, every problem makes
+the check fail except leaked blocks, which only count as non-fatal
+(``ignore_non_fatal_errors`` then passes).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import BlockNrMismatch, ChecksumError, MetadataError
+from ..pdata.block import BlockManager
+from ..pdata.btree.check import BTreeChecker, RefCounter, new_totals
+from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
+from ..pdata.space_map import check as smcheck
+from .superblock import (INCOMPAT_SUPP, THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION,
+                         SMRoot, Superblock)
+
+DETAILS_VALUE_SIZE = 24
+MAPPING_VALUE_SIZE = 8
+MAX_METADATA_BLOCKS = 255 * 16320
+MIN_DATA_BLOCK_SIZE = 128            # sectors
+MAX_DATA_BLOCK_SIZE = 2097152
+MAX_DATA_BLOCKS = 1 << 40            # 24-bit shift in the block_time value
+DEFAULT_MAX_LINES = 20               # per kind of per-block problem
+
+_DETAILS = struct.Struct("<QQII")
+
+
+@dataclass
+class CheckOptions:
+    """What to check (thin_check's options)."""
+    super_block_only: bool = False
+    skip_mappings: bool = False
+    ignore_non_fatal_errors: bool = False
+    max_lines: int = DEFAULT_MAX_LINES
+    progress: bool = False           # a tqdm bar on stderr
+
+
+@dataclass
+class Report:
+    """Problems found, one line each.  ``emit`` (if set) is called with
+    each line as it is found."""
+    emit: Callable[[str], None] | None = None
+    fatal: list[str] = field(default_factory=list)
+    non_fatal: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def error(self, line: str) -> None:
+        self.fatal.append(line)
+        if self.emit:
+            self.emit(line)
+
+    def warning(self, line: str) -> None:
+        """A non-fatal problem (a leak)."""
+        self.non_fatal.append(line)
+        if self.emit:
+            self.emit(line)
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+        if self.emit:
+            self.emit(line)
+
+
+@dataclass
+class CheckResult:
+    """The verdict.  ``ok`` is False if a fatal problem was found, or a
+    non-fatal one without ``ignore_non_fatal_errors``."""
+    ok: bool
+    report: Report
+    superblock: Superblock | None = None
+    transaction_id: int | None = None
+    metadata_free_blocks: int | None = None
+    nr_devices: int = 0
+    nr_mappings: int = 0
+
+    @property
+    def problems(self) -> list[str]:
+        return self.report.fatal + self.report.non_fatal
+
+
+class _Capped:
+    """Emit at most *limit* lines of one kind; :meth:`close` summarises."""
+
+    def __init__(self, sink: Callable[[str], None], limit: int, what: str):
+        self.sink, self.limit, self.what, self.n = sink, limit, what, 0
+
+    def __call__(self, line: str) -> None:
+        self.n += 1
+        if self.n <= self.limit:
+            self.sink(line)
+
+    def close(self) -> None:
+        if self.n > self.limit:
+            self.sink(f"... and {self.n - self.limit} more {self.what}")
+
+
+def check_metadata(path: str | os.PathLike, options: CheckOptions | None = None,
+                   emit: Callable[[str], None] | None = None) -> CheckResult:
+    """Check the thin metadata in *path* (a file or block device).
+
+    Never raises for bad metadata: every problem becomes a line of the
+    result's report.  Raises :class:`OSError` if *path* cannot be opened."""
+    opts = options or CheckOptions()
+    report = Report(emit=emit)
+    bm = BlockManager(path, writable=False, cache_blocks=1024)
+    try:
+        return _Checker(bm, opts, report).run()
+    finally:
+        bm.close()
+
+
+class _Checker:
+    def __init__(self, bm: BlockManager, opts: CheckOptions, report: Report):
+        self.bm, self.opts, self.report = bm, opts, report
+        self.sb: Superblock | None = None
+        self.meta_ok = True        # metadata counts complete
+        self.data_ok = True        # data counts complete
+        self.nr_mappings = 0
+        self.nr_devices = 0
+        self.bar = None
+
+    # -- result --------------------------------------------------------------
+    def _result(self) -> CheckResult:
+        r = self.report
+        ok = not r.fatal and (not r.non_fatal or self.opts.ignore_non_fatal_errors)
+        sb = self.sb
+        res = CheckResult(ok, r, sb, nr_devices=self.nr_devices, nr_mappings=self.nr_mappings)
+        if sb is not None:
+            res.transaction_id = sb.trans_id
+            msm = sb.metadata_sm
+            res.metadata_free_blocks = max(0, msm.nr_blocks - msm.nr_allocated)
+        return res
+
+    def run(self) -> CheckResult:
+        try:
+            if not self._superblock() or self.opts.super_block_only:
+                return self._result()
+            self._run_trees()
+        except MemoryError:
+            self.report.error("out of memory while checking (metadata too large for this "
+                              "machine?)")
+        except (struct.error, IndexError, ValueError, OverflowError) as e:
+            # Garbage that slipped past the checks above: still one line.
+            self.report.error(f"malformed metadata stopped the check: "
+                              f"{type(e).__name__}: {e}")
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+        return self._result()
+
+    # -- superblock ----------------------------------------------------------
+    def _superblock(self) -> bool:
+        bm, err = self.bm, self.report.error
+        if bm.file_blocks < 1:
+            err(f"metadata is too small: {bm.file_blocks * BLOCK_SIZE} bytes, "
+                "not even a superblock (4096 bytes)")
+            return False
+        try:
+            buf = bm.read_uncached(0)
+        except MetadataError as e:
+            err(f"cannot read the superblock: {e}")
+            return False
+        if not any(buf):
+            err("superblock is all zeroes: this metadata has not been formatted")
+            return False
+        magic = struct.unpack_from("<Q", buf, 32)[0]
+        if magic != THIN_SUPERBLOCK_MAGIC:
+            err(f"bad superblock magic {magic} (expected {THIN_SUPERBLOCK_MAGIC}): "
+                "not thin-pool metadata")
+            return False
+        try:
+            SUPERBLOCK.check(buf, 0)
+        except (ChecksumError, BlockNrMismatch) as e:
+            err(str(e))
+            return False
+        sb = self.sb = Superblock.unpack(buf)
+        ok = True
+        if not THIN_MIN_VERSION <= sb.version <= THIN_VERSION:
+            err(f"unsupported metadata version {sb.version} "
+                f"(supported {THIN_MIN_VERSION}..{THIN_VERSION})")
+            ok = False
+        if sb.incompat_flags & ~INCOMPAT_SUPP:
+            err(f"superblock has unsupported incompatible feature flags "
+                f"{sb.incompat_flags:#x}")
+            ok = False
+        if sb.metadata_block_size != 8:
+            err(f"superblock metadata_block_size is {sb.metadata_block_size} sectors, "
+                "expected 8")
+            ok = False
+        dbs = sb.data_block_size
+        if not (MIN_DATA_BLOCK_SIZE <= dbs <= MAX_DATA_BLOCK_SIZE
+                and dbs % MIN_DATA_BLOCK_SIZE == 0):
+            err(f"superblock data_block_size {dbs} sectors is invalid (a multiple of 128 "
+                f"in {MIN_DATA_BLOCK_SIZE}..{MAX_DATA_BLOCK_SIZE})")
+            ok = False
+        msm, dsm = sb.metadata_sm, sb.data_sm
+        if not 0 < msm.nr_blocks <= MAX_METADATA_BLOCKS:
+            err(f"metadata space map has {msm.nr_blocks} blocks, outside "
+                f"1..{MAX_METADATA_BLOCKS}")
+            ok = False
+        elif msm.nr_blocks > bm.file_blocks:
+            err(f"metadata is truncated: the space map covers {msm.nr_blocks} blocks but "
+                f"the file holds only {bm.file_blocks}")
+            ok = False
+        if dsm.nr_blocks > MAX_DATA_BLOCKS:
+            err(f"data space map has {dsm.nr_blocks} blocks, more than 2^40")
+            ok = False
+        for name, root in (("metadata", msm), ("data", dsm)):
+            if root.nr_allocated > root.nr_blocks:
+                err(f"{name} space map root: nr_allocated {root.nr_allocated} > "
+                    f"nr_blocks {root.nr_blocks}")
+                ok = False
+        return ok
+
+    # -- trees ---------------------------------------------------------------
+    def _run_trees(self) -> None:
+        sb = self.sb
+        msm, dsm = sb.metadata_sm, sb.data_sm
+        nr_meta = msm.nr_blocks
+        self.meta_counts = RefCounter(nr_meta)
+        self.data_counts = RefCounter(dsm.nr_blocks)
+        self.ck = BTreeChecker(self.bm, nr_meta, self.meta_counts)
+        self.totals = None if self.opts.skip_mappings else new_totals(nr_meta)
+        self.bad_data = _Capped(self.report.error, self.opts.max_lines,
+                                "mappings to data blocks beyond the data device")
+        if self.opts.progress:
+            self._start_bar(msm.nr_allocated or nr_meta)
+        self.ck.count(0, "superblock")
+
+        self._pool_trees(sb.device_details_root, sb.data_mapping_root, "")
+        if sb.held_root:
+            self._metadata_snap(sb.held_root)
+        self._space_maps(msm, dsm)
+        self.bad_data.close()
+        if self.opts.skip_mappings:
+            self.report.notes.append("mappings not checked (--skip-mappings)")
+
+    def _start_bar(self, total: int) -> None:
+        try:
+            from tqdm import tqdm
+        except ImportError:       # pragma: no cover - tqdm is a dependency
+            return
+        self.bar = tqdm(total=total, unit="blk", desc="checking", leave=False,
+                        file=sys.stderr)
+
+    def _tick(self) -> None:
+        if self.bar is not None:
+            n = self.ck.nodes_walked
+            if n > self.bar.n:
+                self.bar.update(n - self.bar.n)
+
+    def _pool_trees(self, details_root: int, mapping_root: int, where: str) -> None:
+        """Check one (details tree, mapping tree) pair: the live one or the
+        metadata snapshot's (*where* prefixes the messages)."""
+        err = self.report.error
+        details: dict[int, tuple[int, int, int, int]] = {}
+        try:
+            for _b, keys, values, _p in self.ck.walk(details_root, DETAILS_VALUE_SIZE,
+                                                    tree=f"{where}device details tree"):
+                for k, v in zip(keys, values):
+                    details[k] = _DETAILS.unpack(v)
+                self._tick()
+        except MetadataError as e:
+            err(str(e))
+            self.meta_ok = False
+            details = None
+        roots: dict[int, int] = {}
+        try:
+            for _b, keys, values, _p in self.ck.walk(mapping_root, MAPPING_VALUE_SIZE,
+                                                    tree=f"{where}top-level mapping tree"):
+                roots.update(zip(keys, values))
+                self._tick()
+        except MetadataError as e:
+            err(str(e))
+            self.meta_ok = self.data_ok = False
+            roots = None
+        if details is not None and roots is not None and details.keys() != roots.keys():
+            only_d = sorted(details.keys() - roots.keys())
+            only_m = sorted(roots.keys() - details.keys())
+            parts = []
+            if only_d:
+                parts.append(f"devices {_ids(only_d)} have details but no mappings")
+            if only_m:
+                parts.append(f"devices {_ids(only_m)} have mappings but no details")
+            err(f"{where}inconsistency between the details tree and the mapping tree: "
+                + "; ".join(parts))
+        if not where:
+            self.nr_devices = len(details if details is not None else roots or ())
+        if roots is None or self.opts.skip_mappings:
+            if self.opts.skip_mappings and roots is not None:
+                # Count the subtree roots' references all the same.
+                self.meta_ok = self.data_ok = False
+            return
+        for dev_id in sorted(roots):
+            n = self._device(dev_id, roots[dev_id], where)
+            if n is None or details is None or dev_id not in details:
+                continue
+            mapped = details[dev_id][0]
+            if mapped != n:
+                err(f"{where}device {dev_id}: mapped_blocks is {mapped} but it has {n} "
+                    "mappings")
+            if not where:
+                self.nr_mappings += n
+
+    def _device(self, dev_id: int, root: int, where: str) -> int | None:
+        """Walk one device's mapping subtree; return its number of mappings
+        (None if the subtree is damaged)."""
+        nr_data = self.sb.data_sm.nr_blocks
+        inc = self.data_counts.inc
+        bad = self.bad_data
+        totals = self.totals
+        try:
+            for _b, keys, values, _p in self.ck.walk(root, MAPPING_VALUE_SIZE,
+                                                    tree=f"{where}mapping tree of device "
+                                                         f"{dev_id}",
+                                                    tree_kind="mapping", totals=totals):
+                for k, v in zip(keys, values):
+                    data = v >> 24
+                    if data < nr_data:
+                        inc(data)
+                    else:
+                        bad(f"{where}device {dev_id}: block {k} maps to data block {data}, "
+                            f"beyond the data device ({nr_data} blocks)")
+                self._tick()
+        except MetadataError as e:
+            self.report.error(str(e))
+            self.meta_ok = self.data_ok = False
+            # Totals of partly walked nodes are unknown from now on.
+            self.totals = totals = None
+            return None
+        if totals is None or not 0 <= root < len(totals):
+            return None
+        return totals[root]
+
+    def _metadata_snap(self, held: int) -> None:
+        err = self.report.error
+        try:
+            self.ck.count(held, "metadata snapshot")
+            buf = self.bm.read_uncached(held)
+            magic = struct.unpack_from("<Q", buf, 32)[0]
+            if magic != THIN_SUPERBLOCK_MAGIC:
+                raise MetadataError(f"metadata snapshot at block {held}: bad superblock "
+                                    f"magic {magic}")
+            SUPERBLOCK.check(buf, held)
+        except MetadataError as e:
+            err(f"metadata snapshot: {e}")
+            self.meta_ok = self.data_ok = False
+            return
+        snap = Superblock.unpack(buf)
+        self._pool_trees(snap.device_details_root, snap.data_mapping_root,
+                         f"metadata snapshot (block {held}): ")
+
+    # -- space maps ----------------------------------------------------------
+    def _space_maps(self, msm: SMRoot, dsm: SMRoot) -> None:
+        err = self.report.error
+        meta_entries = data_entries = None
+        try:
+            meta_entries = smcheck.read_metadata_index(self.ck, msm.bitmap_root, msm.nr_blocks)
+        except MetadataError as e:
+            err(f"metadata space map: {e}")
+            self.meta_ok = False
+        meta_ref_ok = self._ref_tree(msm.ref_count_root, "metadata")
+        try:
+            data_entries = smcheck.read_data_index(self.ck, dsm.bitmap_root, dsm.nr_blocks)
+        except MetadataError as e:
+            err(f"data space map: {e}")
+            self.meta_ok = False
+        data_ref_ok = self._ref_tree(dsm.ref_count_root, "data")
+        self._tick()
+
+        if data_entries is not None and data_ref_ok:
+            if self.data_ok:
+                self._compare(data_entries, dsm, self.data_counts, "data")
+            else:
+                self.report.note("data space map counts not compared: the mapping trees "
+                                 "are damaged or were skipped")
+        if meta_entries is not None and meta_ref_ok:
+            if self.meta_ok:
+                self._compare(meta_entries, msm, self.meta_counts, "metadata")
+            else:
+                self.report.note("metadata space map counts not compared: some trees are "
+                                 "damaged or were skipped")
+
+    def _ref_tree(self, root: int, what: str) -> bool:
+        try:
+            smcheck.count_ref_count_tree(self.ck, root, f"{what} space map")
+            return True
+        except MetadataError as e:
+            self.report.error(str(e))
+            self.meta_ok = False
+            return False
+
+    def _compare(self, entries, root: SMRoot, computed: RefCounter, what: str) -> None:
+        r = self.report
+        fatal = _Capped(r.error, self.opts.max_lines, f"{what} count problems")
+        leaks = _Capped(r.warning, self.opts.max_lines, f"leaked {what} blocks")
+
+        def problem(line: str) -> None:
+            (leaks if " is leaked:" in line else fatal)(line)
+
+        try:
+            smcheck.compare_counts(self.bm, entries, root.nr_blocks, root.ref_count_root,
+                                   computed, what=what, problem=problem)
+        except MetadataError as e:
+            r.error(f"{what} space map: {e}")
+        fatal.close()
+        leaks.close()
+
+
+def _ids(ids: list[int], limit: int = 10) -> str:
+    s = ", ".join(str(i) for i in ids[:limit])
+    return s + (f" (and {len(ids) - limit} more)" if len(ids) > limit else "")
