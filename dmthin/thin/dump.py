@@ -45,7 +45,7 @@ def select_superblock(bm, metadata_snap: bool | int | None = None) -> DiskSuperb
     if metadata_snap is True:
         if not sb.held_root:
             raise MetadataError("no metadata snapshot is held (superblock held_root is 0): "
-                                "reserve one first, or dump without -m")
+                                "reserve one first, or run without -m")
         block = sb.held_root
     else:
         block = int(metadata_snap)

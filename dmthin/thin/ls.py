@@ -1,0 +1,159 @@
+"""``thin_ls`` (0.9.0): per-device mapped / exclusive / shared block counts.
+
+How 0.9.0 counts (thin-provisioning/thin_ls.cc): pass 1 walks the mapping
+tree of every device in the details tree and marks each data block seen
+once ("exclusive") or more than once ("shared") - so a block is shared when
+it appears in more than one mapping across all devices (a snapshot's shared
+subtree is walked once per device), *not* by reading the data space map's
+reference counts.  Pass 2 counts, per device, the mappings whose block is
+exclusive.  ``SHARED_* = mapped_blocks (from the details) - exclusive``.
+
+Output: a grid whose columns are right-justified to the widest cell (header
+included), every cell followed by one space, a newline per row.
+"""
+from __future__ import annotations
+
+from ..errors import MetadataError, UsageError
+from ..units import SECTOR_SIZE
+from .dump import iter_mapping_leaves, read_details, select_superblock
+from ..pdata.btree.walk import lookup
+
+FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS",
+          "MAPPED_SECTORS", "EXCLUSIVE_SECTORS", "SHARED_SECTORS",
+          "MAPPED_BYTES", "EXCLUSIVE_BYTES", "SHARED_BYTES",
+          "MAPPED", "EXCLUSIVE", "SHARED",
+          "TRANSACTION", "CREATE_TIME", "SNAP_TIME")
+DEFAULT_FIELDS = ("DEV", "MAPPED", "CREATE_TIME", "SNAP_TIME")
+_NEEDS_EXCLUSIVE = {f for f in FIELDS if f.startswith(("EXCLUSIVE", "SHARED"))}
+
+
+def parse_fields(text: str) -> list[str]:
+    """Split a comma-separated field list like thin_ls (a trailing comma is
+    ignored).  Raises :class:`UsageError` naming an unknown field."""
+    parts = text.split(",")
+    if parts and parts[-1] == "":
+        parts.pop()
+    for p in parts:
+        if p not in FIELDS:
+            raise UsageError(f"unknown field {p!r} (known: {', '.join(FIELDS)})")
+    return parts
+
+
+def format_disk_unit(sectors: int) -> str:
+    """0.9.0 ``format_disk_unit(n, UNIT_SECTOR)``: bytes, divided by 1024
+    (truncating) while above 1 MiB, then once more rounded to nearest if
+    still above 8 KiB; with a binary suffix."""
+    n = sectors * SECTOR_SIZE
+    i = 0
+    while n > 1024 * 1024:
+        n //= 1024
+        i += 1
+    if n > 8 * 1024:
+        n = (n + 512) // 1024        # C round() of n / 1024.0: half away from zero
+        i += 1
+    return f"{n}{('', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB')[i]}"
+
+
+class _BlockStates:
+    """Per data block: 0 unseen, 1 seen once, 2 seen more than once."""
+
+    def __init__(self, nr_blocks: int):
+        self.states = bytearray(nr_blocks)
+
+    def grow(self, b: int) -> None:
+        extra = max(b + 1 - len(self.states), len(self.states) // 2, 1024)
+        self.states.extend(bytes(extra))
+
+
+def _subtree_root(bm, sb, dev_id: int) -> int:
+    root = lookup(bm, sb.data_mapping_root, dev_id)
+    if root is None:
+        raise MetadataError(f"device {dev_id} is in the details tree but has no mapping tree "
+                            "root (run check)")
+    return root
+
+
+def _mark(bm, root: int, st: _BlockStates) -> None:
+    states = st.states
+    for _keys, values in iter_mapping_leaves(bm, root):
+        for v in values:
+            b = v >> 24
+            try:
+                s = states[b]
+            except IndexError:
+                st.grow(b)
+                states = st.states
+                s = 0
+            if s < 2:
+                states[b] = s + 1
+
+
+def _count_exclusive(bm, root: int, st: _BlockStates) -> int:
+    states = st.states
+    n = 0
+    for _keys, values in iter_mapping_leaves(bm, root):
+        for v in values:
+            if states[v >> 24] == 1:
+                n += 1
+    return n
+
+
+def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
+            metadata_snap: bool | int | None = None) -> str:
+    """Return thin_ls output for the metadata behind *bm*.  Raises
+    :class:`~dmthin.errors.MetadataError` (damage, no metadata snapshot)."""
+    sb = select_superblock(bm, metadata_snap)
+    bs = sb.data_block_size
+    devs = read_details(bm, sb.device_details_root)
+    ids = sorted(devs)
+    need_excl = bool(_NEEDS_EXCLUSIVE.intersection(fields))
+    roots = {}
+    st = _BlockStates(sb.data_sm.nr_blocks)
+    # 0.9.0 runs pass 1 over every device whatever the fields are.
+    for dev_id in ids:
+        roots[dev_id] = _subtree_root(bm, sb, dev_id)
+        _mark(bm, roots[dev_id], st)
+    rows: list[list[str]] = []
+    if headers and fields:
+        rows.append(list(fields))
+    for dev_id in ids:
+        d = devs[dev_id]
+        excl = _count_exclusive(bm, roots[dev_id], st) if need_excl else 0
+        shared = d.mapped_blocks - excl
+        values = {
+            "DEV": dev_id, "MAPPED_BLOCKS": d.mapped_blocks,
+            "EXCLUSIVE_BLOCKS": excl, "SHARED_BLOCKS": shared,
+            "MAPPED_SECTORS": d.mapped_blocks * bs, "EXCLUSIVE_SECTORS": excl * bs,
+            "SHARED_SECTORS": shared * bs,
+            "MAPPED_BYTES": d.mapped_blocks * bs * SECTOR_SIZE,
+            "EXCLUSIVE_BYTES": excl * bs * SECTOR_SIZE,
+            "SHARED_BYTES": shared * bs * SECTOR_SIZE,
+            "TRANSACTION": d.transaction, "CREATE_TIME": d.creation_time,
+            "SNAP_TIME": d.snap_time,
+        }
+        row = []
+        for f in fields:
+            if f == "MAPPED":
+                row.append(format_disk_unit(d.mapped_blocks * bs))
+            elif f == "EXCLUSIVE":
+                row.append(format_disk_unit(excl * bs))
+            elif f == "SHARED":
+                row.append(format_disk_unit(shared * bs))
+            else:
+                row.append(str(values[f]))
+        if row:
+            rows.append(row)
+    return render_grid(rows)
+
+
+def render_grid(rows: list[list[str]]) -> str:
+    """thin_ls's grid: right-justify each column, a space after every cell."""
+    if not rows:
+        return ""
+    widths = [0] * max(len(r) for r in rows)
+    for r in rows:
+        for i, c in enumerate(r):
+            if len(c) > widths[i]:
+                widths[i] = len(c)
+    return "".join("".join(c.rjust(widths[i]) + " " for i, c in enumerate(r)) + "\n"
+                   for r in rows)
