@@ -1,0 +1,47 @@
+"""``dmthin restore``: metadata XML to thin metadata (thin_restore)."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _natural(text: str) -> int:
+    from ..errors import UsageError
+    if not (text.isascii() and text.isdigit()):
+        raise UsageError(f"{text!r} is not a non-negative integer")
+    return int(text)
+
+
+def run(args) -> int:
+    from ..errors import UsageError
+    from ..thin.restore import restore
+    from .cmd_dump import progress_bar
+
+    if not os.path.exists(args.input):
+        raise UsageError(f"input {args.input} does not exist")
+    if os.path.isdir(args.output):
+        args.output = os.path.join(args.output, "metadata")
+    overrides = {k: None if getattr(args, k) is None else _natural(getattr(args, k))
+                 for k in ("transaction_id", "data_block_size", "nr_data_blocks")}
+    size = os.path.getsize(args.input) if os.path.isfile(args.input) else 0
+    total = size if sys.stderr.isatty() and size > (8 << 20) else 0
+    with progress_bar(total, "restore", "B") as update:
+        restore(args.input, args.output, progress=update, **overrides)
+    if not args.quiet and sys.stderr.isatty():
+        pass
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "restore", help="write thin metadata from XML (like thin_restore)",
+        description="Restore thin-pool metadata from thin_dump XML (0.9.0 or 1.x form). The "
+                    "output must exist; its size fixes the metadata size. The whole input is "
+                    "validated before anything is written. OUTPUT may be a pool directory.")
+    p.add_argument("-i", "--input", required=True, metavar="XML")
+    p.add_argument("-o", "--output", required=True, metavar="METADATA")
+    p.add_argument("--transaction-id", metavar="N", help="override the transaction id")
+    p.add_argument("--data-block-size", metavar="SECTORS", help="override the data block size")
+    p.add_argument("--nr-data-blocks", metavar="N", help="override the number of data blocks")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
