@@ -18,12 +18,15 @@ DEFAULT_CACHE_BLOCKS = 8192          # 32 MiB
 
 
 class _Entry:
-    __slots__ = ("buf", "dirty", "validator")
+    __slots__ = ("buf", "dirty", "validator", "node")
 
-    def __init__(self, buf, dirty: bool, validator: Validator | None):
+    def __init__(self, buf, dirty: bool, validator: Validator | None, node=None):
         self.buf = buf
         self.dirty = dirty
         self.validator = validator
+        # A decoded btree node; when set it is authoritative and ``buf`` is
+        # refreshed from it before the block is written.
+        self.node = node
 
 
 class BlockManager:
@@ -84,6 +87,10 @@ class BlockManager:
                 self._write_out(old_b, old)
 
     def _write_out(self, b: int, entry: _Entry) -> None:
+        if entry.node is not None:
+            if not isinstance(entry.buf, bytearray):
+                entry.buf = bytearray(entry.buf)
+            entry.node.encode_into(entry.buf)
         buf = entry.buf
         if entry.validator is not None:
             entry.validator.prepare_for_write(buf, b)
@@ -100,7 +107,13 @@ class BlockManager:
         entry = self._cache.get(b)
         if entry is not None:
             self._cache.move_to_end(b)
-            if entry.validator is not validator and validator is not None and not entry.dirty:
+            if entry.node is not None and entry.dirty:
+                # Raw view of a dirty decoded node: refresh the buffer.
+                if not isinstance(entry.buf, bytearray):
+                    entry.buf = bytearray(entry.buf)
+                entry.node.encode_into(entry.buf)
+                entry.validator.prepare_for_write(entry.buf, b)
+            elif entry.validator is not validator and validator is not None and not entry.dirty:
                 validator.check(entry.buf, b)
                 entry.validator = validator
             return entry.buf
@@ -109,6 +122,30 @@ class BlockManager:
             validator.check(data, b)
         self._insert(b, _Entry(data, False, validator))
         return data
+
+    def read_node(self, b: int, validator: Validator, decode):
+        """Return the decoded btree node at *b* (cached).  The result must not
+        be modified; use :meth:`write_node`."""
+        entry = self._cache.get(b)
+        if entry is not None and entry.node is not None:
+            self._cache.move_to_end(b)
+            return entry.node
+        buf = self.read(b, validator)
+        node = decode(buf, b)
+        self._cache[b].node = node
+        return node
+
+    def write_node(self, b: int, validator: Validator, node) -> None:
+        """Make *node* the authoritative, dirty contents of block *b*."""
+        entry = self._cache.get(b)
+        if entry is None:
+            entry = _Entry(bytearray(BLOCK_SIZE), True, validator, node)
+            self._insert(b, entry)
+        else:
+            self._cache.move_to_end(b)
+            entry.node = node
+            entry.dirty = True
+            entry.validator = validator
 
     def read_uncached(self, b: int) -> bytes:
         """Read block *b* from the file, bypassing the cache (for checkers)."""
@@ -131,6 +168,9 @@ class BlockManager:
             self._cache.move_to_end(b)
             if not isinstance(entry.buf, bytearray):
                 entry.buf = bytearray(entry.buf)
+            if entry.node is not None:
+                entry.node.encode_into(entry.buf)
+                entry.node = None
             entry.dirty = True
             entry.validator = validator
         return entry.buf

@@ -17,7 +17,7 @@ LEAF_NODE = 2
 HEADER_SIZE = 32
 
 _HEADER = struct.Struct("<IIQIIII")   # csum flags blocknr nr_entries max_entries value_size pad
-_HEAD_FIELDS = struct.Struct("<I4xQIII")  # flags at 4, blocknr 8, nr 16, max 20, vs 24
+_HEAD_FIELDS = struct.Struct("<IQIII")    # flags at 4, blocknr 8, nr 16, max 20, vs 24
 _U64 = struct.Struct("<Q")
 
 

@@ -1,0 +1,100 @@
+"""Value types and the shadow spine (dm-btree-spine.c).
+
+A :class:`ValueType` says how a btree's leaf values hold references:
+``inc``/``dec`` are called with lists of values when a shared leaf is
+shadowed, when a value is overwritten, removed, or its tree deleted.
+"""
+from __future__ import annotations
+
+from ..transaction import TransactionManager
+from .node import Node, calc_max_entries
+
+
+class ValueType:
+    """A btree value type: size in bytes and reference callbacks."""
+
+    def __init__(self, size: int, inc=None, dec=None, equal=None):
+        self.size = size
+        self.inc = inc          # inc(values: list) -> None
+        self.dec = dec          # dec(values: list) -> None
+        self.equal = equal      # equal(a, b) -> bool
+
+    def __repr__(self) -> str:
+        return f"<ValueType size={self.size}>"
+
+
+class BTreeInfo:
+    """``dm_btree_info``: a transaction manager, the number of levels (a
+    two-level tree keys on (dev_id, block)) and the leaf value type."""
+
+    def __init__(self, tm: TransactionManager, levels: int, value_type: ValueType):
+        self.tm = tm
+        self.levels = levels
+        self.value_type = value_type
+        self.max_entries = calc_max_entries(value_type.size)
+
+
+def le64_type(tm: TransactionManager) -> ValueType:
+    """Values that are metadata block numbers (upper levels of a
+    multi-level tree): shadowing a shared node increments them."""
+    def inc(values):
+        for v in values:
+            tm.inc(v)
+
+    def dec(values):
+        for v in values:
+            tm.dec(v)
+
+    return ValueType(8, inc, dec, lambda a, b: a == b)
+
+
+def inc_children(tm: TransactionManager, node: Node, vt: ValueType) -> None:
+    """After shadowing a shared node: take a reference on each child (an
+    internal node's child blocks, or a leaf's values through *vt*)."""
+    if not node.is_leaf:
+        values = node.values
+        i, n = 0, len(values)
+        while i < n:              # runs, as dm_tm_with_runs
+            b = values[i]
+            j = i + 1
+            while j < n and values[j] == b + (j - i):
+                j += 1
+            tm.inc_range(b, b + (j - i))
+            i = j
+    elif vt.inc is not None and node.values:
+        vt.inc(node.values)
+
+
+class ShadowSpine:
+    """The two most recent nodes on a path being modified, as
+    ``struct shadow_spine``: ``nodes[-1]`` is current, ``nodes[0]`` its
+    parent.  Each entry is ``[block, Node]``."""
+
+    __slots__ = ("tm", "nodes", "root", "count")
+
+    def __init__(self, tm: TransactionManager):
+        self.tm = tm
+        self.nodes: list[list] = []
+        self.root: int | None = None
+
+    def step(self, b: int, vt: ValueType) -> None:
+        """Shadow *b* and make it current (``shadow_step``)."""
+        new_b, node, inc = self.tm.shadow_node(b)
+        if inc:
+            inc_children(self.tm, node, vt)
+        if len(self.nodes) == 2:
+            self.nodes.pop(0)
+        if self.root is None:
+            self.root = new_b
+        self.nodes.append([new_b, node])
+
+    @property
+    def current(self) -> list:
+        return self.nodes[-1]
+
+    @property
+    def parent(self) -> list:
+        return self.nodes[0]
+
+    def has_parent(self) -> bool:
+        return len(self.nodes) >= 2

@@ -1,0 +1,152 @@
+"""The data space map (dm-space-map-disk.c).
+
+Index entries live in a btree (key: bitmap index, value: 16-byte index
+entry).  Like the kernel (5.15+), changed entries are cached and written to
+the btree at commit.  Allocation is linear from a cursor that moves past each
+allocated block and wraps around; a block must be free in both the last
+committed state and the current one, so a block freed in this transaction is
+not reused before commit.
+"""
+from __future__ import annotations
+
+from ...errors import MetadataError, NoSpace
+from ..btree import insert as bt_insert
+from ..btree.spine import BTreeInfo, ValueType
+from .common import IndexEntry, LowLevel
+
+
+def index_info(tm) -> BTreeInfo:
+    return BTreeInfo(tm, 1, ValueType(16))
+
+
+class DiskLowLevel(LowLevel):
+    """Index entries in a btree, with a write-back cache flushed at commit."""
+
+    def __init__(self, tm):
+        super().__init__(tm)
+        self.ie_info = index_info(tm)
+        self._ie_cache: dict[int, IndexEntry] = {}
+        self._dirty: set[int] = set()
+
+    def snapshot(self) -> "DiskLowLevel":
+        ll = DiskLowLevel.__new__(DiskLowLevel)
+        ll.__dict__.update(self.__dict__)
+        ll._ie_cache = {i: ie.copy() for i, ie in self._ie_cache.items()}
+        ll._dirty = set()
+        return ll
+
+    def load_ie(self, index: int) -> IndexEntry:
+        ie = self._ie_cache.get(index)
+        if ie is None:
+            raw = bt_insert.lookup(self.ie_info, self.bitmap_root, [index])
+            if raw is None:
+                raise MetadataError(f"data space map: no index entry for bitmap {index}")
+            ie = IndexEntry.unpack(raw)
+            if len(self._ie_cache) > 4096:
+                self._flush_clean()
+            self._ie_cache[index] = ie
+        return ie.copy()
+
+    def _flush_clean(self) -> None:
+        for i in [i for i in self._ie_cache if i not in self._dirty]:
+            del self._ie_cache[i]
+
+    def save_ie(self, index: int, ie: IndexEntry) -> None:
+        self._ie_cache[index] = ie.copy()
+        self._dirty.add(index)
+
+    def max_entries(self) -> int:
+        return 1 << 62
+
+    def init_index(self) -> None:
+        self.bitmap_root = bt_insert.empty(self.ie_info)
+
+    def commit(self) -> None:
+        for i in sorted(self._dirty):
+            self.bitmap_root, _ = bt_insert.insert(self.ie_info, self.bitmap_root, [i],
+                                                   self._ie_cache[i].pack())
+        self._dirty.clear()
+
+
+class DiskSpaceMap:
+    """The data space map."""
+
+    def __init__(self, tm):
+        self.tm = tm
+        self.ll = DiskLowLevel(tm)
+        self.old_ll = self.ll.snapshot()
+        self.begin = 0
+        self.allocated_this_transaction = 0
+
+    @classmethod
+    def create(cls, tm, nr_blocks: int) -> "DiskSpaceMap":
+        """``dm_sm_disk_create``."""
+        sm = cls(tm)
+        ll = sm.ll
+        ll.init_index()
+        ll.ref_count_root = bt_insert.empty(ll.rc_info)
+        ll.extend(nr_blocks)
+        sm.commit()
+        return sm
+
+    @classmethod
+    def open(cls, tm, nr_blocks: int, nr_allocated: int, bitmap_root: int,
+             ref_count_root: int) -> "DiskSpaceMap":
+        sm = cls(tm)
+        ll = sm.ll
+        ll.nr_blocks, ll.nr_allocated = nr_blocks, nr_allocated
+        ll.bitmap_root, ll.ref_count_root = bitmap_root, ref_count_root
+        sm.commit()
+        return sm
+
+    def root(self) -> tuple[int, int, int, int]:
+        ll = self.ll
+        return ll.nr_blocks, ll.nr_allocated, ll.bitmap_root, ll.ref_count_root
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.ll.nr_blocks
+
+    def nr_free(self) -> int:
+        old = self.old_ll
+        return old.nr_blocks - old.nr_allocated - self.allocated_this_transaction
+
+    def get_count(self, b: int) -> int:
+        return self.ll.lookup(b)
+
+    def count_is_more_than_one(self, b: int) -> bool:
+        return self.get_count(b) > 1
+
+    def inc(self, b: int, e: int | None = None) -> None:
+        self.allocated_this_transaction += self.ll.inc(b, e)
+
+    def dec(self, b: int, e: int | None = None) -> None:
+        self.allocated_this_transaction += self.ll.dec(b, e)
+
+    def _find_common_free(self, begin: int, end: int) -> int | None:
+        while True:
+            b = self.ll.find_free_block(begin, end)
+            if b is None:
+                return None
+            if b >= self.old_ll.nr_blocks or self.old_ll.lookup(b) == 0:
+                return b
+            begin = b + 1
+
+    def new_block(self) -> int:
+        """Allocate a data block (kernel order); :class:`NoSpace` when none."""
+        b = self._find_common_free(self.begin, self.ll.nr_blocks)
+        if b is None:
+            b = self._find_common_free(0, self.begin)
+        if b is None:
+            raise NoSpace("out of data space")
+        self.begin = b + 1
+        self.inc(b)
+        return b
+
+    def commit(self) -> None:
+        self.ll.commit()
+        self.old_ll = self.ll.snapshot()
+        self.allocated_this_transaction = 0
+
+    def extend(self, extra_blocks: int) -> None:
+        self.ll.extend(extra_blocks)

@@ -1,0 +1,130 @@
+"""The transaction manager (dm-transaction-manager.c).
+
+It owns copy-on-write: a block committed in an earlier transaction is never
+written in place.  :meth:`shadow_block` copies such a block to a newly
+allocated one (decrementing the original, and telling the caller to
+increment the children when the original was shared); a block that is new or
+already shadowed in this transaction, and not shared, is written in place.
+
+Commit is two-phase, as the kernel's: :meth:`pre_commit` commits the space
+map and writes every dirty block, then syncs; :meth:`commit` writes the
+superblock last and syncs again.
+"""
+from __future__ import annotations
+
+from .block import BlockManager
+from .btree.node import Node
+from .checksum import BTREE_NODE, Validator
+
+
+def _decode_node(buf, b):
+    return Node.decode(buf, b)
+
+
+class TransactionManager:
+    """Shadowing and reference counting over a :class:`BlockManager`.
+
+    ``sm`` is the metadata space map; it is attached after construction
+    because the space map itself needs the transaction manager.
+    """
+
+    def __init__(self, bm: BlockManager):
+        self.bm = bm
+        self.sm = None
+        self._shadows: set[int] = set()
+
+    # -- reading -----------------------------------------------------------
+    def read(self, b: int, validator: Validator):
+        return self.bm.read(b, validator)
+
+    def read_node(self, b: int) -> Node:
+        """A btree node, read-only (do not modify the result)."""
+        return self.bm.read_node(b, BTREE_NODE, _decode_node)
+
+    # -- new blocks ----------------------------------------------------------
+    def new_block(self, validator: Validator) -> tuple[int, bytearray]:
+        """Allocate a zeroed block (``dm_tm_new_block``)."""
+        b = self.sm.new_block()
+        buf = self.bm.write_lock_zero(b, validator)
+        self._shadows.add(b)
+        return b, buf
+
+    def new_node(self, node: Node) -> int:
+        """Allocate a block for btree *node* (which stays live and is
+        written at flush or eviction)."""
+        b = self.sm.new_block()
+        self.bm.write_node(b, BTREE_NODE, node)
+        self._shadows.add(b)
+        return b
+
+    # -- shadowing ---------------------------------------------------------------
+    def _must_copy(self, orig: int) -> tuple[bool, bool]:
+        inc_children = self.sm.count_is_more_than_one(orig)
+        return (inc_children or orig not in self._shadows), inc_children
+
+    def _copy_location(self, orig: int) -> int:
+        new = self.sm.new_block()
+        self.sm.dec(orig)
+        return new
+
+    def shadow_block(self, orig: int, validator: Validator) -> tuple[int, bytearray, bool]:
+        """``dm_tm_shadow_block``: return ``(block, buffer, inc_children)``."""
+        copy, inc = self._must_copy(orig)
+        if not copy:
+            return orig, self.bm.write_lock(orig, validator), False
+        src = bytes(self.bm.read(orig, validator))
+        new = self._copy_location(orig)
+        buf = self.bm.write_lock_zero(new, validator)
+        buf[:] = src
+        self._shadows.add(new)
+        return new, buf, inc
+
+    def shadow_node(self, orig: int) -> tuple[int, Node, bool]:
+        """Shadow a btree node: ``(block, live Node, inc_children)``."""
+        copy, inc = self._must_copy(orig)
+        if not copy:
+            node = self.read_node(orig)
+            self.bm.write_node(orig, BTREE_NODE, node)
+            return orig, node, False
+        src = self.read_node(orig)
+        new = self._copy_location(orig)
+        node = Node(src.flags, src.max_entries, src.value_size, list(src.keys), list(src.values))
+        self.bm.write_node(new, BTREE_NODE, node)
+        self._shadows.add(new)
+        return new, node, inc
+
+    def is_shadow(self, b: int) -> bool:
+        return b in self._shadows
+
+    # -- reference counts ------------------------------------------------------------
+    def inc(self, b: int) -> None:
+        self.sm.inc(b)
+
+    def inc_range(self, b: int, e: int) -> None:
+        self.sm.inc(b, e)
+
+    def dec(self, b: int) -> None:
+        self.sm.dec(b)
+
+    def ref(self, b: int) -> int:
+        return self.sm.get_count(b)
+
+    def is_shared(self, b: int) -> bool:
+        return self.sm.count_is_more_than_one(b)
+
+    # -- commit -------------------------------------------------------------------------
+    def pre_commit(self) -> None:
+        """Commit the metadata space map, write every dirty block, sync."""
+        self.sm.commit()
+        self.bm.flush()
+
+    def commit(self, superblock_location: int, sb_buf: bytearray, validator: Validator) -> None:
+        """Write the superblock last, then sync; start a new transaction."""
+        self._shadows.clear()
+        self.bm.write_block_now(superblock_location, sb_buf, validator)
+        self.bm.sync()
+
+    def abort(self) -> None:
+        """Forget this transaction's shadows and dirty blocks."""
+        self._shadows.clear()
+        self.bm.discard_dirty()
