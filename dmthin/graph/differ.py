@@ -1,0 +1,195 @@
+"""Docker's naive differ (``graphdriver.NaiveDiffDriver``) over file trees.
+
+:func:`changes` compares two trees as moby's ``ChangesDirs`` does: an entry
+is modified when its mode, owner, group or device number differ, or (not
+for directories) its mtime, size or symlink target; a directory holding
+changes is listed as modified; a deleted directory is listed alone.
+:func:`export_changes` writes a tar of the changed entries with
+``.wh.<name>`` whiteouts for deletions; :func:`apply_layer` applies such a
+tar (whiteouts delete, ``.wh..wh.*`` bookkeeping entries are skipped) and
+returns the summed sizes of its entries, as ``ApplyUncompressedLayer`` does.
+Trees are :class:`~dmthin.graph.tree.DirTree` (kernel mode, a mounted
+rootfs) or :class:`~dmthin.graph.tree.ImageTree` (simulator, debugfs).
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+import time
+from dataclasses import dataclass
+
+from ..errors import InvalidArgument
+from .tree import Entry
+
+MODIFY, ADD, DELETE = 0, 1, 2
+_KIND = {MODIFY: "C", ADD: "A", DELETE: "D"}
+WHITEOUT = ".wh."
+WHITEOUT_META = ".wh..wh."
+
+
+@dataclass(frozen=True, order=True)
+class Change:
+    """One change: ``path`` is absolute (``/a/b``); ``kind`` MODIFY/ADD/DELETE."""
+    path: str
+    kind: int
+
+    def __str__(self) -> str:
+        return f"{_KIND[self.kind]} {self.path}"
+
+
+def _differs(old: Entry, new: Entry) -> bool:
+    if (old.mode, old.uid, old.gid, old.rdev) != (new.mode, new.uid, new.gid, new.rdev):
+        return True
+    if new.is_dir:
+        return False
+    return old.mtime_ns != new.mtime_ns or old.size != new.size or old.link != new.link
+
+
+def changes(new: dict[str, Entry], old: dict[str, Entry]) -> list[Change]:
+    """Changes from tree *old* (the parent) to tree *new*, sorted by path."""
+    out: dict[str, int] = {}
+    for p, e in new.items():
+        o = old.get(p)
+        if o is None:
+            out[p] = ADD
+        elif _differs(o, e):
+            out[p] = MODIFY
+    for p in old:
+        if p not in new:
+            parent = posixpath.dirname(p)
+            if not parent or parent in new:
+                out[p] = DELETE
+    for p in list(out):
+        parent = posixpath.dirname(p)
+        while parent and parent not in out:
+            out[parent] = MODIFY
+            parent = posixpath.dirname(parent)
+    return sorted(Change("/" + p, k) for p, k in out.items())
+
+
+def changes_size(new: dict[str, Entry], chs: list[Change]) -> int:
+    """``archive.ChangesSize``: bytes of added or modified regular files."""
+    total = 0
+    for c in chs:
+        if c.kind != DELETE:
+            e = new.get(c.path[1:])
+            if e is not None and e.is_reg:
+                total += e.size
+    return total
+
+
+def export_changes(tree, new: dict[str, Entry], chs: list[Change], out) -> None:
+    """Write a tar of *chs* (contents read from *tree*) to file object *out*."""
+    now = time.time()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for c in chs:
+            rel = c.path[1:]
+            if c.kind == DELETE:
+                d, name = posixpath.split(rel)
+                ti = tarfile.TarInfo(posixpath.join(d, WHITEOUT + name))
+                ti.mtime, ti.mode, ti.size = now, 0, 0
+                tar.addfile(ti)
+                continue
+            e = new[rel]
+            ti = tarfile.TarInfo(rel)
+            ti.mode = stat.S_IMODE(e.mode)
+            ti.uid, ti.gid = e.uid, e.gid
+            ti.mtime = e.mtime_ns / 1e9
+            if e.is_dir:
+                ti.type = tarfile.DIRTYPE
+                tar.addfile(ti)
+            elif e.is_reg:
+                ti.size = e.size
+                with tree.open_read(rel) as f:
+                    tar.addfile(ti, f)
+            elif stat.S_ISLNK(e.mode):
+                ti.type, ti.linkname = tarfile.SYMTYPE, e.link
+                tar.addfile(ti)
+            elif stat.S_ISFIFO(e.mode):
+                ti.type = tarfile.FIFOTYPE
+                tar.addfile(ti)
+            elif stat.S_ISCHR(e.mode) or stat.S_ISBLK(e.mode):
+                ti.type = tarfile.CHRTYPE if stat.S_ISCHR(e.mode) else tarfile.BLKTYPE
+                ti.devmajor, ti.devminor = os.major(e.rdev), os.minor(e.rdev)
+                tar.addfile(ti)
+            # sockets are skipped, as Go's archive/tar does
+
+
+def _clean(name: str) -> str:
+    p = posixpath.normpath("/" + name).lstrip("/")
+    if p in ("", "."):
+        return ""
+    if p.startswith("../") or p == "..":
+        raise InvalidArgument(f"tar entry {name!r} points outside the layer")
+    return p
+
+
+_TYPE = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
+         tarfile.FIFOTYPE: stat.S_IFIFO, tarfile.CHRTYPE: stat.S_IFCHR,
+         tarfile.BLKTYPE: stat.S_IFBLK}
+
+
+def _ensure_parents(tree, d: str) -> None:
+    """Create missing parent directories (0755 root), as UnpackLayer does."""
+    missing = []
+    while d and tree.lookup(d) is None:
+        missing.append(d)
+        d = posixpath.dirname(d)
+    now = time.time_ns()
+    for p in reversed(missing):
+        tree.mkdir(Entry(p, stat.S_IFDIR | 0o755, 0, 0, 0, now))
+
+
+def apply_layer(tree, layer) -> int:
+    """Apply tar stream *layer* to *tree*; return the summed entry sizes.
+
+    Raises :class:`~dmthin.errors.InvalidArgument` for entries outside the
+    layer, and the tree's errors.
+    """
+    size = 0
+    dirs: list[Entry] = []
+    tree.begin()
+    with tarfile.open(fileobj=layer, mode="r|*") as tar:
+        for m in tar:
+            rel = _clean(m.name)
+            if not rel:
+                continue
+            d, base = posixpath.split(rel)
+            if base.startswith(WHITEOUT_META):
+                continue
+            if base.startswith(WHITEOUT):
+                tree.remove(posixpath.join(d, base[len(WHITEOUT):]))
+                continue
+            size += m.size
+            _ensure_parents(tree, d)
+            if m.islnk():
+                target = _clean(m.linkname)
+                tree.remove(rel)
+                tree.hardlink(rel, target)
+                continue
+            ftype = stat.S_IFREG if m.isreg() else _TYPE.get(m.type)
+            if ftype is None:
+                continue
+            rdev = os.makedev(m.devmajor, m.devminor) if m.ischr() or m.isblk() else 0
+            e = Entry(rel, ftype | (m.mode & 0o7777), m.uid, m.gid, m.size,
+                      int(round(m.mtime * 1e9)), m.linkname if m.issym() else "", rdev)
+            if m.isdir():
+                old = tree.lookup(rel)
+                if old is not None and not old.is_dir:
+                    tree.remove(rel)
+                tree.mkdir(e)
+                dirs.append(e)
+                continue
+            tree.remove(rel)
+            if m.isreg():
+                tree.write_file(e, tar.extractfile(m))
+            elif m.issym():
+                tree.symlink(e)
+            else:
+                tree.mknod(e)
+    for e in reversed(dirs):
+        tree.set_times(e)
+    tree.commit()
+    return size

@@ -1,0 +1,199 @@
+"""Docker's devicemapper graph ``Driver`` on a :class:`DeviceSet`.
+
+Layers and containers are thin snapshots; ``get`` mounts one at
+``<root>/mnt/<id>`` and returns ``<root>/mnt/<id>/rootfs`` (per-id
+reference counts, an ``id`` file beside ``rootfs``); ``put`` drops a
+reference and unmounts at zero.  ``diff``/``apply_diff``/``changes``/
+``diff_size`` are Docker's naive tar differ (:mod:`dmthin.graph.differ`).
+
+Kernel backend: ``get``/``put`` mount for real and the differ works on the
+mounted directories.  Simulator backend: there is nothing to mount, so
+``get`` raises EOPNOTSUPP; :meth:`Driver.open_fs` gives the same differ
+(and the replay workload) the layer's ext4 filesystem through debugfs on an
+image mirror of the thin device, whose changed blocks go back to the pool.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from ..errors import UsageError
+from . import differ
+from .deviceset import DeviceSet
+from .options import ram_in_bytes
+from .store import check_hash
+from .tree import DirTree, ImageTree
+
+
+class Driver:
+    """``Driver(root, options=(), backend=None)``: Docker's devicemapper
+    graph driver.  Raises what :class:`DeviceSet` raises."""
+
+    def __init__(self, root, options=(), backend: str | None = None, **kwargs):
+        self.home = Path(root)
+        self.deviceset = DeviceSet(root, options, backend, **kwargs)
+        self._refs: dict[str, int] = {}
+        self._lock = threading.RLock()
+
+    def __str__(self) -> str:
+        return "devicemapper"
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    # -- layers ------------------------------------------------------------
+    def create(self, id: str, parent: str = "", storage_opt: dict | None = None) -> None:
+        """Create layer *id* as a snapshot of *parent* (or of the base).
+
+        ``storage_opt`` may hold ``size`` (e.g. ``"50M"``).  Raises
+        ``DeviceExists``, ``DeviceNotFound``, ``NoSpace``, ``UsageError``.
+        """
+        size = None
+        for key, val in (storage_opt or {}).items():
+            if key.lower() != "size":
+                raise UsageError(f"Unknown option {key}")
+            size = ram_in_bytes(val)
+        self.deviceset.add_device(id, parent or "", size)
+
+    def create_read_write(self, id: str, parent: str = "",
+                          storage_opt: dict | None = None) -> None:
+        """A container's read-write layer: the same as :meth:`create`."""
+        self.create(id, parent, storage_opt)
+
+    def remove(self, id: str) -> None:
+        """Delete layer *id* (a no-op if absent).  Raises ``Busy``."""
+        if not self.deviceset.has_device(id):
+            return
+        self.deviceset.delete_device(id, sync_delete=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(self.home / "mnt" / id)
+
+    def exists(self, id: str) -> bool:
+        return self.deviceset.has_device(id)
+
+    # -- mounting -------------------------------------------------------------
+    def get(self, id: str, mount_label: str = "") -> str:
+        """Mount *id* (reference counted) and return its rootfs path.
+
+        Raises ``NotSupported`` with the simulator, ``DeviceNotFound``,
+        ``IOFailure`` when mount fails."""
+        check_hash(id)
+        mp = self.home / "mnt" / id
+        rootfs = mp / "rootfs"
+        with self._lock:
+            if self._refs.get(id, 0) > 0:
+                self._refs[id] += 1
+                return str(rootfs)
+            mp.mkdir(mode=0o755, parents=True, exist_ok=True)
+            try:
+                self.deviceset.mount_device(id, mp, mount_label)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    mp.rmdir()
+                raise
+            try:
+                rootfs.mkdir(mode=0o755, exist_ok=True)
+                os.chmod(rootfs, 0o755)
+                id_file = mp / "id"
+                if not id_file.exists():
+                    fd = os.open(id_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(id)
+            except BaseException:
+                self.deviceset.unmount_device(id, mp)
+                raise
+            self._refs[id] = 1
+            return str(rootfs)
+
+    def put(self, id: str) -> None:
+        """Drop a reference from :meth:`get`; unmount at zero."""
+        with self._lock:
+            count = self._refs.get(id, 0) - 1
+            if count > 0:
+                self._refs[id] = count
+                return
+            self._refs.pop(id, None)
+            self.deviceset.unmount_device(id, self.home / "mnt" / id)
+
+    @contextlib.contextmanager
+    def open_fs(self, id: str, write: bool = False):
+        """Yield a file tree of layer *id*: the mounted rootfs
+        (:class:`DirTree`, kernel) or its ext4 through debugfs
+        (:class:`ImageTree`, simulator; written back if *write*)."""
+        was_active = self.deviceset.is_active(id)
+        thin = self.deviceset.activate_device(id)
+        if thin.path is not None:
+            rootfs = self.get(id)
+            try:
+                yield DirTree(rootfs)
+            finally:
+                self.put(id)
+            return
+        try:
+            with self.deviceset.device_access(id, write=write) as image:
+                tree = ImageTree(image, self.deviceset.work_dir)
+                try:
+                    yield tree
+                finally:
+                    tree.close()
+        finally:
+            if not was_active:
+                self.deviceset.deactivate_device(id)
+
+    # -- differ -------------------------------------------------------------------
+    def changes(self, id: str, parent: str = "") -> list[differ.Change]:
+        """Docker's ``Changes(id, parent)``, sorted by path."""
+        new_entries = self._walk(id)
+        return differ.changes(new_entries, self._walk(parent) if parent else {})
+
+    def _walk(self, id: str) -> dict:
+        with self.open_fs(id) as tree:
+            return tree.walk()
+
+    def diff(self, id: str, parent: str = ""):
+        """A tar of *id*'s changes against *parent*, as a file object at 0."""
+        old_entries = self._walk(parent) if parent else {}
+        out = tempfile.TemporaryFile(dir=self.deviceset.work_dir)
+        with self.open_fs(id) as new:
+            new_entries = new.walk()
+            differ.export_changes(new, new_entries,
+                                  differ.changes(new_entries, old_entries), out)
+        out.seek(0)
+        return out
+
+    def diff_size(self, id: str, parent: str = "") -> int:
+        """Bytes of added or modified regular files (``ChangesSize``)."""
+        new_entries = self._walk(id)
+        old_entries = self._walk(parent) if parent else {}
+        return differ.changes_size(new_entries, differ.changes(new_entries, old_entries))
+
+    def apply_diff(self, id: str, parent: str, diff) -> int:
+        """Apply tar *diff* (bytes or a file object) to layer *id*; return
+        its size.  Raises ``InvalidArgument`` for a malformed layer."""
+        if isinstance(diff, (bytes, bytearray)):
+            import io
+            diff = io.BytesIO(diff)
+        with self.open_fs(id, write=True) as tree:
+            return differ.apply_layer(tree, diff)
+
+    # -- driver info -------------------------------------------------------------------
+    def status(self) -> list[tuple[str, str]]:
+        return self.deviceset.status()
+
+    def get_metadata(self, id: str) -> dict[str, str]:
+        """``DeviceId``, ``DeviceSize``, ``DeviceName`` (as ``docker inspect``)."""
+        info = self.deviceset.device_info(id)
+        return {"DeviceId": str(info.device_id), "DeviceSize": str(info.size),
+                "DeviceName": self.deviceset.device_name(id)}
+
+    def cleanup(self) -> None:
+        """Unmount everything and shut the device set down."""
+        with self._lock:
+            self._refs.clear()
+        self.deviceset.shutdown()

@@ -1,0 +1,359 @@
+"""File trees the differ reads and writes: a mounted directory, or an
+unmounted ext4 image / device through e2fsprogs' ``debugfs``.
+
+:class:`DirTree` is the kernel-mode tree (the rootfs Docker's ``Get``
+returns).  :class:`ImageTree` gives the simulator honest filesystem content
+without root or mounts: it lists (``ls -p``, ``stat``), reads (``dump``)
+and writes (``mkdir``, ``write``, ``symlink``, ``mknod``, ``sif``, ``rm``)
+the ext4 filesystem inside a thin device's image mirror, and the mirror's
+changed blocks go back to the thin device.
+
+Limits of :class:`ImageTree`, all refused with a clear error rather than
+done wrong: ext4 only (debugfs does not write xfs); names containing ``"``
+or a newline; hard links are written as separate copies.  debugfs writes
+all-zero blocks of a file as holes.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidArgument, IOFailure, NotSupported
+from .blockfs import run_tool
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file's metadata, with a path relative to the tree's root."""
+    path: str
+    mode: int              # full st_mode (type and permission bits)
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    link: str = ""         # symlink target
+    rdev: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+class DirTree:
+    """A directory tree (a mounted rootfs)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _abs(self, path: str) -> Path:
+        return self.root / path
+
+    def walk(self) -> dict[str, Entry]:
+        """Every entry below the root (the root itself excluded)."""
+        out: dict[str, Entry] = {}
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            with os.scandir(self._abs(rel) if rel else self.root) as it:
+                for de in it:
+                    p = f"{rel}/{de.name}" if rel else de.name
+                    st = de.stat(follow_symlinks=False)
+                    link = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else ""
+                    size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+                    out[p] = Entry(p, st.st_mode, st.st_uid, st.st_gid, size,
+                                   st.st_mtime_ns, link, st.st_rdev)
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(p)
+        return out
+
+    @contextlib.contextmanager
+    def open_read(self, path: str):
+        with open(self._abs(path), "rb") as f:
+            yield f
+
+    def lookup(self, path: str) -> Entry | None:
+        try:
+            st = os.lstat(self._abs(path))
+        except FileNotFoundError:
+            return None
+        return Entry(path, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+
+    # -- writing: each call takes effect at once ---------------------------
+    def begin(self) -> None:
+        pass
+
+    def hardlink(self, path: str, target: str) -> None:
+        os.link(self._abs(target), self._abs(path))
+
+    def remove(self, path: str) -> None:
+        p = self._abs(path)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def mkdir(self, e: Entry) -> None:
+        p = self._abs(e.path)
+        if not p.is_dir():
+            p.mkdir()
+        self._attrs(p, e)
+
+    def write_file(self, e: Entry, src) -> None:
+        p = self._abs(e.path)
+        with open(p, "wb") as f:
+            shutil.copyfileobj(src, f, 1 << 20)
+        self._attrs(p, e)
+
+    def symlink(self, e: Entry) -> None:
+        p = self._abs(e.path)
+        os.symlink(e.link, p)
+        os.lchown(p, e.uid, e.gid)
+        os.utime(p, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+
+    def mknod(self, e: Entry) -> None:
+        p = self._abs(e.path)
+        if stat.S_ISFIFO(e.mode):
+            os.mkfifo(p)
+        else:
+            os.mknod(p, e.mode, e.rdev)
+        self._attrs(p, e)
+
+    def set_times(self, e: Entry) -> None:
+        os.utime(self._abs(e.path), ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+
+    def commit(self) -> None:
+        pass
+
+    @staticmethod
+    def _attrs(p: Path, e: Entry) -> None:
+        os.lchown(p, e.uid, e.gid)
+        os.chmod(p, stat.S_IMODE(e.mode))
+        os.utime(p, ns=(e.mtime_ns, e.mtime_ns))
+
+
+def _q(path: str) -> str:
+    if '"' in path or "\n" in path:
+        raise NotSupported(f"debugfs cannot name {path!r}: names with '\"' or newlines need "
+                           "the kernel backend")
+    return f'"/{path}"'
+
+
+class ImageTree:
+    """An unmounted ext4 filesystem (image file or device node) via debugfs."""
+
+    def __init__(self, image: str | os.PathLike, workdir: str | os.PathLike):
+        self.image = str(image)
+        self.workdir = Path(workdir)
+        self._script: list[str] = []
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def _run(self, cmds: list[str], write: bool = False) -> list[tuple[str, list[str]]]:
+        """Run debugfs commands from a file; return (command, output lines)."""
+        with tempfile.NamedTemporaryFile("w", dir=self.workdir, prefix=".debugfs",
+                                         suffix=".cmd") as f:
+            f.write("\n".join(cmds) + "\n")
+            f.flush()
+            argv = ["debugfs", *(["-w"] if write else []), "-f", f.name, self.image]
+            out = run_tool(argv, on_image=True)
+        sections: list[tuple[str, list[str]]] = []
+        for line in out.splitlines():
+            if line.startswith("debugfs: "):
+                sections.append((line[9:], []))
+            elif sections:
+                sections[-1][1].append(line)
+        return sections
+
+    # -- reading ----------------------------------------------------------------
+    def walk(self) -> dict[str, Entry]:
+        """Every entry below the root: ``ls -p`` level by level, then one
+        ``stat`` pass for mtimes, link targets and device numbers."""
+        raw: dict[str, tuple[int, int, int, int]] = {}
+        level = [""]
+        while level:
+            sections = self._run([f"ls -p {_q(d) if d else '/'}" for d in level])
+            nxt = []
+            for d, (_, lines) in zip(level, sections):
+                for line in lines:
+                    if not line.startswith("/") or not line.endswith("/"):
+                        continue
+                    ino, mode, uid, gid, rest = line[1:-1].split("/", 4)
+                    name, _, size = rest.rpartition("/")
+                    if name in (".", "..") or not name:
+                        continue
+                    p = f"{d}/{name}" if d else name
+                    raw[p] = (int(mode, 8), int(uid), int(gid), int(size or 0))
+                    if stat.S_ISDIR(int(mode, 8)):
+                        nxt.append(p)
+            level = nxt
+        extra: dict[str, tuple[int, str, int]] = {}
+        paths = list(raw)
+        for i in range(0, len(paths), 2000):
+            batch = paths[i:i + 2000]
+            for p, (_, lines) in zip(batch, self._run([f"stat {_q(p)}" for p in batch])):
+                extra[p] = _parse_stat(lines)
+        for p, (m, _, _, size) in raw.items():
+            if stat.S_ISLNK(m) and not extra[p][1] and size:     # slow symlink: dump it
+                with self.open_read(p) as f:
+                    extra[p] = (extra[p][0], f.read().decode("utf-8", "surrogateescape"), 0)
+        return {p: Entry(p, m, u, g, s if stat.S_ISREG(m) else 0, extra[p][0], extra[p][1],
+                         extra[p][2]) for p, (m, u, g, s) in raw.items()}
+
+    @contextlib.contextmanager
+    def open_read(self, path: str):
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(dir=self.workdir, prefix=".tree")
+        local = Path(self._tmp.name) / "out"
+        self._run([f"dump {_q(path)} {local}"])
+        try:
+            with open(local, "rb") as f:
+                yield f
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                local.unlink()
+
+    # -- writing: commands are queued and run by commit() --------------------
+    def begin(self) -> None:
+        self._script = []
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(dir=self.workdir, prefix=".tree")
+        self._existing = self.walk()
+        self._written: dict[str, str] = {}
+
+    def lookup(self, path: str) -> Entry | None:
+        return self._existing.get(path)
+
+    def hardlink(self, path: str, target: str) -> None:
+        """Written as a copy of *target* (debugfs ``ln`` keeps no link count)."""
+        e = self._existing.get(target)
+        if e is None or not e.is_reg:
+            raise InvalidArgument(f"hard link {path!r} to missing or non-regular {target!r}")
+        copy = Entry(path, e.mode, e.uid, e.gid, e.size, e.mtime_ns)
+        local = self._written.get(target)
+        if local is not None:
+            with open(local, "rb") as f:
+                self.write_file(copy, f)
+        else:
+            with self.open_read(target) as f:
+                self.write_file(copy, f)
+
+    def remove(self, path: str) -> None:
+        e = self._existing.pop(path, None)
+        self._written.pop(path, None)
+        if e is None:
+            return
+        if e.is_dir:
+            for child in sorted((p for p in self._existing if p.startswith(path + "/")),
+                                reverse=True):
+                self._rm_one(self._existing.pop(child))
+        self._rm_one(e)
+
+    def _rm_one(self, e: Entry) -> None:
+        self._script.append(f"{'rmdir' if e.is_dir else 'rm'} {_q(e.path)}")
+
+    def _attrs(self, e: Entry) -> None:
+        q = _q(e.path)
+        self._script += [f"sif {q} mode 0{e.mode:o}", f"sif {q} uid {e.uid}",
+                         f"sif {q} gid {e.gid}"]
+        self.set_times(e)
+
+    def mkdir(self, e: Entry) -> None:
+        if e.path not in self._existing:
+            self._script.append(f"mkdir {_q(e.path)}")
+        self._existing[e.path] = e
+        self._attrs(e)
+
+    def write_file(self, e: Entry, src) -> None:
+        fd, local = tempfile.mkstemp(dir=self._tmp.name)
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(src, f, 1 << 20)
+        if " " in local or '"' in local:
+            raise InvalidArgument(f"work directory path {local!r} must not contain spaces")
+        self._script.append(f"write {local} {_q(e.path)}")
+        self._existing[e.path] = e
+        self._written[e.path] = local
+        self._attrs(e)
+
+    def symlink(self, e: Entry) -> None:
+        if '"' in e.link or "\n" in e.link:
+            raise NotSupported(f"debugfs cannot write symlink target {e.link!r}")
+        self._script.append(f'symlink {_q(e.path)} "{e.link}"')
+        self._existing[e.path] = e
+        q = _q(e.path)
+        self._script += [f"sif {q} uid {e.uid}", f"sif {q} gid {e.gid}"]
+        self.set_times(e)
+
+    def mknod(self, e: Entry) -> None:
+        parent, _, name = e.path.rpartition("/")
+        if stat.S_ISFIFO(e.mode):
+            kind = "p"
+        else:
+            kind = "c" if stat.S_ISCHR(e.mode) else "b"
+            kind += f" {os.major(e.rdev)} {os.minor(e.rdev)}"
+        self._script += [f"cd {_q(parent) if parent else '/'}", f"mknod {name} {kind}", "cd /"]
+        self._existing[e.path] = e
+        self._attrs(e)
+
+    def set_times(self, e: Entry) -> None:
+        sec, nsec = divmod(e.mtime_ns, 1_000_000_000)
+        q = _q(e.path)
+        self._script += [f"sif {q} mtime @{sec}", f"sif {q} mtime_extra {nsec << 2}"]
+
+    def commit(self) -> None:
+        """Run the queued commands; raise :class:`~dmthin.errors.IOFailure`
+        on the first debugfs complaint."""
+        script, self._script = self._script, []
+        for i in range(0, len(script), 5000):
+            self._run_checked(script[i:i + 5000])
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _run_checked(self, cmds: list[str]) -> None:
+        with tempfile.NamedTemporaryFile("w", dir=self.workdir, prefix=".debugfs",
+                                         suffix=".cmd") as f:
+            f.write("\n".join(cmds) + "\n")
+            f.flush()
+            import subprocess
+            from .blockfs import tool_env
+            proc = subprocess.run(["debugfs", "-w", "-f", f.name, self.image],
+                                  capture_output=True, env=tool_env(True), check=False)
+        errs = [ln for ln in proc.stderr.decode(errors="replace").splitlines()
+                if ln.strip() and not ln.startswith("debugfs ")]
+        if proc.returncode or errs:
+            raise IOFailure(f"debugfs on {self.image}: {errs[0] if errs else proc.returncode}")
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _parse_stat(lines: list[str]) -> tuple[int, str, int]:
+    """(mtime_ns, link target, rdev) from debugfs ``stat`` output."""
+    mtime_ns, link, rdev = 0, "", 0
+    for line in lines:
+        s = line.strip()
+        if s.startswith("mtime: 0x"):
+            word = s.split()[1]
+            sec, _, extra = word.partition(":")
+            secs = int(sec, 16)
+            ext = int(extra, 16) if extra else 0
+            secs += (ext & 3) << 32
+            mtime_ns = secs * 1_000_000_000 + (ext >> 2)
+        elif s.startswith("Fast link dest: "):
+            link = s[len("Fast link dest: "):].strip().strip('"')
+        elif s.startswith("Device major/minor number:"):
+            mm = s.split(":", 1)[1].split()[0]
+            major, _, minor = mm.partition(":")
+            rdev = os.makedev(int(major), int(minor))
+    return mtime_ns, link, rdev
