@@ -1,8 +1,8 @@
 """``dmthin check``: validate thin-pool metadata like ``thin_check``.
 
-Exit 0 when the metadata is good (and print ``TRANSACTION_ID=`` and
-``METADATA_FREE_BLOCKS=`` on stdout, as thin_check does); otherwise one
-line per problem on stderr and exit 1.
+Prints ``TRANSACTION_ID=`` and ``METADATA_FREE_BLOCKS=`` on stdout when the
+superblock is readable (as thin_check does), one line per problem on stderr,
+and exits 0 when the metadata is good, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -70,13 +70,14 @@ def run(args: argparse.Namespace) -> int:
                         max_lines=args.max_lines,
                         progress=not quiet and sys.stderr.isatty())
     result = check_metadata(path, opts, emit=emit)
+    if not quiet and result.transaction_id is not None:
+        # As thin_check: printed whenever the superblock could be read.
+        print(f"TRANSACTION_ID={result.transaction_id}")
+        print(f"METADATA_FREE_BLOCKS={result.metadata_free_blocks}", flush=True)
     if not result.ok:
         if not quiet:
             n = len(result.problems)
             print(f"dmthin check: {path}: bad metadata ({n} problem{'s' * (n != 1)} "
                   "reported)", file=sys.stderr)
         return EXIT_BAD_METADATA
-    if not quiet:
-        print(f"TRANSACTION_ID={result.transaction_id}")
-        print(f"METADATA_FREE_BLOCKS={result.metadata_free_blocks}")
     return 0

@@ -30,7 +30,7 @@ from typing import Callable
 
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
 from ..pdata.block import BlockManager
-from ..pdata.btree.check import BTreeChecker, RefCounter, new_totals
+from ..pdata.btree.check import BTreeChecker, NodeError, RefCounter, new_totals
 from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
 from ..pdata.space_map import check as smcheck
 from .superblock import (INCOMPAT_SUPP, THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION,
@@ -278,7 +278,8 @@ class _Checker:
         details: dict[int, tuple[int, int, int, int]] = {}
         try:
             for _b, keys, values, _p in self.ck.walk(details_root, DETAILS_VALUE_SIZE,
-                                                    tree=f"{where}device details tree"):
+                                                    tree=f"{where}device details tree",
+                                                    tree_kind="device details"):
                 for k, v in zip(keys, values):
                     details[k] = _DETAILS.unpack(v)
                 self._tick()
@@ -289,7 +290,8 @@ class _Checker:
         roots: dict[int, int] = {}
         try:
             for _b, keys, values, _p in self.ck.walk(mapping_root, MAPPING_VALUE_SIZE,
-                                                    tree=f"{where}top-level mapping tree"):
+                                                    tree=f"{where}top-level mapping tree",
+                                                    tree_kind="top-level mapping"):
                 roots.update(zip(keys, values))
                 self._tick()
         except MetadataError as e:
@@ -384,6 +386,9 @@ class _Checker:
         meta_ref_ok = self._ref_tree(msm.ref_count_root, "metadata")
         try:
             data_entries = smcheck.read_data_index(self.ck, dsm.bitmap_root, dsm.nr_blocks)
+        except NodeError as e:
+            err(str(e))
+            self.meta_ok = False
         except MetadataError as e:
             err(f"data space map: {e}")
             self.meta_ok = False
