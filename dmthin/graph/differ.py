@@ -118,12 +118,13 @@ def export_changes(tree, new: dict[str, Entry], chs: list[Change], out) -> None:
 
 
 def _clean(name: str) -> str:
-    p = posixpath.normpath("/" + name).lstrip("/")
-    if p in ("", "."):
+    root = "/__layer__"
+    joined = posixpath.normpath(f"{root}/{name}")     # filepath.Join(dest, hdr.Name)
+    if joined == root:
         return ""
-    if p.startswith("../") or p == "..":
+    if not joined.startswith(root + "/"):
         raise InvalidArgument(f"tar entry {name!r} points outside the layer")
-    return p
+    return joined[len(root) + 1:]
 
 
 _TYPE = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
