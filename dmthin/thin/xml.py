@@ -161,9 +161,19 @@ class _Reader:
         self.in_def = False
         self.done = False
         self.map = visitor.map
+        self.parser = None
 
     # element handlers -------------------------------------------------------
     def start(self, tag: str, attrs: dict) -> None:
+        try:
+            self._start(tag, attrs)
+        except (_Fail, ValueError) as err:
+            if isinstance(err, XmlError) or getattr(err, "position", None):
+                raise
+            err.position = (self.parser.CurrentLineNumber, self.parser.CurrentColumnNumber + 1)
+            raise
+
+    def _start(self, tag: str, attrs: dict) -> None:
         if tag == "single_mapping" or tag == "range_mapping":
             if not self.stack or self.stack[-1] not in ("device", "def"):
                 self._bad_parent(tag)
@@ -187,8 +197,11 @@ class _Reader:
                 n = _num(tag, "length", n, U64)
                 if n == 0:
                     raise _Fail(f"<{tag}> length=0: a range must map at least one block")
-            o = int(o) if o.isdigit() and o.isascii() else _num(tag, "origin", o, U64)
-            d = int(d) if d.isdigit() and d.isascii() else _num(tag, "data", d, U64)
+            if not (o.isdigit() and o.isascii()):
+                _num(tag, "origin_block" if n == 1 else "origin_begin", o, U64)
+            if not (d.isdigit() and d.isascii()):
+                _num(tag, "data_block" if n == 1 else "data_begin", d, U64)
+            o, d = int(o), int(d)
             t = int(t) if t.isdigit() and t.isascii() else _num(tag, "time", t, U32)
             if t > MAX_TIME:
                 raise _Fail(f"<{tag}> time={t} does not fit the 24 bits a mapping stores "
@@ -309,7 +322,7 @@ def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None
             return read_xml(f, visitor, name=name or os.fspath(source), progress=progress)
     where = name or getattr(source, "name", "<xml>")
     r = _Reader(visitor, str(where))
-    p = expat.ParserCreate()
+    p = r.parser = expat.ParserCreate()
     p.buffer_text = True
     p.buffer_size = 1 << 16
     p.StartElementHandler = r.start
@@ -317,9 +330,10 @@ def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None
     p.CharacterDataHandler = r.text
     total = 0
 
-    def fail(msg: str):
-        line, col = p.CurrentLineNumber, p.CurrentColumnNumber + 1
-        raise XmlError(f"{where}: line {line}, column {col}: {msg}") from None
+    def fail(err: Exception):
+        line, col = getattr(err, "position", None) or (p.CurrentLineNumber,
+                                                        p.CurrentColumnNumber + 1)
+        raise XmlError(f"{where}: line {line}, column {col}: {err}") from None
 
     try:
         while True:
@@ -334,12 +348,10 @@ def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None
         msg = expat.ErrorString(err.code) if err.code else str(err)
         raise XmlError(f"{where}: line {err.lineno}, column {err.offset + 1}: "
                        f"malformed XML: {msg}") from None
-    except _Fail as err:
-        fail(str(err))
     except XmlError:
         raise
-    except ValueError as err:
-        fail(str(err))
+    except (_Fail, ValueError) as err:
+        fail(err)
     if r.sb is None:
         raise XmlError(f"{where}: no <superblock> element: not thin metadata XML")
     if not r.done:
