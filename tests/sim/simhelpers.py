@@ -1,0 +1,62 @@
+"""Helpers for the simulator tests: pools, thin_dump parsing, tool checks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+
+from dmthin import Pool
+
+THIN_DUMP = "/usr/sbin/thin_dump"
+THIN_CHECK = "/usr/sbin/thin_check"
+BS = 64 << 10
+
+
+def new_pool(path, data_size="8M", metadata_size="4M", block_size="64K", **kw) -> Pool:
+    """A sim pool; default 128 data blocks of 64K."""
+    return Pool.create(path, data_size=data_size, metadata_size=metadata_size,
+                       block_size=block_size, backend="sim", **kw)
+
+
+def dump(metadata_path) -> tuple[dict, dict]:
+    """thin_dump 0.9.0 of a metadata file: (superblock attrs, {dev_id: {"attrs": {...},
+    "map": {vblock: (data_block, time)}}})."""
+    p = subprocess.run([THIN_DUMP, str(metadata_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, f"thin_dump failed: {p.stderr}"
+    root = ET.fromstring(p.stdout)
+    devs = {}
+    for dev in root.iter("device"):
+        m = {}
+        for el in dev:
+            t = int(el.get("time"))
+            if el.tag == "single_mapping":
+                m[int(el.get("origin_block"))] = (int(el.get("data_block")), t)
+            elif el.tag == "range_mapping":
+                ob, db, n = (int(el.get(k)) for k in ("origin_begin", "data_begin", "length"))
+                for i in range(n):
+                    m[ob + i] = (db + i, t)
+        devs[int(dev.get("dev_id"))] = {"attrs": dict(dev.attrib), "map": m}
+    return dict(root.attrib), devs
+
+
+def check_tools(metadata_path, thin_check_110=None) -> None:
+    """thin_check 0.9.0 and (if given) 1.1.0 must accept the metadata."""
+    p = subprocess.run([THIN_CHECK, str(metadata_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, f"thin_check 0.9.0 failed: {p.stdout}{p.stderr}"
+    if thin_check_110 is not None:
+        p = subprocess.run(list(thin_check_110) + [str(metadata_path)], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, f"thin_check 1.1.0 failed: {p.stdout}{p.stderr}"
+
+
+def du_bytes(path) -> int:
+    """Bytes actually allocated to a file (what du counts)."""
+    return os.stat(path).st_blocks * 512
+
+
+def pattern(seed: int, n: int) -> bytes:
+    """n bytes that depend on seed (cheap, non-zero)."""
+    unit = bytes(((seed * 31 + i * 7) % 251) + 1 for i in range(251))
+    return (unit * (n // 251 + 1))[:n]
