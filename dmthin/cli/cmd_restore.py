@@ -24,11 +24,9 @@ def run(args) -> int:
     overrides = {k: None if getattr(args, k) is None else _natural(getattr(args, k))
                  for k in ("transaction_id", "data_block_size", "nr_data_blocks")}
     size = os.path.getsize(args.input) if os.path.isfile(args.input) else 0
-    total = size if sys.stderr.isatty() and size > (8 << 20) else 0
+    total = size if sys.stderr.isatty() and not args.quiet and size > (8 << 20) else 0
     with progress_bar(total, "restore", "B") as update:
         restore(args.input, args.output, progress=update, **overrides)
-    if not args.quiet and sys.stderr.isatty():
-        pass
     return 0
 
 

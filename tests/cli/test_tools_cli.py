@@ -1,0 +1,146 @@
+"""CLI contract of dump, restore and ls (as the Rust tools' test macros):
+--help, a bad option, a missing input, a tiny input, a corrupted input.
+Each failure is one line on stderr, a non-zero exit, no traceback, and the
+input is never modified."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD_XML = ('<superblock uuid="" time="1" transaction="2" data_block_size="128" '
+            'nr_data_blocks="100">\n'
+            '  <device dev_id="1" mapped_blocks="2" transaction="0" creation_time="0" '
+            'snap_time="0">\n'
+            '    <range_mapping origin_begin="0" data_begin="5" length="2" time="0"/>\n'
+            '  </device>\n</superblock>\n')
+
+
+def dmthin(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "dmthin", *map(str, args)], cwd=REPO,
+                          env=env, capture_output=True, timeout=120)
+
+
+def digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def assert_clean_failure(p, code=None):
+    assert p.returncode != 0
+    if code is not None:
+        assert p.returncode == code
+    assert b"Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.decode().splitlines()
+             if ln and not ln.startswith(("usage:", " "))]
+    assert len(lines) == 1, p.stderr
+
+
+@pytest.fixture
+def good_md(tmp_path):
+    x = tmp_path / "good.xml"
+    x.write_text(GOOD_XML)
+    md = tmp_path / "md"
+    md.write_bytes(b"")
+    os.truncate(md, 4 << 20)
+    p = dmthin("restore", "-i", x, "-o", md)
+    assert p.returncode == 0, p.stderr
+    return md
+
+
+TOOLS = {
+    "dump": lambda inp, tmp: ("dump", inp),
+    "ls": lambda inp, tmp: ("ls", inp),
+    "restore": lambda inp, tmp: ("restore", "-i", inp, "-o", tmp / "out"),
+}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_accepts_help(tool):
+    p = dmthin(tool, "--help")
+    assert p.returncode == 0 and b"usage: dmthin " + tool.encode() in p.stdout
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_rejects_bad_option(tool):
+    p = dmthin(tool, "--no-such-option")
+    assert_clean_failure(p, 2)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_input_file_not_found(tool, tmp_path):
+    out = tmp_path / "out"
+    out.write_bytes(bytes(1 << 20))
+    p = dmthin(*TOOLS[tool](tmp_path / "missing", tmp_path))
+    assert_clean_failure(p, 1)
+    assert out.read_bytes() == bytes(1 << 20)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tiny_input_file(tool, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.write_bytes(b"\0" * 7)
+    out = tmp_path / "out"
+    out.write_bytes(bytes(1 << 20))
+    p = dmthin(*TOOLS[tool](tiny, tmp_path))
+    assert_clean_failure(p, 1)
+    assert tiny.read_bytes() == b"\0" * 7
+    assert out.read_bytes() == bytes(1 << 20)
+
+
+@pytest.mark.parametrize("tool", ["dump", "ls"])
+def test_corrupted_input_data(tool, good_md):
+    data = bytearray(good_md.read_bytes())
+    for off in range(0, 4 * 4096, 997):      # trash the superblock and the first nodes
+        data[off] ^= 0x5A
+    good_md.write_bytes(bytes(data))
+    before = digest(good_md)
+    p = dmthin(tool, good_md)
+    assert_clean_failure(p, 1)
+    assert digest(good_md) == before
+
+
+def test_restore_corrupted_xml_keeps_output(tmp_path, good_md):
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(GOOD_XML.encode()[:150] + b"\x00\xff garbage")
+    before = digest(good_md)
+    p = dmthin("restore", "-i", bad, "-o", good_md)
+    assert_clean_failure(p, 1)
+    assert b"line 2, column" in p.stderr and b"malformed XML" in p.stderr
+    assert digest(good_md) == before
+
+
+def test_restore_missing_output(tmp_path):
+    x = tmp_path / "in.xml"
+    x.write_text(GOOD_XML)
+    p = dmthin("restore", "-i", x, "-o", tmp_path / "nope")
+    assert_clean_failure(p, 1)
+    assert b"does not exist" in p.stderr and not (tmp_path / "nope").exists()
+
+
+def test_dump_restore_ls_round_trip(tmp_path, good_md):
+    out = tmp_path / "d.xml"
+    assert dmthin("dump", "-o", out, good_md).returncode == 0
+    assert out.read_text() == GOOD_XML.replace('transaction="2" ',
+                                               'transaction="2" flags="0" version="2" ')
+    md2 = tmp_path / "md2"
+    md2.write_bytes(bytes(4 << 20))
+    assert dmthin("restore", "-i", out, "-o", md2).returncode == 0
+    assert dmthin("dump", md2).stdout == out.read_bytes()
+    ls = dmthin("ls", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS", "--no-headers", md2)
+    assert ls.stdout == b"1 2 2 \n"
+
+
+def test_dump_m_without_snapshot(good_md):
+    p = dmthin("dump", "-m", good_md)
+    assert_clean_failure(p, 1)
+    assert b"no metadata snapshot" in p.stderr
+
+
+def test_dump_missing_metadata_argument():
+    assert_clean_failure(dmthin("dump", "-m"))
