@@ -1,0 +1,44 @@
+"""``dmthin replay docker-article``: replay the 2014 Docker storage article
+through the graph driver (see :mod:`dmthin.graph.replay`)."""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+
+from ..errors import UsageError
+
+
+def register(subs) -> None:
+    p = subs.add_parser("replay", help="replay a recorded workload through the graph driver",
+                        description="Replay the Docker storage article (docs/seed-experiment.md): "
+                                    "pull ubuntu:14.10 and 12.10, run a container, write a "
+                                    "large file, replace it, commit, remove; print du and pool "
+                                    "status after each step beside the article's figures.")
+    p.add_argument("workload", choices=("docker-article",), help="the workload to replay")
+    p.add_argument("--backend", choices=("sim", "kernel"), default="sim",
+                   help="sim (no root; default) or kernel (device-mapper, root)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every size by F (e.g. 0.01 runs in seconds on the sim)")
+    p.add_argument("--root", help="driver root directory (default: a temporary one, removed)")
+    p.add_argument("--plot", metavar="PNG", help="save a plot here (needs matplotlib)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..graph.replay import Replay, plot
+    if not 0 < args.scale <= 1:
+        raise UsageError(f"invalid --scale {args.scale}: use a number in (0, 1]")
+    root = args.root or tempfile.mkdtemp(prefix="dmthin-replay-")
+    try:
+        rep = Replay(f"{root}/docker" if not args.root else root, backend=args.backend,
+                     scale=args.scale, out=lambda line: print(line, flush=True))
+        print(f"replaying docker-article at scale {args.scale} on the {args.backend} backend "
+              f"in {root}")
+        steps = rep.run()
+        if args.plot:
+            print(plot(steps, args.plot))
+    finally:
+        if not args.root:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0

@@ -1,0 +1,42 @@
+"""The docker-article replay at small scale on the simulator: it runs in
+seconds and the pool moves the way the article's steps say it must."""
+import time
+
+from dmthin.cli.main import main
+from dmthin.graph.replay import COMMITTED, CONTAINER, MiB, Replay
+
+
+def test_replay_small_scale_on_sim(tmp_path):
+    lines = []
+    t = time.monotonic()
+    rep = Replay(str(tmp_path / "docker"), backend="sim", scale=0.01, out=lines.append)
+    steps = {s.name: s for s in rep.run()}
+    elapsed = time.monotonic() - t
+    assert elapsed < 120, elapsed            # seconds normally; generous for a loaded machine
+    names = list(steps)
+    assert names == ["driver started (base device formatted)", "pull ubuntu:14.10",
+                     "pull ubuntu:12.10", "start container", "write 8000 MiB file",
+                     "replace it with a 3000 MiB file", "commit the container",
+                     "remove the container"]
+    used = [s.data_used for s in steps.values()]
+    # pulls add at least the layers' own bytes (1.99+0.002+0.38 MB and 1.01+0.71 MB)
+    assert used[1] - used[0] >= 2_370_000
+    assert used[2] - used[1] >= 1_720_000
+    # the 80 MiB file provisions at least 80 MiB of new blocks
+    assert used[4] - used[3] >= 80 * MiB
+    # replacing it reuses blocks ext4 freed (no discard mount option): no growth
+    assert used[5] - used[4] < 8 * MiB
+    # the committed layer holds the 30 MiB file
+    assert rep.sizes[COMMITTED] == 30 * MiB
+    assert used[6] - used[5] >= 30 * MiB
+    # removing the container discards its blocks (dm.blkdiscard) and frees them
+    assert used[7] < used[6] - 70 * MiB
+    assert steps["remove the container"].du_data <= steps["commit the container"].du_data
+    text = "\n".join(lines)
+    assert "article: du data 590M   du metadata 1.2M" in text
+    assert "Tags: ubuntu:14.10" in text and CONTAINER not in text.split("== remove")[1]
+
+
+def test_replay_cli_argument_errors(capsys):
+    assert main(["replay", "docker-article", "--scale", "2"]) == 1
+    assert "invalid --scale 2.0" in capsys.readouterr().err
