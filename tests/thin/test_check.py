@@ -37,33 +37,10 @@ MiB = 1 << 20
 
 
 # -- the tools ---------------------------------------------------------------
-def _pdata_tools_candidates():
-    env = os.environ.get("DMTHIN_PDATA_TOOLS")
-    if env:
-        yield env
-    yield "/tmp/check110/x/usr/sbin/pdata_tools"
-    yield shutil.which("pdata_tools") or ""
-
-
 @pytest.fixture(scope="session")
-def tools110(request):
+def tools110(thin_check_110):
     """argv prefix running the 1.1.0 multi-call binary: [pdata_tools]."""
-    try:
-        fx = request.getfixturevalue("thin_check_110")
-    except pytest.FixtureLookupError:
-        fx = None
-    if fx:
-        # The vm helper's fixture: a path to pdata_tools (or thin_check) or argv.
-        argv = [os.fspath(fx)] if isinstance(fx, (str, os.PathLike)) else list(fx)
-        if os.path.basename(argv[0]) == "thin_check":
-            pdata = os.path.join(os.path.dirname(argv[0]), "pdata_tools")
-            argv = [pdata] if os.path.exists(pdata) else argv
-        return argv[:1]
-    for c in _pdata_tools_candidates():
-        if c and os.access(c, os.X_OK):
-            return [c]
-    pytest.skip("thin-provisioning-tools 1.1.0 (pdata_tools) is not available: set "
-                "DMTHIN_PDATA_TOOLS or provide the thin_check_110 fixture")
+    return thin_check_110[:1]
 
 
 def _run(argv, **kw):
