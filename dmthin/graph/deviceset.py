@@ -479,14 +479,17 @@ class DeviceSet:
             self._delete_transaction(info, sync_delete)
 
     def _issue_discard(self, info: DevInfo) -> None:
+        """Docker's issueDiscard: activate (even if marked deleted) and
+        discard the whole device, unless something holds it open."""
         thin = self._activate(info, ignore_deleted=True)
-        if hash_busy := info.hash in self._mounts:
+        in_use = getattr(thin, "in_use", None)        # not (yet) public on ThinDevice
+        if info.hash in self._mounts or (callable(in_use) and in_use()):
             log.debug("devmapper: Device: %s is in use. Not issuing discards.", info.hash)
-        if not hash_busy:
-            try:
-                thin.discard(0, thin.size)
-            except Busy:
-                log.debug("devmapper: Device: %s is in use. Not issuing discards.", info.hash)
+            return
+        try:
+            thin.discard(0, thin.size)
+        except (Busy, NotSupported) as err:
+            log.debug("devmapper: Error discarding block on device: %s (ignoring)", err)
 
     def _delete_transaction(self, info: DevInfo, sync_delete: bool) -> None:
         self._open_tx(info.hash, info.device_id)

@@ -358,3 +358,42 @@ def test_unknown_option_fails_before_touching_root(tmp_path, backend):
     with pytest.raises(UsageError, match="devmapper: Unknown option dm.nope"):
         DeviceSet(tmp_path / "r", ["dm.nope=1"], backend=backend)
     assert not (tmp_path / "r").exists()
+
+
+def test_resize_pool_grows_the_data_file(make_ds):
+    ds = make_ds()
+    ds.resize_pool(data_size="96M")
+    assert (ds.root / "devicemapper/data").stat().st_size == 96 * MB
+    assert dict(ds.status())["Data Space Total"] == human_size_decimal(96 * MB)
+    ds.add_device("a", "")                         # the reopened pool works
+    ds.activate_device("a")
+    with pytest.raises(Busy, match="cannot resize the pool while devices are active"):
+        ds.resize_pool(data_size="128M")
+    ds.deactivate_device("a")
+    with pytest.raises(UsageError, match="Can't shrink"):
+        ds.resize_pool(data_size="32M")
+
+
+def test_thinpooldev_uses_an_existing_empty_pool(tmp_path, backend):
+    pooldir = tmp_path / "ext-pool"
+    Pool.create(pooldir, data_size="64M", metadata_size="16M", backend=backend).close()
+    ds = DeviceSet(tmp_path / "root", ("dm.thinpooldev=" + str(pooldir), "dm.basesize=16M",
+                                        "dm.fs=ext4"), backend=backend, cleanup_interval=None)
+    try:
+        d = dict(ds.status())
+        assert d["Pool Name"] == str(pooldir)
+        assert "Data loop file" not in d
+        assert ds.options.blkdiscard is False
+        assert not (tmp_path / "root" / "devicemapper").exists()
+    finally:
+        ds.shutdown()
+
+
+def test_thinpooldev_with_used_data_is_refused(tmp_path, backend):
+    pooldir = tmp_path / "ext-pool"
+    with Pool.create(pooldir, data_size="64M", metadata_size="16M", backend=backend) as pool:
+        pool.create_thin(7, "1M").write(0, b"x" * 4096)
+    with pytest.raises(UsageError, match=r"Unable to take ownership of thin-pool \(.*ext-pool\) "
+                                         "that already has used data blocks"):
+        DeviceSet(tmp_path / "root", ("dm.thinpooldev=" + str(pooldir), "dm.basesize=16M",
+                                      "dm.fs=ext4"), backend=backend, cleanup_interval=None)
