@@ -338,13 +338,18 @@ class _Checker:
                                                     tree=f"{where}mapping tree of device "
                                                          f"{dev_id}",
                                                     tree_kind="mapping", totals=totals):
+                small = self.data_counts.small
                 for k, v in zip(keys, values):
                     data = v >> 24
-                    if data < nr_data:
-                        inc(data)
-                    else:
+                    if data >= nr_data:
                         bad(f"{where}device {dev_id}: block {k} maps to data block {data}, "
                             f"beyond the data device ({nr_data} blocks)")
+                        continue
+                    c = small[data]
+                    if c < 254:
+                        small[data] = c + 1      # the common case, inlined
+                    else:
+                        inc(data)
                 self._tick()
         except MetadataError as e:
             self.report.error(str(e))

@@ -13,65 +13,35 @@ reference counts with the counts a checker computed from the trees
 * Data sm: ``bitmap_root`` is a btree of index entries (value_size 16) keyed
   0, 1, 2, ...
 
-Comparison streams one bitmap at a time against a
+The codecs (bitmap decoding, index entries) are the engine's, in
+:mod:`dmthin.pdata.space_map.common`.  Comparison streams one bitmap at a time against a
 :class:`~dmthin.pdata.btree.check.RefCounter` and merges the ref-count tree
 in key order, so memory stays bounded.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ...errors import MetadataError
+from ...units import ENTRIES_PER_BITMAP
 from ..btree.check import BTreeChecker, RefCounter
 from ..btree.walk import iter_items
 from ..checksum import BITMAP, INDEX
+from .common import REF_COUNT, IndexEntry, decode_bitmap_counts
 
-ENTRIES_PER_BITMAP = 16320          # (4096 - 16) * 4
-BITMAP_HEADER_SIZE = 16
-BITMAP_DATA_SIZE = 4080
 MAX_METADATA_BITMAPS = 255
 INDEX_ENTRY_SIZE = 16
 INDEX_ENTRIES_OFFSET = 16
 REF_COUNT_VALUE_SIZE = 4
 INDEX_VALUE_SIZE = 16
 
-_INDEX_ENTRY = struct.Struct("<QII")
-_U32 = struct.Struct("<I")
-
-# Field value -> count (3 means: look in the ref-count tree).
-_FIELD = (0, 2, 1, 3)
-# _SLOT[k] decodes entry k (0..3) of every byte at once with bytes.translate.
-_SLOT = tuple(bytes(_FIELD[(x >> (2 * k)) & 3] for x in range(256)) for k in range(4))
 _CAP3 = bytes(min(c, 3) for c in range(256))
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """``struct disk_index_entry``."""
-    blocknr: int
-    nr_free: int
-    none_free_before: int
-
-    @classmethod
-    def unpack(cls, raw, offset: int = 0) -> "IndexEntry":
-        return cls(*_INDEX_ENTRY.unpack_from(raw, offset))
 
 
 def nr_bitmaps(nr_blocks: int) -> int:
     """Bitmaps needed for *nr_blocks* entries."""
     return -(-nr_blocks // ENTRIES_PER_BITMAP)
-
-
-def decode_bitmap(buf) -> bytearray:
-    """The 16320 2-bit entries of a bitmap block, one byte each (0..3,
-    3 meaning "look in the ref-count tree")."""
-    data = bytes(memoryview(buf)[BITMAP_HEADER_SIZE:BITMAP_HEADER_SIZE + BITMAP_DATA_SIZE])
-    out = bytearray(ENTRIES_PER_BITMAP)
-    for k in range(4):
-        out[k::4] = data.translate(_SLOT[k])
-    return out
 
 
 def read_metadata_index(checker: BTreeChecker, bitmap_root: int,
@@ -153,7 +123,7 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
         if n <= 0:
             break
         try:
-            disk = decode_bitmap(bm.read(entry.blocknr, BITMAP))
+            disk = decode_bitmap_counts(bm.read(entry.blocknr, BITMAP))
         except MetadataError as e:
             rep.unreadable_bitmaps += 1
             problem(f"{what} space map: bitmap {i} (block {entry.blocknr}) is unreadable: {e}")
@@ -182,7 +152,7 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
             c = computed.get(b)
             if item is not None and item[0] == b:
                 next(overflow)
-                d = _U32.unpack(item[1])[0]
+                d = REF_COUNT.unpack(item[1])[0]
                 if d != c:
                     _differ(rep, problem, what, b, d, c)
             else:
