@@ -236,3 +236,21 @@ def grow_fs_offline(path: str, fs: str) -> None:
         raise NotSupported(f"growing {fs} needs it mounted (xfs_growfs): use the kernel backend")
     run_tool(["e2fsck", "-f", "-p", path], on_image=True)
     run_tool(["resize2fs", path], on_image=True)
+
+
+def mount(dev: str, path, fstype: str, options: str) -> None:
+    """``mount -t fstype [-o options] dev path``; on failure raise
+    :class:`~dmthin.errors.IOFailure` with Docker's text and dmesg's tail."""
+    argv = ["mount", "-t", fstype, *(["-o", options] if options else []), dev, str(path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                          env=tool_env(False))
+    if proc.returncode != 0:
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+        tail = " | ".join(dmesg.strip().splitlines()[-3:])
+        raise IOFailure(f"devmapper: Error mounting '{dev}' on '{path}' (fstype='{fstype}' "
+                        f"options='{options}'): {proc.stderr.strip()}; dmesg: {tail}")
+
+
+def umount(path) -> None:
+    """Detach-unmount (``umount -l``, MNT_DETACH as Docker does)."""
+    run_tool(["umount", "-l", str(path)])

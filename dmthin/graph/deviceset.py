@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -37,8 +36,8 @@ from pathlib import Path
 from .. import Pool
 from ..errors import Busy, DeviceExists, DeviceNotFound, NoSpace, NotSupported, UsageError
 from ..units import human_size_decimal
-from . import blockfs
-from .options import DeviceSetOptions, auto_filesystem, join_mount_options, parse_options
+from . import baseimage, blockfs
+from .options import DeviceSetOptions, join_mount_options, parse_options
 from .store import DevInfo, IdAllocator, MetadataStore, Transaction, check_hash
 from .dsstatus import deviceset_status
 
@@ -222,117 +221,15 @@ class DeviceSet:
         self._save_deviceset()
         return info
 
-    # -- base device ---------------------------------------------------------------
+    # -- base device (dmthin.graph.baseimage) -------------------------------------
     def _setup_base_image(self) -> None:
-        old = self.devices.get("")
-        if old is not None:
-            if old.initialized and not old.deleted:
-                self._verify_base_uuid_fs(old)
-                self._check_grow_base(old)
-                return
-            log.debug("devmapper: Removing uninitialized base image")
-            self.delete_device("", sync_delete=True)
-        if self.options.thin_pool_dev and old is None:
-            st = self.pool.status()
-            if st.used_data_blocks != 0:
-                raise UsageError(f"devmapper: Unable to take ownership of thin-pool "
-                                 f"({self.options.thin_pool_dev}) that already has used data "
-                                 "blocks")
-            if st.transaction_id != 0:
-                raise UsageError(f"devmapper: Unable to take ownership of thin-pool "
-                                 f"({self.options.thin_pool_dev}) with non-zero transaction ID")
-        self._create_base_image()
-
-    def _create_base_image(self) -> None:
-        if not self.filesystem:
-            self.filesystem = auto_filesystem()
-        info = self._create_register("", self.options.base_size, None)
-        thin = self._activate(info)
-        with blockfs.device_access(thin, self.work_dir, self.chunk) as path:
-            blockfs.mkfs(path, self.filesystem, self.options.mkfs_args, thin.path is None)
-        info.initialized = True
-        self.store.save_device(info)
-        try:
-            self.base_uuid = self._read_uuid(thin)
-        except Exception as err:
-            raise UsageError(f"devmapper: Could not query and save base device UUID:{err}") \
-                from None
-        self.base_fs = self.filesystem
-        self._save_deviceset()
-        self._deactivate(info)
-
-    def _read_uuid(self, thin) -> str:
-        if thin.path is not None:
-            return blockfs.fs_uuid(thin.path)
-        mirror = blockfs.ImageMirror.export(thin, self.work_dir / f".uuid{thin.dev_id}.img",
-                                            self.chunk, limit=1 << 20)
-        try:
-            return blockfs.fs_uuid(str(mirror.path))
-        finally:
-            mirror.remove()
-
-    def _verify_base_uuid_fs(self, info: DevInfo) -> None:
-        thin = self._activate(info)
-        try:
-            uuid = self._read_uuid(thin)
-            if not self.base_uuid:
-                self.base_uuid = uuid
-            elif uuid != self.base_uuid:
-                raise UsageError(
-                    f"devmapper: Base Device UUID and Filesystem verification failed: "
-                    f"devmapper: Current Base Device UUID:{uuid} does not match with stored "
-                    f"UUID:{self.base_uuid}. Possibly using a different thin pool than last "
-                    "invocation")
-            if not self.base_fs:
-                self.base_fs = self.filesystem or "ext4"
-            if self.filesystem and self.filesystem != self.base_fs:
-                log.warning("devmapper: Base device already exists and has filesystem %s on "
-                            "it. User specified filesystem %s will be ignored.",
-                            self.base_fs, self.filesystem)
-            self.filesystem = self.base_fs
-            self._save_deviceset()
-        finally:
-            self._deactivate(info)
-
-    def _check_grow_base(self, info: DevInfo) -> None:
-        if not self.options.user_base_size:
-            return
-        if self.options.base_size < info.size:
-            raise UsageError(f"devmapper: Base device size cannot be smaller than "
-                             f"{human_size_decimal(info.size)}")
-        if self.options.base_size == info.size:
-            return
-        info.size = self.options.base_size
-        self.store.save_device(info)
-        self._grow_fs(info)
-
-    def _resize_thin(self, info: DevInfo) -> None:
-        resize = getattr(self.pool, "resize_thin", None)
-        if resize is None:
-            raise NotSupported("devmapper: growing a thin device needs Pool.resize_thin, "
-                               "which this dmthin version lacks; keep the size unchanged")
-        resize(info.device_id, info.size)
+        baseimage.setup_base_image(self)
 
     def _grow_fs(self, info: DevInfo) -> None:
-        """growFS: resize the device, then the filesystem on it."""
-        self._deactivate(info)
-        self._resize_thin(info)
-        thin = self._activate(info)
-        try:
-            fs = self.base_fs or "ext4"
-            if thin.path is None or fs == "ext4":
-                with blockfs.device_access(thin, self.work_dir, self.chunk) as path:
-                    blockfs.grow_fs_offline(path, fs)
-            else:
-                mp = self.work_dir / "growfs"
-                mp.mkdir(mode=0o700, exist_ok=True)
-                _mount(thin.path, mp, "xfs", "nouuid")
-                try:
-                    blockfs.run_tool(["xfs_growfs", str(mp)])
-                finally:
-                    _umount(mp)
-        finally:
-            self._deactivate(info)
+        baseimage.grow_fs(self, info)
+
+    def _resize_thin(self, info: DevInfo) -> None:
+        baseimage.resize_thin(self, info)
 
     # -- lookup -----------------------------------------------------------------------
     def _lookup(self, hash_: str) -> DevInfo:
@@ -570,7 +467,7 @@ class DeviceSet:
             opts = join_mount_options(opts, self.options.mount_options)
             if mount_label:
                 opts = join_mount_options(opts, f'context="{mount_label}"')
-            _mount(thin.path, path, fstype, opts)
+            blockfs.mount(thin.path, path, fstype, opts)
             self._mounts[hash_] = [path, 1]
 
     def unmount_device(self, hash_: str, path) -> None:
@@ -585,7 +482,7 @@ class DeviceSet:
             if mounted[1] > 0:
                 return
             del self._mounts[hash_]
-            _umount(mounted[0])
+            blockfs.umount(mounted[0])
             with contextlib.suppress(OSError):
                 os.rmdir(mounted[0])
             self._deactivate(info)
@@ -655,7 +552,7 @@ class DeviceSet:
             self._save_deviceset()
             for hash_, (path, _) in list(self._mounts.items()):
                 with contextlib.suppress(Exception):
-                    _umount(path)
+                    blockfs.umount(path)
                     os.rmdir(path)
                 del self._mounts[hash_]
             for hash_ in list(self._active):
@@ -673,21 +570,3 @@ class DeviceSet:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-
-def _mount(dev: str, path, fstype: str, options: str) -> None:
-    argv = ["mount", "-t", fstype]
-    if options:
-        argv += ["-o", options]
-    argv += [dev, str(path)]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False,
-                          env=blockfs.tool_env(False))
-    if proc.returncode != 0:
-        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
-        tail = " | ".join(dmesg.strip().splitlines()[-3:])
-        from ..errors import IOFailure
-        raise IOFailure(f"devmapper: Error mounting '{dev}' on '{path}' (fstype='{fstype}' "
-                        f"options='{options}'): {proc.stderr.strip()}; dmesg: {tail}")
-
-
-def _umount(path) -> None:
-    blockfs.run_tool(["umount", "-l", str(path)])

@@ -1,0 +1,145 @@
+"""The base device of a :class:`~dmthin.graph.DeviceSet` (Docker's
+``setupBaseImage``): created once, formatted with Docker's mkfs options,
+its filesystem UUID recorded in ``deviceset-metadata`` and verified on every
+start, grown when ``dm.basesize`` rises, never shrunk.
+
+In the simulator the tools run on an image mirror (:mod:`.blockfs`); the
+UUID is read from an image of the device's first MiB.  Growing the base
+(or a layer created larger than it) needs ``Pool.resize_thin``, which the
+facade does not have yet: until then it raises EOPNOTSUPP saying so.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..errors import NotSupported, UsageError
+from ..units import human_size_decimal
+from . import blockfs
+from .options import auto_filesystem
+from .store import DevInfo
+
+log = logging.getLogger("dmthin.graph.deviceset")
+
+
+def setup_base_image(ds) -> None:
+    """Docker's setupBaseImage: verify (UUID, growth) or (re)create the base."""
+    old = ds.devices.get("")
+    if old is not None:
+        if old.initialized and not old.deleted:
+            verify_base_uuid_fs(ds, old)
+            check_grow_base(ds, old)
+            return
+        log.debug("devmapper: Removing uninitialized base image")
+        ds.delete_device("", sync_delete=True)
+    if ds.options.thin_pool_dev and old is None:
+        st = ds.pool.status()
+        if st.used_data_blocks != 0:
+            raise UsageError(f"devmapper: Unable to take ownership of thin-pool "
+                             f"({ds.options.thin_pool_dev}) that already has used data "
+                             "blocks")
+        if st.transaction_id != 0:
+            raise UsageError(f"devmapper: Unable to take ownership of thin-pool "
+                             f"({ds.options.thin_pool_dev}) with non-zero transaction ID")
+    create_base_image(ds)
+
+
+def create_base_image(ds) -> None:
+    """createBaseImage: register, activate, mkfs, mark initialized, save UUID."""
+    if not ds.filesystem:
+        ds.filesystem = auto_filesystem()
+    info = ds._create_register("", ds.options.base_size, None)
+    thin = ds._activate(info)
+    with blockfs.device_access(thin, ds.work_dir, ds.chunk) as path:
+        blockfs.mkfs(path, ds.filesystem, ds.options.mkfs_args, thin.path is None)
+    info.initialized = True
+    ds.store.save_device(info)
+    try:
+        ds.base_uuid = read_uuid(ds, thin)
+    except Exception as err:
+        raise UsageError(f"devmapper: Could not query and save base device UUID:{err}") \
+            from None
+    ds.base_fs = ds.filesystem
+    ds._save_deviceset()
+    ds._deactivate(info)
+
+
+def read_uuid(ds, thin) -> str:
+    """blkid's UUID of *thin* (an image of its first MiB in the simulator)."""
+    if thin.path is not None:
+        return blockfs.fs_uuid(thin.path)
+    mirror = blockfs.ImageMirror.export(thin, ds.work_dir / f".uuid{thin.dev_id}.img",
+                                        ds.chunk, limit=1 << 20)
+    try:
+        return blockfs.fs_uuid(str(mirror.path))
+    finally:
+        mirror.remove()
+
+
+def verify_base_uuid_fs(ds, info: DevInfo) -> None:
+    """Compare the base's UUID with the recorded one; adopt its filesystem."""
+    thin = ds._activate(info)
+    try:
+        uuid = read_uuid(ds, thin)
+        if not ds.base_uuid:
+            ds.base_uuid = uuid
+        elif uuid != ds.base_uuid:
+            raise UsageError(
+                f"devmapper: Base Device UUID and Filesystem verification failed: "
+                f"devmapper: Current Base Device UUID:{uuid} does not match with stored "
+                f"UUID:{ds.base_uuid}. Possibly using a different thin pool than last "
+                "invocation")
+        if not ds.base_fs:
+            ds.base_fs = ds.filesystem or "ext4"
+        if ds.filesystem and ds.filesystem != ds.base_fs:
+            log.warning("devmapper: Base device already exists and has filesystem %s on "
+                        "it. User specified filesystem %s will be ignored.",
+                        ds.base_fs, ds.filesystem)
+        ds.filesystem = ds.base_fs
+        ds._save_deviceset()
+    finally:
+        ds._deactivate(info)
+
+
+def check_grow_base(ds, info: DevInfo) -> None:
+    """Grow the base when dm.basesize rose; refuse shrinking."""
+    if not ds.options.user_base_size:
+        return
+    if ds.options.base_size < info.size:
+        raise UsageError(f"devmapper: Base device size cannot be smaller than "
+                         f"{human_size_decimal(info.size)}")
+    if ds.options.base_size == info.size:
+        return
+    info.size = ds.options.base_size
+    ds.store.save_device(info)
+    grow_fs(ds, info)
+
+
+def resize_thin(ds, info: DevInfo) -> None:
+    """Set the thin's size to ``info.size`` (needs ``Pool.resize_thin``)."""
+    resize = getattr(ds.pool, "resize_thin", None)
+    if resize is None:
+        raise NotSupported("devmapper: growing a thin device needs Pool.resize_thin, "
+                           "which this dmthin version lacks; keep the size unchanged")
+    resize(info.device_id, info.size)
+
+
+def grow_fs(ds, info: DevInfo) -> None:
+    """growFS: resize the device, then the filesystem on it."""
+    ds._deactivate(info)
+    resize_thin(ds, info)
+    thin = ds._activate(info)
+    try:
+        fs = ds.base_fs or "ext4"
+        if thin.path is None or fs == "ext4":
+            with blockfs.device_access(thin, ds.work_dir, ds.chunk) as path:
+                blockfs.grow_fs_offline(path, fs)
+        else:
+            mp = ds.work_dir / "growfs"
+            mp.mkdir(mode=0o700, exist_ok=True)
+            blockfs.mount(thin.path, mp, "xfs", "nouuid")
+            try:
+                blockfs.run_tool(["xfs_growfs", str(mp)])
+            finally:
+                blockfs.umount(mp)
+    finally:
+        ds._deactivate(info)
