@@ -23,8 +23,23 @@ def register(subs) -> None:
 
 
 def status(args) -> int:
+    """Open the root as the driver would (loop files keep their sizes unless
+    dm.loopdatasize/dm.loopmetadatasize say otherwise) and print Status()."""
+    from pathlib import Path
+
+    from ..errors import UsageError
     from ..graph import DeviceSet, format_status
-    ds = DeviceSet(args.root, args.opt, backend=args.backend, cleanup_interval=None)
+    root = Path(args.root)
+    if not (root / "metadata" / "base").is_file():
+        raise UsageError(f"{root} is not a graph root (no metadata/base); "
+                         "create one with dmthin.graph.Driver or 'dmthin replay'")
+    opts = list(args.opt)
+    keys = {o.partition("=")[0].strip().lower() for o in opts}
+    for key, name in (("dm.loopdatasize", "data"), ("dm.loopmetadatasize", "metadata")):
+        f = root / "devicemapper" / name
+        if key not in keys and f.exists():
+            opts.append(f"{key}={f.stat().st_size}")
+    ds = DeviceSet(root, opts, backend=args.backend, cleanup_interval=None)
     try:
         print("Storage Driver: devicemapper")
         print(format_status(ds.status()), end="")

@@ -40,3 +40,21 @@ def test_replay_small_scale_on_sim(tmp_path):
 def test_replay_cli_argument_errors(capsys):
     assert main(["replay", "docker-article", "--scale", "2"]) == 1
     assert "invalid --scale 2.0" in capsys.readouterr().err
+
+
+def test_graph_status_and_ls_cli(make_ds, capsys):
+    ds = make_ds()
+    ds.add_device("a", "")
+    ds.shutdown()
+    data = ds.root / "devicemapper" / "data"
+    size = data.stat().st_size
+    assert main(["graph", "status", str(ds.root)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Storage Driver: devicemapper\n Pool Name: docker-")
+    assert " Base Device Size: 16.78MB\n" in out and " Data Space Total: 67.11MB\n" in out
+    assert data.stat().st_size == size                       # status never grows the files
+    assert main(["graph", "ls", str(ds.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [["base", "1"], ["a", "2"]]
+    assert main(["graph", "status", str(ds.root / "nope")]) == 1
+    assert "is not a graph root" in capsys.readouterr().err
