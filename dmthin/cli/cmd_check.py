@@ -28,6 +28,8 @@ def register(subs) -> None:
                         "(its metadata file is checked)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing; the exit code tells the verdict")
+    p.add_argument("-m", "--metadata-snap", action="store_true",
+                   help="check the held metadata snapshot (its superblock copy and trees)")
     p.add_argument("--super-block-only", action="store_true",
                    help="only check the superblock")
     p.add_argument("--skip-mappings", action="store_true",
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
 
     opts = CheckOptions(super_block_only=args.super_block_only,
+                        metadata_snap=args.metadata_snap,
                         skip_mappings=args.skip_mappings,
                         ignore_non_fatal_errors=args.ignore_non_fatal_errors,
                         max_lines=args.max_lines,

@@ -565,6 +565,12 @@ def test_metadata_snapshot(base_md, tmp_path, tools110):
     assert check090(p) == 0 and check110(tools110, p) == 0
     assert ours(p).returncode == 0
     assert _run([THIN_DUMP_090, "-m", str(p)]).returncode == 0
+    # -m checks the snapshot alone; without one it fails, as both tools do.
+    assert ours(p, "-m").returncode == 0
+    assert _run([THIN_CHECK_090, "-q", "-m", str(p)]).returncode == 0
+    assert ours(base_md, "-m").returncode == 1
+    assert _run([THIN_CHECK_090, "-q", "-m", str(base_md)]).returncode != 0
+    assert _run(tools110 + ["thin_check", "-q", "-m", str(base_md)]).returncode != 0
     # Without the +1 on the snapshot's roots the counts are wrong.
     L = Layout(p)
     set_bitmap_count(p, L.meta_bitmaps, L.details_root, 1)
@@ -579,6 +585,7 @@ def test_metadata_snapshot(base_md, tmp_path, tools110):
     assert check090(p) != 0 and check110(tools110, p) != 0
     r = ours(p)
     assert r.returncode == 1 and "metadata snapshot" in r.stderr
+    assert ours(p, "-m").returncode == 1
 
 
 # -- options and inputs ------------------------------------------------------
