@@ -17,7 +17,7 @@ import struct
 from ..errors import BTreeError, MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import iter_items, iter_leaves
-from .ir import Device, RunBuilder, Superblock
+from .ir import Device, RunBuilder, Superblock, to_map
 from .superblock import Superblock as DiskSuperblock, read_superblock
 
 _DETAILS = struct.Struct("<QQII")
@@ -98,7 +98,13 @@ def dump(bm, visitor, *, metadata_snap: bool | int | None = None,
         metadata_snap=None))
     wanted = None if dev_ids is None else set(dev_ids)
     done = 0
-    emit = visitor.map
+    emit_runs = getattr(visitor, "map_runs", None)
+    if emit_runs is None:
+        emit_map = visitor.map
+
+        def emit_runs(runs):
+            for r in runs:
+                emit_map(to_map(r))
     for dev_id, subroot in iter_items(bm, sb.data_mapping_root):
         if wanted is not None and dev_id not in wanted:
             continue
@@ -108,13 +114,17 @@ def dump(bm, visitor, *, metadata_snap: bool | int | None = None,
                                 "device details tree (run check)")
         visitor.device_b(dev)
         if not skip_mappings:
-            runs = RunBuilder(emit)
+            runs = RunBuilder()
             for keys, values in iter_mapping_leaves(bm, subroot):
-                runs.add_leaf(keys, values)
+                done_runs = runs.add_leaf(keys, values)
+                if done_runs:
+                    emit_runs(done_runs)
                 if progress is not None:
                     done += len(keys)
                     progress(done)
-            runs.finish()
+            last = runs.finish()
+            if last:
+                emit_runs(last)
         visitor.device_e()
     visitor.superblock_e()
     visitor.eof()

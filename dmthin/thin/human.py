@@ -43,6 +43,13 @@ class HumanReadableWriter:
             self.write(f"    ({m.thin_begin}..{m.thin_begin + n}) -> "
                        f"({m.data_begin}..{m.data_begin + n}), {m.time}\n")
 
+    def map_runs(self, runs) -> None:
+        """Fast path: raw ``(thin_begin, packed_value, length)`` runs."""
+        self.write("".join([
+            f"    {t} -> {v >> 24}, {v & 0xFFFFFF}\n" if n == 1 else
+            f"    ({t}..{t + n - 1}) -> ({v >> 24}..{(v >> 24) + n - 1}), {v & 0xFFFFFF}\n"
+            for t, v, n in runs]))
+
     def ref_shared(self, name: str) -> None:
         self.write(f"    ref: {name}\n")
 

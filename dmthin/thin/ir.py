@@ -65,38 +65,53 @@ class MetadataVisitor(Protocol):
     def eof(self) -> None: ...
 
 
+S24 = 1 << 24
+MASK24 = S24 - 1
+
+
 class RunBuilder:
-    """Groups ``(vblock, data_block, time)`` mappings, given in vblock order,
-    into :class:`Map` runs exactly as ``thin_dump`` does: a run continues while
-    both blocks advance by one and the time is equal.  Runs span btree leaves.
+    """Groups ``(vblock, packed block_time)`` mappings, given in vblock order,
+    into runs exactly as ``thin_dump`` does: a run continues while both the
+    virtual and the data block advance by one and the time is equal (i.e.
+    the packed value advances by exactly 2^24).  Runs span btree leaves.
+
+    :meth:`add_leaf` returns the runs completed so far as raw
+    ``(thin_begin, packed_first_value, length)`` tuples (fast path for
+    writers with ``map_runs``); :func:`to_map` converts one to a :class:`Map`.
     """
 
-    __slots__ = ("emit", "thin", "data", "time", "len")
+    __slots__ = ("t0", "v0", "nk", "nv")
 
-    def __init__(self, emit):
-        self.emit = emit            # called with each finished Map
-        self.len = 0
-        self.thin = self.data = self.time = 0
+    def __init__(self):
+        self.t0 = -1                 # -1: no pending run
+        self.nk = -1                 # next key that would extend the run: none
+        self.v0 = self.nv = 0
 
-    def add_leaf(self, keys, values) -> None:
-        """Add one leaf: ``keys`` are vblocks, ``values`` packed block_time
-        (``data << 24 | time``)."""
-        emit = self.emit
-        n = self.len
-        t0, d0, tm = self.thin, self.data, self.time
+    def add_leaf(self, keys, values) -> list[tuple[int, int, int]]:
+        out = []
+        append = out.append
+        t0, v0, nk, nv = self.t0, self.v0, self.nk, self.nv
         for k, v in zip(keys, values):
-            d = v >> 24
-            t = v & 0xFFFFFF
-            if n and k == t0 + n and d == d0 + n and t == tm:
-                n += 1
-                continue
-            if n:
-                emit(Map(t0, d0, tm, n))
-            t0, d0, tm, n = k, d, t, 1
-        self.thin, self.data, self.time, self.len = t0, d0, tm, n
+            if k == nk and v == nv:
+                nk += 1
+                nv += S24
+            else:
+                if t0 >= 0:
+                    append((t0, v0, nk - t0))
+                t0, v0, nk, nv = k, v, k + 1, v + S24
+        self.t0, self.v0, self.nk, self.nv = t0, v0, nk, nv
+        return out
 
-    def finish(self) -> None:
-        """Emit the pending run, if any."""
-        if self.len:
-            self.emit(Map(self.thin, self.data, self.time, self.len))
-            self.len = 0
+    def finish(self) -> list[tuple[int, int, int]]:
+        """The pending run, if any, as a list."""
+        if self.t0 < 0:
+            return []
+        run = (self.t0, self.v0, self.nk - self.t0)
+        self.t0 = self.nk = -1
+        return [run]
+
+
+def to_map(run: tuple[int, int, int]) -> Map:
+    """A raw ``(thin_begin, packed_value, length)`` run as a :class:`Map`."""
+    t, v, n = run
+    return Map(t, v >> 24, v & MASK24, n)

@@ -13,6 +13,10 @@ included), every cell followed by one space, a newline per row.
 """
 from __future__ import annotations
 
+from array import array
+from itertools import repeat
+from operator import rshift
+
 from ..errors import MetadataError, UsageError
 from ..units import SECTOR_SIZE
 from .dump import iter_mapping_leaves, read_details, select_superblock
@@ -54,15 +58,8 @@ def format_disk_unit(sectors: int) -> str:
     return f"{n}{('', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB')[i]}"
 
 
-class _BlockStates:
-    """Per data block: 0 unseen, 1 seen once, 2 seen more than once."""
-
-    def __init__(self, nr_blocks: int):
-        self.states = bytearray(nr_blocks)
-
-    def grow(self, b: int) -> None:
-        extra = max(b + 1 - len(self.states), len(self.states) // 2, 1024)
-        self.states.extend(bytes(extra))
+CACHE_ENTRIES = 16 << 20     # keep up to 16M data block numbers (128 MiB) between passes
+_R24 = repeat(24)
 
 
 def _subtree_root(bm, sb, dev_id: int) -> int:
@@ -73,29 +70,21 @@ def _subtree_root(bm, sb, dev_id: int) -> int:
     return root
 
 
-def _mark(bm, root: int, st: _BlockStates) -> None:
-    states = st.states
+def _blocks(bm, root: int) -> array:
+    """The data block of every mapping under *root*, in vblock order."""
+    out = array("Q")
     for _keys, values in iter_mapping_leaves(bm, root):
-        for v in values:
-            b = v >> 24
-            try:
-                s = states[b]
-            except IndexError:
-                st.grow(b)
-                states = st.states
-                s = 0
-            if s < 2:
-                states[b] = s + 1
+        out.extend(map(rshift, values, _R24))
+    return out
 
 
-def _count_exclusive(bm, root: int, st: _BlockStates) -> int:
-    states = st.states
-    n = 0
-    for _keys, values in iter_mapping_leaves(bm, root):
-        for v in values:
-            if states[v >> 24] == 1:
-                n += 1
-    return n
+def _mark(blocks, states: bytearray) -> None:
+    """Pass 1: states[b] = min(2, occurrences of b so far); *states* must
+    cover every block."""
+    for b in blocks:
+        s = states[b]
+        if s < 2:
+            states[b] = s + 1
 
 
 def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
@@ -108,17 +97,31 @@ def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
     ids = sorted(devs)
     need_excl = bool(_NEEDS_EXCLUSIVE.intersection(fields))
     roots = {}
-    st = _BlockStates(sb.data_sm.nr_blocks)
+    cache: dict[int, array] = {}
+    cached = 0
+    states = bytearray(sb.data_sm.nr_blocks)
     # 0.9.0 runs pass 1 over every device whatever the fields are.
     for dev_id in ids:
-        roots[dev_id] = _subtree_root(bm, sb, dev_id)
-        _mark(bm, roots[dev_id], st)
+        roots[dev_id] = root = _subtree_root(bm, sb, dev_id)
+        blocks = _blocks(bm, root)
+        if blocks and max(blocks) >= len(states):
+            states.extend(bytes(max(blocks) + 1 - len(states)))
+        _mark(blocks, states)
+        if need_excl and cached + len(blocks) <= CACHE_ENTRIES:
+            cache[dev_id] = blocks
+            cached += len(blocks)
     rows: list[list[str]] = []
     if headers and fields:
         rows.append(list(fields))
     for dev_id in ids:
         d = devs[dev_id]
-        excl = _count_exclusive(bm, roots[dev_id], st) if need_excl else 0
+        if need_excl:
+            blocks = cache.get(dev_id)
+            if blocks is None:
+                blocks = _blocks(bm, roots[dev_id])
+            excl = bytes(map(states.__getitem__, blocks)).count(1)
+        else:
+            excl = 0
         shared = d.mapped_blocks - excl
         values = {
             "DEV": dev_id, "MAPPED_BLOCKS": d.mapped_blocks,

@@ -94,6 +94,15 @@ class XmlWriter:
             self.write(f'{self._ind}<range_mapping origin_begin="{m.thin_begin}" '
                        f'data_begin="{m.data_begin}" length="{m.len}" time="{m.time}"/>\n')
 
+    def map_runs(self, runs) -> None:
+        """Fast path: raw ``(thin_begin, packed_value, length)`` runs."""
+        ind = self._ind
+        self.write("".join([
+            f'{ind}<single_mapping origin_block="{t}" data_block="{v >> 24}" '
+            f'time="{v & 0xFFFFFF}"/>\n' if n == 1 else
+            f'{ind}<range_mapping origin_begin="{t}" data_begin="{v >> 24}" length="{n}" '
+            f'time="{v & 0xFFFFFF}"/>\n' for t, v, n in runs]))
+
     def ref_shared(self, name: str) -> None:
         self.write(f'{self._ind}<ref name="{_esc(name)}"/>\n')
 

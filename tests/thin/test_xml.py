@@ -7,7 +7,7 @@ import io
 import pytest
 
 from dmthin.thin.human import HumanReadableWriter
-from dmthin.thin.ir import Map, RunBuilder
+from dmthin.thin.ir import Map, RunBuilder, to_map
 from dmthin.thin.xml import XmlError, XmlWriter, read_xml
 from thin_xmlgen import (THIN_DUMP, THIN_RESTORE, blank, gen_metadata, run, to_xml,
                          tools110)  # noqa: F401 (fixture)
@@ -75,13 +75,16 @@ def test_reads_110_form_with_def_ref(tmp_path, tools110):
 
 
 def test_run_builder_groups_like_thin_dump():
-    got = []
-    rb = RunBuilder(got.append)
+    rb = RunBuilder()
     pack = lambda d, t: (d << 24) | t  # noqa: E731
-    rb.add_leaf([0, 1, 2], [pack(5, 0), pack(6, 0), pack(7, 0)])
-    rb.add_leaf([3, 4, 9], [pack(8, 0), pack(9, 1), pack(10, 1)])
-    rb.finish()
-    assert got == [Map(0, 5, 0, 4), Map(4, 9, 1, 1), Map(9, 10, 1, 1)]
+    assert rb.add_leaf([0], [0]) == [] and rb.finish() == [(0, 0, 1)]
+    got = rb.add_leaf([0, 1, 2], [pack(5, 0), pack(6, 0), pack(7, 0)])
+    assert got == []                       # the run may continue in the next leaf
+    got += rb.add_leaf([3, 4, 9, 10], [pack(8, 0), pack(9, 1), pack(10, 1), pack(12, 1)])
+    got += rb.finish()
+    assert [to_map(r) for r in got] == [Map(0, 5, 0, 4), Map(4, 9, 1, 1), Map(9, 10, 1, 1),
+                                        Map(10, 12, 1, 1)]
+    assert rb.finish() == []
 
 
 SB = ('<superblock uuid="" time="1" transaction="1" data_block_size="128" '
