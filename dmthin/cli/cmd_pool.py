@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from ..units import human_size_decimal, parse_size
+from ..units import human_size_decimal
 
 BACKEND_HELP = "sim (simulated, no root needed; the default) or kernel (device-mapper, root)"
 
@@ -112,11 +112,11 @@ def register(subparsers) -> None:
                                     "(0600) and format a thin pool over them. Sizes take units "
                                     "K, M, G, T (binary) or s (sectors).")
     c.add_argument("pooldir", metavar="POOLDIR")
-    c.add_argument("--data-size", default="100G", type=_size("data size"),
+    c.add_argument("--data-size", default="100G",
                    help="data file size (default 100G)")
-    c.add_argument("--metadata-size", default="2G", type=_size("metadata size"),
+    c.add_argument("--metadata-size", default="2G",
                    help="metadata file size (default 2G)")
-    c.add_argument("--block-size", default="64K", type=_size("block size"),
+    c.add_argument("--block-size", default="64K",
                    help="data block size, a multiple of 64K from 64K to 1G (default 64K)")
     c.add_argument("--low-water-mark", metavar="BLOCKS",
                    help="free data blocks that raise an event (default min(32768, blocks/10))")
@@ -143,13 +143,3 @@ def register(subparsers) -> None:
     add_backend(m)
     m.set_defaults(func=cmd_message)
 
-
-def _size(what: str):
-    def parse(text: str) -> int:
-        import argparse
-        from ..errors import UsageError
-        try:
-            return parse_size(text, what)
-        except UsageError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return parse

@@ -10,7 +10,7 @@ import sys
 
 from ..errors import UsageError
 from ..units import format_size, parse_size
-from .cmd_pool import _size, add_backend
+from .cmd_pool import add_backend
 
 CHUNK = 4 << 20
 
@@ -20,12 +20,32 @@ def _open(args):
     return Pool.open(args.pooldir, backend=args.backend)
 
 
-def _dev_id(text: str) -> int:
-    import argparse
+def _dev_id(text) -> int:
+    if isinstance(text, int):
+        return text
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"invalid thin device id {text!r}: use a decimal "
-                                         "number from 0 to 16777215")
+        raise UsageError(f"invalid thin device id {text!r}: use a decimal number from 0 to "
+                         "16777215")
     return int(text)
+
+
+def _sizes(args) -> None:
+    """Parse ids, offsets and lengths here, so a bad one is a one-line error
+    like every other (argparse would print its usage too)."""
+    for name in ("dev_id", "new_id", "origin_id"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, _dev_id(getattr(args, name)))
+    for name, what in (("offset", "offset"), ("length", "length"), ("size", "thin device size")):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, parse_size(value, what))
+
+
+def _command(func):
+    def run(args):
+        _sizes(args)
+        return func(args)
+    return run
 
 
 def _progress(total: int | None, desc: str):
@@ -185,33 +205,33 @@ def register(subparsers) -> None:
         s = subs.add_parser(name, help=help_text, description=help_text)
         s.add_argument("pooldir", metavar="POOLDIR")
         add_backend(s)
-        s.set_defaults(func=func)
+        s.set_defaults(func=_command(func))
         return s
 
     s = sub("create", cmd_create, "create a thin device (create_thin) with a size")
-    s.add_argument("dev_id", metavar="ID", type=_dev_id)
-    s.add_argument("--size", required=True, type=_size("thin device size"),
+    s.add_argument("dev_id", metavar="ID")
+    s.add_argument("--size", required=True,
                    help="virtual size, e.g. 10G")
     s = sub("snapshot", cmd_snapshot, "snapshot ORIGIN_ID as NEW_ID (create_snap)")
-    s.add_argument("new_id", metavar="NEW_ID", type=_dev_id)
-    s.add_argument("origin_id", metavar="ORIGIN_ID", type=_dev_id)
+    s.add_argument("new_id", metavar="NEW_ID")
+    s.add_argument("origin_id", metavar="ORIGIN_ID")
     s = sub("delete", cmd_delete, "delete a thin device")
-    s.add_argument("dev_id", metavar="ID", type=_dev_id)
+    s.add_argument("dev_id", metavar="ID")
     s = sub("write", cmd_write, "write a file (or stdin) into a thin device, then flush")
-    s.add_argument("dev_id", metavar="ID", type=_dev_id)
-    s.add_argument("--offset", default=0, type=_size("offset"), help="byte offset (default 0)")
+    s.add_argument("dev_id", metavar="ID")
+    s.add_argument("--offset", default="0", help="byte offset (default 0)")
     s.add_argument("--input", metavar="FILE|-", help="input file (default: stdin)")
     s = sub("read", cmd_read, "read from a thin device to a file (or stdout)")
-    s.add_argument("dev_id", metavar="ID", type=_dev_id)
-    s.add_argument("--offset", default=0, type=_size("offset"), help="byte offset (default 0)")
-    s.add_argument("--length", type=_size("length"), help="bytes to read (default: to the end)")
+    s.add_argument("dev_id", metavar="ID")
+    s.add_argument("--offset", default="0", help="byte offset (default 0)")
+    s.add_argument("--length", help="bytes to read (default: to the end)")
     s.add_argument("--output", metavar="FILE|-", help="output file (default: stdout)")
     s = sub("discard", cmd_discard, "discard a byte range (whole blocks inside it are unmapped)")
-    s.add_argument("dev_id", metavar="ID", type=_dev_id)
-    s.add_argument("--offset", required=True, type=_size("offset"))
-    s.add_argument("--length", required=True, type=_size("length"))
+    s.add_argument("dev_id", metavar="ID")
+    s.add_argument("--offset", required=True, help="byte offset")
+    s.add_argument("--length", required=True, help="bytes")
     s = sub("status", cmd_status, "a thin device's kernel status line and usage")
-    s.add_argument("dev_id", metavar="ID", type=_dev_id)
+    s.add_argument("dev_id", metavar="ID")
     s.add_argument("--json", action="store_true", help="print JSON")
     s = sub("list", cmd_list, "list the pool's thin devices")
     s.add_argument("--json", action="store_true", help="print JSON")
