@@ -73,7 +73,6 @@ class Restorer:
         self.nr_data_blocks = 0
         self._cur: _Dev | None = None
         self._def: list[Map] | None = None
-        self.nr_mappings = 0
 
     # -- visitor ----------------------------------------------------------------
     def superblock_b(self, sb: Superblock) -> None:
@@ -128,6 +127,28 @@ class Restorer:
         for m in self.defs[name]:
             self._add(m)
 
+    def map_raw(self, o: int, d: int, t: int, n: int) -> None:
+        """Fast path from the XML reader (no :class:`Map` object)."""
+        cur = self._cur
+        if n != 1 or cur is None or d >= self.nr_data_blocks:
+            self.map(Map(o, d, t, n))
+            return
+        cur.keys.append(o)
+        cur.values.append((d << 24) | t)
+        if o < cur.end:
+            cur.sorted = False
+        cur.end = o + 1
+        bi = d // E
+        bm = self.counts.get(bi)
+        if bm is None:
+            bm = self.counts[bi] = bytearray(E)
+        off = d - bi * E
+        c = bm[off]
+        if c < 254:
+            bm[off] = c + 1
+        else:
+            self._inc_big(bm, bi, off)
+
     def eof(self) -> None:
         pass
 
@@ -148,7 +169,6 @@ class Restorer:
         if t < cur.end:
             cur.sorted = False
         cur.end = t + n
-        self.nr_mappings += n
         self._count(d, n)
 
     def _count(self, d: int, n: int) -> None:

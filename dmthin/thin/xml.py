@@ -169,63 +169,92 @@ class _Reader:
         self.defs: set[str] = set()
         self.in_def = False
         self.done = False
-        self.map = visitor.map
+        self.map_ok = False            # True: directly inside <device>/<def>
+        self.data_limit = MAX_DATA_BLOCK + 1
+        raw = getattr(visitor, "map_raw", None)
+        if raw is None:
+            vmap = visitor.map
+
+            def raw(o, d, t, n):
+                vmap(Map(o, d, t, n))
+        self.map_raw = raw
         self.parser = None
 
     # element handlers -------------------------------------------------------
     def start(self, tag: str, attrs: dict) -> None:
         try:
-            self._start(tag, attrs)
+            # Hot path: a well-formed mapping in range; anything else goes
+            # through _map_slow, which gives the precise error.
+            if tag == "single_mapping":
+                if self.map_ok and len(attrs) == 3:
+                    o = attrs.get("origin_block")
+                    d = attrs.get("data_block")
+                    t = attrs.get("time")
+                    if (o is not None and d is not None and t is not None and o.isdigit()
+                            and d.isdigit() and t.isdigit() and o.isascii() and d.isascii()
+                            and t.isascii()):
+                        o, d, t = int(o), int(d), int(t)
+                        if t <= MAX_TIME and d < self.data_limit and o <= U64:
+                            self.map_ok = False
+                            self.map_raw(o, d, t, 1)
+                            return
+                self._map_slow(tag, attrs)
+            elif tag == "range_mapping":
+                self._map_slow(tag, attrs)
+            else:
+                self._start(tag, attrs)
         except (_Fail, ValueError) as err:
             if isinstance(err, XmlError) or getattr(err, "position", None):
                 raise
             err.position = (self.parser.CurrentLineNumber, self.parser.CurrentColumnNumber + 1)
             raise
 
+    def _map_slow(self, tag: str, attrs: dict) -> None:
+        if not self.map_ok:
+            if self.stack and self.stack[-1] in ("device", "def"):
+                raise _Fail(f"<{tag}> is not allowed inside a mapping element")
+            self._bad_parent(tag)
+        self.map_ok = False
+        if tag == "single_mapping":
+            if len(attrs) != 3:
+                raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS))
+            try:
+                o, d, t = attrs["origin_block"], attrs["data_block"], attrs["time"]
+            except KeyError:
+                raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS)) from None
+            n = 1
+        else:
+            if len(attrs) != 4:
+                raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS))
+            try:
+                o, d, t, n = (attrs["origin_begin"], attrs["data_begin"], attrs["time"],
+                              attrs["length"])
+            except KeyError:
+                raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS)) from None
+            n = _num(tag, "length", n, U64)
+            if n == 0:
+                raise _Fail(f"<{tag}> length=0: a range must map at least one block")
+        single = tag == "single_mapping"
+        o = _num(tag, "origin_block" if single else "origin_begin", o, U64)
+        d = _num(tag, "data_block" if single else "data_begin", d, U64)
+        t = _num(tag, "time", t, U32)
+        if t > MAX_TIME:
+            raise _Fail(f"<{tag}> time={t} does not fit the 24 bits a mapping stores "
+                        f"(maximum {MAX_TIME})")
+        if o + n - 1 > U64:
+            raise _Fail(f"<{tag}> virtual blocks {o}..{o + n - 1} overflow 64 bits")
+        if d + n > self.nr_data_blocks:
+            last = d + n - 1
+            raise _Fail(f"<{tag}> maps data block {last}, beyond the end of the data "
+                        f"device (nr_data_blocks={self.nr_data_blocks})")
+        if d + n - 1 > MAX_DATA_BLOCK:
+            raise _Fail(f"<{tag}> data block {d + n - 1} does not fit 40 bits "
+                        f"(maximum {MAX_DATA_BLOCK})")
+        self.map_raw(o, d, t, n)
+
     def _start(self, tag: str, attrs: dict) -> None:
-        if tag == "single_mapping" or tag == "range_mapping":
-            if not self.stack or self.stack[-1] not in ("device", "def"):
-                self._bad_parent(tag)
-            self.stack.append(tag)
-            if tag == "single_mapping":
-                if len(attrs) != 3:
-                    raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS))
-                try:
-                    o, d, t = attrs["origin_block"], attrs["data_block"], attrs["time"]
-                except KeyError:
-                    raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS)) from None
-                n = 1
-            else:
-                if len(attrs) != 4:
-                    raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS))
-                try:
-                    o, d, t, n = (attrs["origin_begin"], attrs["data_begin"], attrs["time"],
-                                  attrs["length"])
-                except KeyError:
-                    raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS)) from None
-                n = _num(tag, "length", n, U64)
-                if n == 0:
-                    raise _Fail(f"<{tag}> length=0: a range must map at least one block")
-            if not (o.isdigit() and o.isascii()):
-                _num(tag, "origin_block" if n == 1 else "origin_begin", o, U64)
-            if not (d.isdigit() and d.isascii()):
-                _num(tag, "data_block" if n == 1 else "data_begin", d, U64)
-            o, d = int(o), int(d)
-            t = int(t) if t.isdigit() and t.isascii() else _num(tag, "time", t, U32)
-            if t > MAX_TIME:
-                raise _Fail(f"<{tag}> time={t} does not fit the 24 bits a mapping stores "
-                            f"(maximum {MAX_TIME})")
-            if o + n - 1 > U64:
-                raise _Fail(f"<{tag}> virtual blocks {o}..{o + n - 1} overflow 64 bits")
-            if d + n > self.nr_data_blocks:
-                last = d + n - 1
-                raise _Fail(f"<{tag}> maps data block {last}, beyond the end of the data "
-                            f"device (nr_data_blocks={self.nr_data_blocks})")
-            if d + n - 1 > MAX_DATA_BLOCK:
-                raise _Fail(f"<{tag}> data block {d + n - 1} does not fit 40 bits "
-                            f"(maximum {MAX_DATA_BLOCK})")
-            self.map(Map(o, d, t, n))
-            return
+        if not self.map_ok and self.stack and self.stack[-1] in ("device", "def"):
+            raise _Fail(f"<{tag}> is not allowed inside a mapping element")
         parents = _PARENTS.get(tag)
         if parents is None:
             raise _Fail(f"unknown element <{tag}>")
@@ -233,12 +262,14 @@ class _Reader:
         if parent not in parents:
             self._bad_parent(tag)
         self.stack.append(tag)
+        self.map_ok = tag == "device" or tag == "def"
         if tag == "device":
             dev = self._device(attrs)
             self.v.device_b(dev)
         elif tag == "superblock":
             self.sb = self._superblock(attrs)
             self.nr_data_blocks = self.sb.nr_data_blocks
+            self.data_limit = min(self.nr_data_blocks, MAX_DATA_BLOCK + 1)
             self.v.superblock_b(self.sb)
         elif tag == "def":
             name = self._name(tag, attrs)
@@ -253,7 +284,12 @@ class _Reader:
             self.v.ref_shared(name)
 
     def end(self, tag: str) -> None:
+        top = self.stack[-1]
+        if (top == "device" or top == "def") and not self.map_ok:
+            self.map_ok = True             # a mapping element closed
+            return
         self.stack.pop()
+        self.map_ok = bool(self.stack) and self.stack[-1] in ("device", "def")   # after <ref/>
         if tag == "device":
             self.v.device_e()
         elif tag == "def":
@@ -261,11 +297,6 @@ class _Reader:
         elif tag == "superblock":
             self.v.superblock_e()
             self.done = True
-
-    def text(self, data: str) -> None:
-        if data.strip():
-            where = f"<{self.stack[-1]}>" if self.stack else "the document"
-            raise _Fail(f"unexpected text {data.strip()[:20]!r} in {where}")
 
     # helpers --------------------------------------------------------------------
     def _bad_parent(self, tag: str) -> None:
@@ -332,11 +363,8 @@ def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None
     where = name or getattr(source, "name", "<xml>")
     r = _Reader(visitor, str(where))
     p = r.parser = expat.ParserCreate()
-    p.buffer_text = True
-    p.buffer_size = 1 << 16
     p.StartElementHandler = r.start
     p.EndElementHandler = r.end
-    p.CharacterDataHandler = r.text
     total = 0
 
     def fail(err: Exception):

@@ -119,7 +119,11 @@ DEV = '<device dev_id="1" mapped_blocks="0" transaction="0" creation_time="0" sn
     (f"{SB}{DEV}</superblock>", "malformed XML"),
     ('<superblock uuid="" time="1" transaction="1" data_block_size="128" '
      'nr_data_blocks="100" colour="red"></superblock>', "unknown attribute 'colour'"),
-    (f"{SB}{DEV}hello</device></superblock>", "unexpected text"),
+    (f'{SB}{DEV}<single_mapping origin_block="1" data_block="2" time="0"><device/>'
+     "</single_mapping></device></superblock>", "inside a mapping element"),
+    (f'{SB}{DEV}<single_mapping origin_block="1" data_block="2" time="0">'
+     '<range_mapping origin_begin="1" data_begin="2" time="0" length="2"/>'
+     "</single_mapping></device></superblock>", "inside a mapping element"),
     ("", "malformed XML"),
     ("<device/>", "must be inside <superblock>"),
 ])
