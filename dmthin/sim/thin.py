@@ -126,17 +126,23 @@ class SimThin:
         md = pool._md
         dev = self.dev_id
         total = len(view)
+        last = (offset + total - 1) // bs
+        maps = self._mappings(pool, offset // bs, last) if last > offset // bs else None
         i = 0
         while i < total:
             vblock, boff = divmod(offset + i, bs)
             chunk = min(bs - boff, total - i)
             part = view[i:i + chunk]
             whole = chunk == bs
-            try:
-                hit = md.lookup(dev, vblock)
-            except (MetadataError, OSError) as err:
-                raise IOFailure(f"looking up block {vblock} of thin device {dev} failed: "
-                                f"{err}") from err
+            if maps is not None:
+                m = maps[1].get(vblock)
+                hit = None if m is None else (m[0], m[1], maps[0] > m[1])
+            else:
+                try:
+                    hit = md.lookup(dev, vblock)
+                except (MetadataError, OSError) as err:
+                    raise IOFailure(f"looking up block {vblock} of thin device {dev} failed: "
+                                    f"{err}") from err
             if hit is not None and not hit[2]:
                 pool._queue_write(hit[0], boff, part)
                 i += chunk
@@ -145,7 +151,9 @@ class SimThin:
             if new is None:
                 pool._check_not_failed()
                 pool._wait_resumed(dev)
-                continue                       # waited for space: look up again
+                if maps is not None:           # waited for space: look up again
+                    maps = self._mappings(pool, vblock, last)
+                continue
             if hit is not None:                # break sharing
                 if whole:
                     pool._queue_write(new, 0, part)
@@ -172,6 +180,19 @@ class SimThin:
                                 f"{err}") from err
             pool._dirty = True
             i += chunk
+
+    def _mappings(self, pool, first: int, last: int):
+        """(snapshotted time, {vblock: (data block, time)}) for a range: one
+        btree walk instead of a lookup per block.  Valid until the lock is
+        released; the write only changes blocks it has passed."""
+        try:
+            md = pool._md
+            snap_time = md.details(self.dev_id).snapshotted_time
+            return snap_time, {v: (d, t) for v, d, t in md.mappings(self.dev_id, first,
+                                                                    last + 1)}
+        except (MetadataError, OSError) as err:
+            raise IOFailure(f"reading the mappings of thin device {self.dev_id} failed: "
+                            f"{err}") from err
 
     # -- discard --------------------------------------------------------------------------
     def discard(self, offset: int, length: int) -> None:
