@@ -175,3 +175,32 @@ def test_output_too_small_or_missing(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         restore(x, tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
+
+
+def test_restore_counts_above_255_and_many_bitmaps(tmp_path, tools110):
+    """300 devices share data block 5 (count 300: the byte counter saturates and the
+    exact count comes from the overflow dict); nr_data_blocks spans 5 bitmaps with
+    blocks used at bitmap edges."""
+    e = 16320
+    lines = ['<superblock uuid="" time="1" transaction="1" version="1" '
+             f'data_block_size="128" nr_data_blocks="{5 * e - 7}">']
+    for dev in range(300):
+        lines.append(f'  <device dev_id="{dev}" mapped_blocks="1" transaction="0" '
+                     'creation_time="0" snap_time="0">')
+        lines.append('    <single_mapping origin_block="0" data_block="5" time="0"/>')
+        if dev == 0:
+            lines.append(f'    <range_mapping origin_begin="1" data_begin="{e - 2}" '
+                         f'length="4" time="0"/>')
+            lines.append(f'    <range_mapping origin_begin="10" data_begin="{4 * e - 1}" '
+                         f'length="{e - 6}" time="0"/>')
+        lines.append("  </device>")
+    lines.append("</superblock>")
+    x = tmp_path / "in.xml"
+    x.write_text("\n".join(lines) + "\n")
+    md = blank(tmp_path / "md", 16 << 20)
+    r = restore(x, md)
+    assert r.count_of(5) == 300 and r.count_of(e - 1) == 1 and r.count_of(e) == 1
+    checks_pass(md, tools110)
+    theirs = blank(tmp_path / "theirs", 16 << 20)
+    assert run([THIN_RESTORE, "-i", x, "-o", theirs]).returncode == 0
+    assert run([THIN_DUMP, md]).stdout == run([THIN_DUMP, theirs]).stdout
