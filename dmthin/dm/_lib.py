@@ -10,6 +10,7 @@ message.
 """
 from __future__ import annotations
 
+import atexit
 import errno as _errno
 import logging
 import os
@@ -85,6 +86,7 @@ def _init() -> None:
         if _initialised:
             return
         lib.dmthin_install_logger(1)
+        atexit.register(_at_exit)
         if not udev_running():
             # No udevd: libdevmapper creates and removes /dev/mapper nodes itself.
             lib.dm_udev_set_sync_support(0)
@@ -96,6 +98,14 @@ def require_dm() -> None:
     succeeds.  Every task calls it before touching libdevmapper."""
     if not _kernel_ok:
         require_kernel(root=False)
+
+
+def _at_exit() -> None:
+    # Flush pending node operations and hand logging back to libdevmapper
+    # before Python goes: its exit destructor may still log.
+    with LOCK:
+        lib.dm_lib_release()
+        lib.dmthin_install_logger(0)
 
 
 def udev_running() -> bool:

@@ -1,4 +1,4 @@
-"""Who is using a block device: mounts (psutil) and holders (sysfs).
+"""Who is using a block device: mounts (mountinfo, psutil) and holders (sysfs).
 
 Used before removing a dm device so the refusal names the mount point or
 the holder instead of a bare EBUSY.
@@ -19,41 +19,44 @@ def _unescape(field: str) -> str:
 def mounts_of(major: int, minor: int) -> list[str]:
     """Mount points of the block device ``major:minor``.
 
-    Mounts may name ``/dev/mapper/x`` or ``/dev/dm-N``, so devices are
-    compared by ``st_rdev``.  Falls back to /proc/self/mountinfo's
-    ``major:minor`` field when psutil is missing.
+    Reads ``/proc/self/mountinfo``, whose third field is the mounted
+    device's number, so mounts naming ``/dev/mapper/x``, ``/dev/dm-N`` or
+    a node that is gone all match.  Falls back to psutil's
+    ``disk_partitions`` (comparing ``st_rdev``) when mountinfo is not
+    readable.
     """
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError:
+        return _mounts_by_psutil(major, minor)
+    found: list[str] = []
+    want = f"{major}:{minor}"
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[2] == want:
+            mp = _unescape(fields[4])
+            if mp not in found:
+                found.append(mp)
+    return found
+
+
+def _mounts_by_psutil(major: int, minor: int) -> list[str]:
+    import psutil
     want = os.makedev(major, minor)
     found: list[str] = []
     try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        psutil = None
-    if psutil is not None:
-        try:
-            parts = psutil.disk_partitions(all=True)
-        except OSError:
-            parts = []
-        for p in parts:
-            if not p.device.startswith("/"):
-                continue
-            try:
-                st = os.stat(p.device)
-            except OSError:
-                continue
-            if st.st_rdev == want and p.mountpoint not in found:
-                found.append(p.mountpoint)
-    # mountinfo names the device number directly (also for lazily gone nodes)
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[2] == f"{major}:{minor}":
-                    mp = _unescape(fields[4])
-                    if mp not in found:
-                        found.append(mp)
+        parts = psutil.disk_partitions(all=True)
     except OSError:
-        pass
+        return found
+    for p in parts:
+        if not p.device.startswith("/"):
+            continue
+        try:
+            if os.stat(p.device).st_rdev == want and p.mountpoint not in found:
+                found.append(p.mountpoint)
+        except OSError:
+            continue
     return found
 
 

@@ -180,6 +180,8 @@ class KernelPoolBackend:
             dev = loop.find(path)
             if dev is not None:
                 dev.open()
+                if dev.size() < os.path.getsize(path):
+                    dev.set_capacity()          # the file grew since it was attached
             else:
                 dev = loop.attach(path)
             self.loops.append(dev)
