@@ -58,6 +58,7 @@ from ..pooldir import PoolConfig, PoolDir
 from ..target import DiscardMode, NoSpacePolicy, PoolMode, PoolStatus, PoolTable, parse_message
 from ..units import SECTOR_SIZE, DataBlocks, MetaBlocks
 from .datafile import DataFile
+from .events import EventSource
 from .thin import SimThin
 
 DEFAULT_NO_SPACE_TIMEOUT = 60.0     # no_space_timeout_secs, dm-thin.c
@@ -99,7 +100,7 @@ def _engine():
     return ThinMetadata
 
 
-class SimPoolBackend:
+class SimPoolBackend(EventSource):
     """A thin pool simulated over ``POOLDIR/metadata`` and ``POOLDIR/data``.
 
     Built by :meth:`create` or :meth:`open`; see the module docstring for
@@ -133,9 +134,7 @@ class SimPoolBackend:
         self._mode = Mode.WRITE
         self._lwm_triggered = False
         self._meta_low = False
-        self._event_nr = 0
-        self.events: list[tuple[int, str]] = []
-        self._listeners: list = []
+        EventSource.__init__(self, self._cond)
         self._dirty = False
         self._last_commit = time.monotonic()
         self._no_space_deadline: float | None = None
@@ -205,35 +204,6 @@ class SimPoolBackend:
         with self._lock:
             self._preresume()
         return self
-
-    # -- events -----------------------------------------------------------------------
-    @property
-    def event_nr(self) -> int:
-        """The device's event counter (``dmsetup info``'s "Events")."""
-        return self._event_nr
-
-    def add_event_listener(self, callback) -> None:
-        """Call ``callback(reason)`` on each event (reason: ``"low_water_mark"``,
-        ``"metadata_low_water_mark"``, ``"mode:<mode>"``, ``"error_if_no_space"``)."""
-        self._listeners.append(callback)
-
-    def wait_event(self, event_nr: int, timeout: float | None = None) -> int:
-        """Wait until :attr:`event_nr` exceeds *event_nr*; return it.
-
-        Raises :class:`~dmthin.errors.TimedOut` if *timeout* passes first.
-        """
-        from ..errors import TimedOut
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._event_nr > event_nr, timeout):
-                raise TimedOut(f"no pool event after {event_nr} within {timeout} s")
-            return self._event_nr
-
-    def _event(self, reason: str) -> None:
-        self._event_nr += 1
-        self.events.append((self._event_nr, reason))
-        for cb in list(self._listeners):
-            cb(reason)
-        self._cond.notify_all()
 
     # -- modes --------------------------------------------------------------------------
     @property
