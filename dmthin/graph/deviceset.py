@@ -290,8 +290,13 @@ class DeviceSet:
                 raise UsageError(f"devmapper: Container size cannot be smaller than "
                                  f"{human_size_decimal(base.size)}")
             self._check_free_space()
-            self._pending_removal.discard(base_hash)     # cancel a deferred removal
-            info = self._create_register(hash_, base.size, base)
+            pending = base_hash in self._pending_removal
+            self._pending_removal.discard(base_hash)     # cancel a deferred removal...
+            try:
+                info = self._create_register(hash_, base.size, base)
+            finally:
+                if pending:                              # ...and defer it again after
+                    self._deactivate(base, deferred=True)
             if size > base.size:
                 info.size = size
                 self.store.save_device(info)
@@ -324,6 +329,9 @@ class DeviceSet:
             try:
                 thin.deactivate()
             except Busy:
+                if not thin.active:
+                    # the facade forgot the device although the kernel kept it: re-attach
+                    thin.activate()
                 if deferred:
                     self._pending_removal.add(info.hash)
                     return
