@@ -268,9 +268,10 @@ class _Reader:
             self.v.device_b(dev)
         elif tag == "superblock":
             self.sb = self._superblock(attrs)
-            self.nr_data_blocks = self.sb.nr_data_blocks
-            self.data_limit = min(self.nr_data_blocks, MAX_DATA_BLOCK + 1)
             self.v.superblock_b(self.sb)
+            # A visitor may override the data size (restore --nr-data-blocks).
+            self.nr_data_blocks = getattr(self.v, "nr_data_blocks", self.sb.nr_data_blocks)
+            self.data_limit = min(self.nr_data_blocks, MAX_DATA_BLOCK + 1)
         elif tag == "def":
             name = self._name(tag, attrs)
             if name in self.defs:

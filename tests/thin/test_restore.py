@@ -204,3 +204,20 @@ def test_restore_counts_above_255_and_many_bitmaps(tmp_path, tools110):
     theirs = blank(tmp_path / "theirs", 16 << 20)
     assert run([THIN_RESTORE, "-i", x, "-o", theirs]).returncode == 0
     assert run([THIN_DUMP, md]).stdout == run([THIN_DUMP, theirs]).stdout
+
+
+def test_nr_data_blocks_override_changes_the_limit(tmp_path):
+    x = tmp_path / "in.xml"
+    x.write_text('<superblock uuid="" time="1" transaction="5" data_block_size="128" '
+                 'nr_data_blocks="100">\n'
+                 '  <device dev_id="3" mapped_blocks="1" transaction="0" creation_time="0" '
+                 'snap_time="0">\n'
+                 '    <single_mapping origin_block="50" data_block="150" time="1"/>\n'
+                 '  </device>\n</superblock>\n')
+    md = blank(tmp_path / "md")
+    with pytest.raises(XmlError, match="nr_data_blocks=100"):
+        restore(x, md)
+    restore(x, md, nr_data_blocks=200)
+    assert b'data_block="150"' in run([THIN_DUMP, md]).stdout
+    with pytest.raises(XmlError, match="nr_data_blocks=120"):
+        restore(x, md, nr_data_blocks=120)
