@@ -19,14 +19,25 @@ def run(args) -> int:
 
     if not os.path.exists(args.input):
         raise UsageError(f"input {args.input} does not exist")
+    pool = None
     if os.path.isdir(args.output):
+        # A pool directory: restore its metadata under the pool's writer lock,
+        # so a running dmthin process on that pool is never overwritten.
+        from ..pooldir import PoolDir
+        pool = PoolDir(args.output)
         args.output = os.path.join(args.output, "metadata")
     overrides = {k: None if getattr(args, k) is None else _natural(getattr(args, k))
                  for k in ("transaction_id", "data_block_size", "nr_data_blocks")}
     size = os.path.getsize(args.input) if os.path.isfile(args.input) else 0
     total = size if sys.stderr.isatty() and not args.quiet and size > (8 << 20) else 0
-    with progress_bar(total, "restore", "B") as update:
-        restore(args.input, args.output, progress=update, **overrides)
+    if pool is not None:
+        pool.lock()
+    try:
+        with progress_bar(total, "restore", "B") as update:
+            restore(args.input, args.output, progress=update, **overrides)
+    finally:
+        if pool is not None:
+            pool.unlock()
     return 0
 
 

@@ -144,3 +144,23 @@ def test_dump_m_without_snapshot(good_md):
 
 def test_dump_missing_metadata_argument():
     assert_clean_failure(dmthin("dump", "-m"))
+
+
+def test_restore_into_locked_pool_directory_is_refused(tmp_path):
+    from dmthin.pooldir import PoolDir
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "metadata").write_bytes(bytes(4 << 20))
+    x = tmp_path / "in.xml"
+    x.write_text(GOOD_XML)
+    holder = PoolDir(pool)
+    holder.lock()
+    try:
+        p = dmthin("restore", "-i", x, "-o", pool)
+        assert_clean_failure(p, 1)
+        assert b"in use" in p.stderr
+        assert (pool / "metadata").read_bytes() == bytes(4 << 20)
+    finally:
+        holder.unlock()
+    assert dmthin("restore", "-i", x, "-o", pool).returncode == 0
+    assert dmthin("ls", "--no-headers", "-o", "DEV,MAPPED_BLOCKS", pool).stdout == b"1 2 \n"
