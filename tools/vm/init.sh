@@ -20,11 +20,9 @@ fail() {
     poweroff -f
 }
 
-
 for m in /lib/modules/*.ko; do
     insmod "$m" || fail "insmod $m failed"
 done
-
 
 P9="trans=virtio,version=9p2000.L,msize=262144"
 mount -t 9p -o "$P9" ctl /ctl || fail "cannot mount the control share"
@@ -59,7 +57,6 @@ if [ -f "$R$KROOT/lib/modules/$KVER/modules.dep" ]; then
     echo /bin/modprobe-guest >/proc/sys/kernel/modprobe
 fi
 hostname dmthin-vm
-
 
 chroot "$R" "$PY" -I -S "$LAUNCHER" /run/vmrun
 sync

@@ -1,0 +1,119 @@
+"""Shared test helpers (owner: vm helper; others may append functions).
+
+Environment facts the tests need: are we in CI, can real device-mapper tests
+run here, where are thin-provisioning-tools 0.9.0 and 1.1.0.  Functions report
+what is missing (Unavailable); :func:`skip_or_fail` turns a reason into a skip
+(outside CI) or a failure (CI=true).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "tools"
+VMRUN = TOOLS / "vmrun"
+FETCH_THIN_TOOLS = TOOLS / "fetch-thin-tools"
+
+#: the 0.9.0 tools the tests use, all installed by thin-provisioning-tools 0.9.0
+THIN_TOOLS_090 = ("thin_check", "thin_dump", "thin_ls", "thin_restore", "thin_delta")
+THIN_TOOLS_090_DIR = "/usr/sbin"
+
+REAL_DM_SKIP = "needs root and device-mapper: run tools/test, which runs these in a qemu guest"
+
+
+class Unavailable(Exception):
+    """A tool or facility the test needs is missing; the message says why."""
+
+
+def in_ci() -> bool:
+    """True when CI is set to a true value (CI=true, as CI services do)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip the current test with *reason*, or fail it under CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: this must not be skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+def in_vm() -> bool:
+    """True inside the tools/vmrun guest."""
+    return os.environ.get("DMTHIN_IN_VM") == "1"
+
+
+def have_device_mapper() -> bool:
+    """True if the running kernel has device-mapper (built in or loaded)."""
+    if os.path.exists("/sys/class/misc/device-mapper"):
+        return True
+    try:
+        with open("/proc/misc") as f:
+            return any(line.split()[1:] == ["device-mapper"] for line in f)
+    except OSError:
+        return False
+
+
+def real_dm_missing() -> str | None:
+    """Why real_dm tests cannot run here, or None if they can."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("not root")
+    if not have_device_mapper():
+        missing.append("no device-mapper in this kernel")
+    return ", ".join(missing) or None
+
+
+def _version(argv: list[str]) -> str | None:
+    try:
+        p = subprocess.run(argv + ["--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (p.stdout + p.stderr).strip() if p.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def pdata_tools_110() -> str:
+    """Path of thin-provisioning-tools 1.1.0's pdata_tools.
+
+    $DMTHIN_PDATA_TOOLS if set (tools/test sets it), else what
+    tools/fetch-thin-tools prints (it downloads on first use).
+    Raises Unavailable with the reason.
+    """
+    path = os.environ.get("DMTHIN_PDATA_TOOLS")
+    if not path:
+        try:
+            p = subprocess.run([str(FETCH_THIN_TOOLS), "--quiet"], capture_output=True,
+                               text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Unavailable(f"tools/fetch-thin-tools did not run: {e}")
+        if p.returncode != 0:
+            raise Unavailable("tools/fetch-thin-tools failed: " + p.stderr.strip())
+        path = p.stdout.strip().splitlines()[-1]
+    got = _version([path, "thin_check"])
+    if got is None or not re.search(r"(^|\s)1\.1\.0(\s|$)", got):
+        raise Unavailable(f"{path} thin_check --version gives {got!r}, not 1.1.0 "
+                          "(run tools/fetch-thin-tools)")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def thin_tools_090() -> dict[str, str]:
+    """{tool name: path} of the installed 0.9.0 tools.
+
+    Raises Unavailable if one is missing or the version is not 0.9.0.
+    """
+    tools = {name: os.path.join(THIN_TOOLS_090_DIR, name) for name in THIN_TOOLS_090}
+    missing = [p for p in tools.values() if not os.access(p, os.X_OK)]
+    if missing:
+        raise Unavailable("missing " + ", ".join(missing) +
+                          ": apt-get install thin-provisioning-tools (0.9.0, Debian 12)")
+    got = _version([tools["thin_check"]])
+    if got != "0.9.0":
+        raise Unavailable(f"{tools['thin_check']} --version gives {got!r}, not 0.9.0")
+    return tools
