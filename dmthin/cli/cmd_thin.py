@@ -77,6 +77,19 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_resize(args) -> int:
+    with _open(args) as pool:
+        if args.dev_id not in pool.thin_ids():
+            from ..errors import DeviceNotFound
+            raise DeviceNotFound(f"no thin device {args.dev_id} in pool {pool.pooldir.path}")
+        if args.size == 0 or args.size % 512:
+            raise UsageError(f"invalid thin device size {args.size}: use a positive multiple "
+                             "of 512 bytes")
+        # The size lives in the table (pool.json), not in the kernel's metadata.
+        pool._save_size(args.dev_id, args.size)
+    return 0
+
+
 def cmd_write(args) -> int:
     close = False
     if args.input in (None, "-"):
@@ -195,8 +208,8 @@ def cmd_list(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("thin", help="thin devices: create, snapshot, delete, write, "
-                                           "read, discard, status, list",
+    p = subparsers.add_parser("thin", help="thin devices: create, snapshot, resize, delete, "
+                                           "write, read, discard, status, list",
                               description="Thin devices of a pool directory.")
     subs = p.add_subparsers(dest="thin_command", metavar="SUBCOMMAND")
     subs.required = True
@@ -215,6 +228,10 @@ def register(subparsers) -> None:
     s = sub("snapshot", cmd_snapshot, "snapshot ORIGIN_ID as NEW_ID (create_snap)")
     s.add_argument("new_id", metavar="NEW_ID")
     s.add_argument("origin_id", metavar="ORIGIN_ID")
+    s = sub("resize", cmd_resize, "set a thin device's size (the table length; mappings "
+                                  "beyond a smaller size are kept but unreachable)")
+    s.add_argument("dev_id", metavar="ID")
+    s.add_argument("--size", required=True, help="new virtual size, e.g. 20G")
     s = sub("delete", cmd_delete, "delete a thin device")
     s.add_argument("dev_id", metavar="ID")
     s = sub("write", cmd_write, "write a file (or stdin) into a thin device, then flush")

@@ -32,7 +32,8 @@ def assert_one_line_error(p, *words):
 @pytest.mark.parametrize("argv", [
     ["pool", "--help"], ["pool", "create", "--help"], ["pool", "status", "--help"],
     ["pool", "message", "--help"], ["thin", "--help"], ["thin", "create", "--help"],
-    ["thin", "snapshot", "--help"], ["thin", "delete", "--help"], ["thin", "write", "--help"],
+    ["thin", "snapshot", "--help"], ["thin", "delete", "--help"], ["thin", "resize", "--help"],
+    ["thin", "write", "--help"],
     ["thin", "read", "--help"], ["thin", "discard", "--help"], ["thin", "status", "--help"],
     ["thin", "list", "--help"]])
 def test_help(argv):
@@ -131,3 +132,17 @@ def test_writer_lock_names_pid(tmp_path):
         holder.wait()
         holder.stdout.close()
     dmthin("pool", "status", d)
+
+
+def test_message_created_thin_needs_resize(tmp_path):
+    d = tmp_path / "pool"
+    dmthin("pool", "create", d, "--data-size", "1M", "--metadata-size", "2M")
+    dmthin("pool", "message", d, "create_thin 5")
+    assert_one_line_error(dmthin("thin", "read", d, 5, ok=False), "thin resize")
+    assert_one_line_error(dmthin("thin", "resize", d, 6, "--size", "1M", ok=False),
+                          "no thin device 6")
+    dmthin("thin", "resize", d, 5, "--size", "128K")
+    dmthin("thin", "write", d, 5, "--offset", "100K", input=b"sized")
+    assert dmthin("thin", "read", d, 5, "--offset", "100K", "--length", "5").stdout == b"sized"
+    assert dmthin("thin", "list", d).stdout.decode().splitlines()[1].split()[:3] == \
+        ["5", "128K", "64K"]
