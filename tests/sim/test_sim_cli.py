@@ -146,3 +146,24 @@ def test_message_created_thin_needs_resize(tmp_path):
     assert dmthin("thin", "read", d, 5, "--offset", "100K", "--length", "5").stdout == b"sized"
     assert dmthin("thin", "list", d).stdout.decode().splitlines()[1].split()[:3] == \
         ["5", "128K", "64K"]
+
+
+def test_readers_see_the_last_commit_while_a_writer_holds_the_pool(tmp_path):
+    """dump, ls and check read the committed state alongside the writer."""
+    from dmthin import Pool
+    d = tmp_path / "pool"
+    with Pool.create(d, data_size="8M", metadata_size="4M") as pool:
+        thin = pool.create_thin(1, "1M")
+        thin.write(0, b"committed")
+        thin.flush()
+        thin.write(5 * 65536, b"not yet")              # uncommitted mapping
+        for argv in (["check", d], ["ls", d], ["dump", d]):
+            p = dmthin(*argv)
+            assert p.returncode == 0
+        xml = dmthin("dump", d).stdout.decode()
+        assert 'mapped_blocks="1"' in xml and 'origin_block="0"' in xml
+        assert 'origin_block="5"' not in xml
+        assert subprocess.run(["/usr/sbin/thin_check", str(d / "metadata")],
+                              capture_output=True).returncode == 0
+    xml = dmthin("dump", d).stdout.decode()
+    assert 'mapped_blocks="2"' in xml
