@@ -104,8 +104,9 @@ def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
     for dev_id in ids:
         roots[dev_id] = root = _subtree_root(bm, sb, dev_id)
         blocks = _blocks(bm, root)
-        if blocks and max(blocks) >= len(states):
-            states.extend(bytes(max(blocks) + 1 - len(states)))
+        top = max(blocks, default=-1)
+        if top >= len(states):
+            states.extend(bytes(top + 1 - len(states)))
         _mark(blocks, states)
         if need_excl and cached + len(blocks) <= CACHE_ENTRIES:
             cache[dev_id] = blocks
