@@ -295,8 +295,8 @@ def _metadata_space_map(img: BlockImage, nr_meta: int) -> SMRoot:
 
 
 def build_image(r: Restorer, nr_meta: int) -> BlockImage:
-    """Lay out the restored metadata for a device of *nr_meta* blocks.
-    Raises :class:`~dmthin.errors.NoSpace`-like :class:`UsageError` when it
+    """Lay out the restored metadata (sealed, superblock at block 0) for a
+    metadata device of *nr_meta* blocks.  Raises :class:`UsageError` when it
     does not fit."""
     img = BlockImage(SUPERBLOCK)
     ids = sorted(r.devices)
