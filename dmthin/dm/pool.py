@@ -133,6 +133,16 @@ class KernelPoolBackend:
 
     # -- construction --------------------------------------------------------------
     @classmethod
+    def available(cls) -> None:
+        """Check, without side effects, that this backend can run here.
+
+        Raises :class:`~dmthin.errors.BackendUnavailable` (one line, with
+        the fix) when not root, without device-mapper, or without the
+        binding.  The facade may call it before creating any file.
+        """
+        _lib.require_kernel(root=True)
+
+    @classmethod
     def create(cls, pooldir: PoolDir, config: PoolConfig) -> "KernelPoolBackend":
         """Format a new pool: zero the metadata's first block, attach loop
         devices, load the thin-pool table.  Raises EEXIST if the pool's dm
