@@ -11,7 +11,10 @@ What dm-thin.c does per data block, reproduced:
   ``skip_block_zeroing``.  To a shared block (``lookup().shared``: mapped
   before the device's last snapshot) it breaks sharing (``break_sharing``):
   a new block gets a copy of the old one, except when the write covers the
-  whole block.  The other device keeps the old block.
+  whole block.  The other device keeps the old block.  A block that cannot
+  get a new one (no space, read-only pool) fails alone: dm splits the bio
+  per data block, so the write's other blocks are still written and the
+  write then reports the first error (observed on 6.1; tools/trace.py).
 * **discard** unmaps the whole data blocks inside the range
   (``get_bio_block_range`` rounds the start up and the end down; partial
   blocks at the edges are left alone -- to be confirmed on a 6.1 guest).
@@ -128,6 +131,7 @@ class SimThin:
         total = len(view)
         last = (offset + total - 1) // bs
         maps = self._mappings(pool, offset // bs, last) if last > offset // bs else None
+        failed = None
         i = 0
         while i < total:
             vblock, boff = divmod(offset + i, bs)
@@ -147,7 +151,14 @@ class SimThin:
                 pool._queue_write(hit[0], boff, part)
                 i += chunk
                 continue
-            new = pool._provision(f"write to thin device {dev}")
+            try:
+                new = pool._provision(f"write to thin device {dev}")
+            except (NoSpace, IOFailure) as err:
+                # dm splits a bio per data block and each part completes on
+                # its own: the other blocks are still written (fidelity trace)
+                failed = failed or err
+                i += chunk
+                continue
             if new is None:
                 pool._check_not_failed()
                 pool._wait_resumed(dev)
@@ -180,6 +191,8 @@ class SimThin:
                                 f"{err}") from err
             pool._dirty = True
             i += chunk
+        if failed is not None:
+            raise failed
 
     def _mappings(self, pool, first: int, last: int):
         """(snapshotted time, {vblock: (data block, time)}) for a range: one
