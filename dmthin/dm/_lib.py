@@ -229,8 +229,13 @@ _HINTS = {
     _errno.EINVAL: "the kernel refused the arguments; see 'dmesg' for the target's reason",
     _errno.ENOSPC: "the pool is out of space; grow it or free blocks",
     _errno.EOPNOTSUPP: "the pool is read-only or failed; check it with 'dmthin pool status'",
-    _errno.EPERM: "run as root",
-    _errno.EACCES: "run as root",
+}
+
+#: for root, EPERM/EACCES is the kernel refusing (e.g. a read_only pool
+#: over unformatted metadata), not a permission problem
+_ROOT_HINTS = {
+    _errno.EPERM: ("run as root", "the kernel refused it; see 'dmesg' for the target's reason"),
+    _errno.EACCES: ("run as root", "the kernel refused it; see 'dmesg' for the target's reason"),
 }
 
 
@@ -243,6 +248,8 @@ def make_error(what: str, code: int, detail: str = "") -> ThinOSError:
     if detail and reason.lower() not in detail.lower():
         text += f" ({reason})"
     hint = _HINTS.get(code)
+    if code in _ROOT_HINTS:
+        hint = _ROOT_HINTS[code][os.geteuid() == 0]
     if hint:
         text += f"; {hint}"
     return error_for(code, " ".join(text.split()))
