@@ -105,6 +105,7 @@ def test_create_base_and_snap(driver):
     verify_base(driver, "Snap")
 
 
+@pytest.mark.slow
 def test_deep_layer_read_128(driver):
     n = 128
     driver.create("layer-0", "")
