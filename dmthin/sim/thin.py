@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from ..errors import DmThinError, IOFailure, MetadataError, NoSpace, NotSupported
 from ..target import ThinStatus
+from ..units import SECTOR_SIZE
 
 _MAPPINGS_CHUNK = 4096
 
@@ -177,6 +178,8 @@ class SimThin:
             else:                              # provision
                 if not whole and pool.zero_new_blocks:
                     pool._data.zero(new)
+                elif not whole:
+                    self._zero_sector_edges(pool, new, boff, chunk)
                 pool._queue_write(new, boff, part)
             try:
                 md.insert(dev, vblock, new)
@@ -193,6 +196,20 @@ class SimThin:
             i += chunk
         if failed is not None:
             raise failed
+
+    @staticmethod
+    def _zero_sector_edges(pool, block: int, boff: int, length: int) -> None:
+        """Without zeroing, a write into a new block still fills the rest of
+        the 512-byte sectors it touches with zeros: on a block device a
+        byte-level write is a read-modify-write of whole sectors, and the
+        read of an unprovisioned block returns zeros."""
+        head = boff - boff % SECTOR_SIZE
+        end = boff + length
+        tail = min(-(-end // SECTOR_SIZE) * SECTOR_SIZE, pool.block_bytes)
+        if head < boff:
+            pool._data.zero(block, head, boff - head)
+        if end < tail:
+            pool._data.zero(block, end, tail - end)
 
     def _mappings(self, pool, first: int, last: int):
         """(snapshotted time, {vblock: (data block, time)}) for a range: one
