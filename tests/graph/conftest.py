@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-import fakepool  # noqa: E402
-
-fakepool.register()
-
 BACKEND = os.environ.get("DMTHIN_GRAPH_BACKEND", "sim")
+
+if BACKEND == "graphfake":          # development only; never changes the registry otherwise
+    sys.path.insert(0, os.path.dirname(__file__))
+    import fakepool  # noqa: E402
+    fakepool.register()
 
 #: small sizes: Docker's test defaults (300M data, 200M metadata, 300M base)
 #: scaled down so the simulator runs in seconds
