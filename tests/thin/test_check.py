@@ -356,13 +356,24 @@ def f_data_ref_count_value(p, L):
     _bump_ref_count_tree(p, L.data_ref_root)      # the block in three leaves: 3 -> 4
 
 
+def f_shared_child_key_range(p, L):
+    # Device 2's root shares its children with device 1 (the <def>): raise
+    # its first key so the shared first child no longer fits its range.
+    root = L.subtrees[2]
+    buf = read_block(p, root)
+    assert read_header(buf)[0] == INTERNAL_NODE
+    struct.pack_into("<Q", buf, HEADER_SIZE, struct.unpack_from("<Q", buf, HEADER_SIZE)[0] + 8)
+    write_block(p, root, buf, BTREE_NODE)
+
+
 FAULTS = {f.__name__[2:]: f for f in (
     f_superblock_bit, f_wrong_magic, f_zeroed_superblock, f_truncated, f_truncated_hard,
     f_details_bit, f_top_level_bit, f_subtree_leaf_bit, f_subtree_internal_bit,
     f_meta_index_bit, f_meta_bitmap_bit, f_meta_ref_tree_bit, f_data_index_bit,
     f_data_bitmap_bit, f_data_ref_tree_bit, f_cycle, f_underfull, f_meta_wrong_count,
     f_meta_leak, f_meta_in_use_marked_free, f_data_wrong_count, f_data_leak, f_data_beyond,
-    f_mapped_blocks, f_details_mismatch, f_meta_ref_count_value, f_data_ref_count_value)}
+    f_mapped_blocks, f_details_mismatch, f_meta_ref_count_value, f_data_ref_count_value,
+    f_shared_child_key_range)}
 
 # fault -> (thin_check 0.9.0 fails, thin_check 1.1.0 fails), as observed.
 # dmthin check fails on every one of them.
@@ -400,6 +411,7 @@ EXPECT = {
     "details_mismatch": (False, True),
     "meta_ref_count_value": (True, True),
     "data_ref_count_value": (False, True),
+    "shared_child_key_range": (True, True),
 }
 NON_FATAL = {"meta_leak", "data_leak"}    # leaks: both tools pass them with
                                           # --ignore-non-fatal-errors

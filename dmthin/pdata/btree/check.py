@@ -195,6 +195,20 @@ class BTreeChecker:
                 if not shareable:
                     raise fail(SHARED, f"btree node {b} is referenced more than once "
                                        "(this tree's nodes must not be shared)")
+                if lo is not None or hi is not None:
+                    # Not walked again, but it must fit this parent's key
+                    # range too (it was validated when first walked).
+                    buf = self.bm.read(b, BTREE_NODE)
+                    _flags, nr, _mx, _vs = read_header(buf)
+                    if nr:
+                        first, = struct.unpack_from("<Q", buf, HEADER_SIZE)
+                        last, = struct.unpack_from("<Q", buf, HEADER_SIZE + 8 * (nr - 1))
+                        if lo is not None and first < lo:
+                            raise fail(KEY_RANGE, f"shared btree node {b}: key {first} is "
+                                                  f"below this parent's lower bound {lo}")
+                        if hi is not None and last >= hi:
+                            raise fail(KEY_RANGE, f"shared btree node {b}: key {last} is not "
+                                                  f"below this parent's next key {hi}")
                 if seen_node is not None:
                     seen_node(b)
                 continue
