@@ -12,6 +12,7 @@ is never emitted.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 from ..errors import BTreeError, MetadataError
@@ -28,6 +29,10 @@ def open_block_manager(path, cache_blocks: int = 1024) -> BlockManager:
     :class:`~dmthin.errors.MetadataError` if it is too small to hold a
     superblock, ``OSError`` if it cannot be opened."""
     bm = BlockManager(path, writable=False, cache_blocks=cache_blocks)
+    if stat.S_ISBLK(os.fstat(bm.fd).st_mode):
+        # A live pool's metadata device is written by the kernel behind the
+        # page cache (dm-bufio): drop cached pages so reads see the device.
+        os.posix_fadvise(bm.fd, 0, 0, os.POSIX_FADV_DONTNEED)
     if bm.file_blocks < 1:
         bm.close()
         raise MetadataError(f"{os.fspath(path)}: too small to hold thin metadata "

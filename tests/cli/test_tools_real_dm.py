@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -128,6 +129,18 @@ def test_kernel_uses_restored_metadata(stack, tmp_path):
         os.fsync(fd)
     finally:
         os.close(fd)
+    # A metadata snapshot held by the live pool: dump -m and ls -m read it
+    # from the live device like the tools do.
+    sh("dmsetup", "message", pool, "0", "reserve_metadata_snap")
+    held = sh("dmsetup", "status", pool).split()[6]
+    assert held != "-"
+    for ours, theirs in ((["dump", "-m"], ["thin_dump", "-m"]),
+                         (["ls", "-m", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS"],
+                          ["thin_ls", "-m", "-o",
+                           "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS"])):
+        assert sh(sys.executable, "-m", "dmthin", *ours, mloop) == sh(*theirs, mloop)
+    sh("dmsetup", "message", pool, "0", "release_metadata_snap")
+
     for name in reversed(made["dms"]):
         sh("dmsetup", "remove", name)
     made["dms"].clear()
