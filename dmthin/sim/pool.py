@@ -341,7 +341,10 @@ class SimPoolBackend(EventSource):
         try:
             block = md.alloc_data_block()
         except NoSpace as err:
-            if md.nr_free_data_blocks() == 0:
+            # The kernel switches to out_of_data_space on any ENOSPC here, also
+            # when the only free blocks were freed in this transaction (not
+            # allocatable before a commit); its next commit switches back.
+            if md.nr_free_data_blocks() == 0 or md.nr_free_metadata_blocks() > 0:
                 self._set_mode(Mode.OUT_OF_DATA_SPACE)
                 raise _OutOfDataSpace() from None
             self._metadata_failed("alloc_data_block", err)
