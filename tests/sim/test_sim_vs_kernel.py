@@ -12,6 +12,8 @@ the kernel's reserve.
 """
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from dmthin import Pool
@@ -136,3 +138,80 @@ def test_status_lines_after_a_workload(tmp_path):
     k, s = run_both(tmp_path, scenario)
     assert_same(k, s)
 
+
+
+def events(pool) -> int:
+    impl = pool._backend()
+    if impl.name == "sim":
+        return impl.event_nr
+    from dmthin.dm import task
+    return task.info(impl.pool_name).event_nr
+
+
+def test_low_water_mark_and_mode_events(tmp_path):
+    def scenario(pool):
+        base = events(pool)
+        t = pool.create_thin(1, "2M")
+        seen = []
+        for v in range(17):
+            try:
+                t.write(v * BS, pattern(v, BS))
+            except OSError as err:
+                seen.append(("errno", err.errno))
+            seen.append(events(pool) - base)
+        return {"events": seen, "status": pool.status_line()}
+    k, s = run_both(tmp_path, scenario, data_size="1M", low_water_mark=10,
+                    features=("error_if_no_space",))
+    assert_same(k, s)
+    assert ("errno", errno.ENOSPC) in k["events"] and k["events"][-1] >= 2
+
+
+NO_SPACE_PARAM = "/sys/module/dm_thin_pool/parameters/no_space_timeout"
+
+
+def test_queue_if_no_space_times_out_into_error(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setenv("DMTHIN_SIM_NO_SPACE_TIMEOUT", "2")
+    with open(NO_SPACE_PARAM) as f:
+        saved = f.read()
+    with open(NO_SPACE_PARAM, "w") as f:
+        f.write("2\n")
+    try:
+        def scenario(pool):
+            t = pool.create_thin(1, "1M")
+            t.write(0, pattern(1, 2 * BS))
+            t0 = time.monotonic()
+            try:
+                t.write(2 * BS, b"x")
+                code = None
+            except OSError as err:
+                code = err.errno
+            waited = time.monotonic() - t0
+            return {"errno": code, "waited_about_2s": 1.0 < waited < 10,
+                    "status": pool.status_line()}
+        k, s = run_both(tmp_path, scenario, data_size="128K", low_water_mark=0)
+        assert_same(k, s)
+        assert k["errno"] == errno.ENOSPC and k["waited_about_2s"]
+        assert k["status"].split()[4:7] == ["out_of_data_space", "discard_passdown",
+                                            "error_if_no_space"]
+    finally:
+        with open(NO_SPACE_PARAM, "w") as f:
+            f.write(saved)
+
+
+def test_metadata_exhaustion_goes_read_only_alike(tmp_path):
+    def scenario(pool):
+        created = 0
+        code = None
+        for i in range(1, 3000):
+            try:
+                pool.message(f"create_thin {i}")
+            except OSError as err:
+                code = err.errno
+                break
+            created = i
+        return {"created": created, "errno": code, "status": pool.status_line()}
+    k, s = run_both(tmp_path, scenario, metadata_size="2M")
+    assert_same(k, s)
+    assert k["errno"] == errno.EOPNOTSUPP and 100 < k["created"] < 2999
+    assert k["status"].split()[4] == "ro"
