@@ -17,7 +17,7 @@ What dm-thin.c does per data block, reproduced:
   write then reports the first error (observed on 6.1; tools/trace.py).
 * **discard** unmaps the whole data blocks inside the range
   (``get_bio_block_range`` rounds the start up and the end down; partial
-  blocks at the edges are left alone -- to be confirmed on a 6.1 guest).
+  blocks at the edges are left alone, as observed on 6.1: tests/traces/discard-edges).
   With discard passdown, data blocks whose reference count fell to 0 have
   their bytes released (a punched hole) at the next commit, so the last
   commit never maps released bytes; ``ignore_discard`` refuses discards
