@@ -297,9 +297,14 @@ def remove(name: str, *, retry_seconds: float = 2.0, deferred: bool = False,
     while True:
         try:
             with Task(_lib.lib_const("DM_DEVICE_REMOVE"), f"remove {name}", name) as t:
+                flags = 0
                 if deferred:
                     t.check(t.lib.dm_task_deferred_remove(t.t), "dm_task_deferred_remove")
-                t.use_cookie(0)
+                    if _lib.udev_running():
+                        # udev removes the node when the device really goes;
+                        # libdevmapper's fallback would remove it now (moby#24740)
+                        flags = t.lib.DM_UDEV_DISABLE_LIBRARY_FALLBACK
+                t.use_cookie(flags)
                 t.run()
             return
         except Busy:

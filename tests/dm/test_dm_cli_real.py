@@ -30,8 +30,6 @@ def test_cli_round_trip_on_the_kernel(real_dm, tmp_path, tag):
     assert r.returncode == 0, r.stderr
     r = dmthin("thin", "read", pooldir, "1", "--offset", "65536", "--length", "18")
     assert r.returncode == 0 and r.stdout == b"written by the cli", r.stderr
-    r = dmthin("pool", "status", pooldir)
-    assert r.returncode == 0 and b" rw " in r.stdout, r.stdout + r.stderr
     r = dmthin("thin", "create", "--size", "8M", pooldir, "1")
     assert r.returncode == 1
     err = r.stderr.decode().strip().splitlines()
@@ -39,12 +37,8 @@ def test_cli_round_trip_on_the_kernel(real_dm, tmp_path, tag):
     assert [d for d, _, _ in task.list_devices() if tag in d] == []
 
 
-def test_cli_dm_version_and_ls(real_dm):
+def test_cli_dm_version(real_dm):
     r = dmthin("dm", "version")
     assert r.returncode == 0, r.stderr
     out = r.stdout.decode()
     assert f"Driver version:    {task.driver_version()}" in out and "Target thin-pool:" in out
-    r = dmthin("dm", "ls")
-    assert r.returncode == 0
-    names = [d for d, _, _ in task.list_devices()]
-    assert (r.stdout.decode().strip() == "No devices found") == (not names)
