@@ -298,6 +298,11 @@ def build_image(r: Restorer, nr_meta: int) -> BlockImage:
     """Lay out the restored metadata (sealed, superblock at block 0) for a
     metadata device of *nr_meta* blocks.  Raises :class:`UsageError` when it
     does not fit."""
+    need = -(-r.nr_data_blocks // E)
+    if need >= nr_meta:
+        raise UsageError(f"the output is too small: nr_data_blocks={r.nr_data_blocks} alone "
+                         f"needs {need} space-map bitmap blocks but the output holds {nr_meta}; "
+                         "use a bigger metadata file or device")
     img = BlockImage(SUPERBLOCK)
     ids = sorted(r.devices)
     roots = []
@@ -389,6 +394,26 @@ def write_image(path, img: BlockImage, chunk_blocks: int = 2048) -> None:
         os.close(fd)
 
 
+def restore_events(drive, output, *, transaction_id=None, data_block_size=None,
+                   nr_data_blocks=None) -> Restorer:
+    """Restore from any IR producer: ``drive(visitor)`` emits the events
+    (e.g. ``lambda v: dump(bm, v)`` copies metadata, like thin_repair's
+    dump + restore).  Nothing is written unless everything is valid and
+    fits.  Raises :class:`~dmthin.errors.InvalidArgument`,
+    :class:`UsageError`, ``OSError`` and whatever the producer raises."""
+    nr_meta = output_blocks(output)
+    if -(-nr_meta // E) > MAX_METADATA_BITMAPS:
+        raise UsageError("metadata device larger than the kernel maximum")
+    r = Restorer(transaction_id=transaction_id, data_block_size=data_block_size,
+                 nr_data_blocks=nr_data_blocks)
+    drive(r)
+    if r.sb is None:
+        raise UsageError("the input has no superblock")
+    img = build_image(r, nr_meta)
+    write_image(output, img)
+    return r
+
+
 def restore(xml_source, output, *, transaction_id=None, data_block_size=None,
             nr_data_blocks=None, progress=None) -> Restorer:
     """Restore metadata XML *xml_source* (path or binary file) into the
@@ -396,20 +421,12 @@ def restore(xml_source, output, *, transaction_id=None, data_block_size=None,
     and fits.  Raises :class:`~dmthin.thin.xml.XmlError`,
     :class:`UsageError`, ``OSError``."""
     from .xml import read_xml
-    nr_meta = output_blocks(output)
     if isinstance(xml_source, (str, os.PathLike)):
         try:
             if os.path.samefile(xml_source, output):
                 raise UsageError("the input XML and the output metadata are the same file")
         except FileNotFoundError:
             pass
-    r = Restorer(transaction_id=transaction_id, data_block_size=data_block_size,
-                 nr_data_blocks=nr_data_blocks)
-    read_xml(xml_source, r, progress=progress)
-    if -(-r.nr_data_blocks // E) > MAX_METADATA_BLOCKS:
-        raise UsageError("nr_data_blocks is too large for any metadata device")
-    if -(-nr_meta // E) > MAX_METADATA_BITMAPS:
-        raise UsageError("metadata device larger than the kernel maximum")
-    img = build_image(r, nr_meta)
-    write_image(output, img)
-    return r
+    return restore_events(lambda v: read_xml(xml_source, v, progress=progress), output,
+                          transaction_id=transaction_id, data_block_size=data_block_size,
+                          nr_data_blocks=nr_data_blocks)

@@ -221,3 +221,14 @@ def test_nr_data_blocks_override_changes_the_limit(tmp_path):
     assert b'data_block="150"' in run([THIN_DUMP, md]).stdout
     with pytest.raises(XmlError, match="nr_data_blocks=120"):
         restore(x, md, nr_data_blocks=120)
+
+
+def test_huge_nr_data_blocks_fails_fast(tmp_path):
+    x = tmp_path / "in.xml"
+    x.write_text('<superblock uuid="" time="1" transaction="5" data_block_size="128" '
+                 'nr_data_blocks="1099511627776">\n</superblock>\n')
+    md = blank(tmp_path / "md")
+    before = md.read_bytes()
+    with pytest.raises(UsageError, match="space-map bitmap blocks"):
+        restore(x, md)
+    assert md.read_bytes() == before
