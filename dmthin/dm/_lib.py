@@ -4,7 +4,7 @@ libdevmapper's failures into errno-carrying exceptions.
 libdevmapper keeps global state and is not thread-safe: every call sequence
 runs under :data:`LOCK`.  Its functions return only 0/1; the reason comes
 through its logger (``csrc/dm_shim.c`` formats each line and calls
-:func:`_log_line`) and from ``dm_task_get_errno``.  Lines of error level
+:func:`dmthin_log_line`) and from ``dm_task_get_errno``.  Lines of error level
 are kept while a task runs (:func:`capture`) and become the exception's
 message.
 """

@@ -272,9 +272,11 @@ def list_attached() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def find(path: str | os.PathLike) -> LoopDevice | None:
+def find(path: str | os.PathLike, *, writable: bool = False) -> LoopDevice | None:
     """The loop device attached to the file *path* (matched by
-    ``st_dev``/``st_ino``), not opened; None if there is none."""
+    ``st_dev``/``st_ino``, whole file), not opened; None if there is none.
+    With *writable*, read-only attachments are passed over.  Raises
+    FileNotFoundError if *path* does not exist."""
     st = os.stat(path)
     path = os.path.abspath(os.fspath(path))
     for number, _backing in list_attached():
@@ -283,7 +285,8 @@ def find(path: str | os.PathLike) -> LoopDevice | None:
         except OSError:
             continue  # detached meanwhile, or no node
         if info.backing_inode == st.st_ino and info.backing_dev == st.st_dev \
-                and info.offset == 0:
+                and info.offset == 0 and info.sizelimit == 0 \
+                and not (writable and info.flags & LO_FLAGS_READ_ONLY):
             return LoopDevice(number, path)
     return None
 

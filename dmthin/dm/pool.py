@@ -187,7 +187,7 @@ class KernelPoolBackend:
 
     def _attach_loops(self) -> None:
         for path in (self.pooldir.metadata_path, self.pooldir.data_path):
-            dev = loop.find(path)
+            dev = loop.find(path, writable=True)
             if dev is not None:
                 dev.open()
                 if dev.size() < os.path.getsize(path):

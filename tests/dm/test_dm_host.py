@@ -97,7 +97,8 @@ def test_log_lines_are_captured_with_their_errno():
 
 @needs_binding
 @no_dm_kernel
-def test_no_device_mapper_fails_cleanly_without_side_effects():
+def test_no_device_mapper_fails_cleanly_without_side_effects(monkeypatch):
+    monkeypatch.setattr(_lib, "_try_modprobe", lambda: None)   # no module loading here
     had_control = os.path.exists("/dev/mapper/control")
     calls = [task.driver_version, task.list_devices, task.target_versions, task.udev_sync,
              lambda: task.info("x"), lambda: task.create("x", "0 8 zero"),
@@ -111,7 +112,8 @@ def test_no_device_mapper_fails_cleanly_without_side_effects():
 
 @needs_binding
 @no_dm_kernel
-def test_kernel_pool_refuses_without_device_mapper(tmp_path):
+def test_kernel_pool_refuses_without_device_mapper(tmp_path, monkeypatch):
+    monkeypatch.setattr(_lib, "_try_modprobe", lambda: None)
     from dmthin import Pool
     with pytest.raises(errors.BackendUnavailable) as exc:
         Pool.create(tmp_path / "pool", data_size="64M", metadata_size="4M", backend="kernel")

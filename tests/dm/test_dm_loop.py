@@ -74,6 +74,8 @@ def test_read_only_attach(root_loop, sparse):
         with open(f"/sys/block/loop{dev.number}/ro") as f:
             assert f.read().strip() == "1"
         assert dev.info().flags & loop.LO_FLAGS_READ_ONLY
+        assert loop.find(path).number == dev.number
+        assert loop.find(path, writable=True) is None     # a pool must not reuse it
     assert loop.wait_detached([dev.number]) == []
 
 
