@@ -16,10 +16,13 @@
    every node by its number of parent pointers, +1 for the snapshot's roots)
    and the data counts (number of leaves referencing each data block).
 
-Where the tools and the kernel disagree, dmthin follows the kernel: a wrong
-superblock magic and a metadata file smaller than its space map (both
-accepted by thin_check 0.9.0 and 1.1.0) fail, because the kernel refuses
-them (``sb_check`` -EILSEQ; "metadata device ... too small").
+Where the tools are laxer than the kernel, dmthin follows the kernel.
+thin_check 0.9.0 and 1.1.0 accept, and dmthin rejects: a wrong superblock
+magic (the kernel's ``sb_check`` returns -EILSEQ), a metadata file smaller
+than its space map ("metadata device ... too small"), incompatible feature
+flags, a data block size no pool table can match, ``nr_allocated >
+nr_blocks``, a data-sm index whose keys are not 0, 1, 2, ... and a version
+outside 1..2 (a format dmthin does not know).
 
 Problems are collected in a :class:`Report`, one line each; the number of
 per-block count lines is capped.  Like thin_check 1.x, every problem makes

@@ -366,6 +366,24 @@ def f_shared_child_key_range(p, L):
     write_block(p, root, buf, BTREE_NODE)
 
 
+def _set_sb_u32(p, offset: int, value: int) -> None:
+    buf = read_block(p, 0)
+    struct.pack_into("<I", buf, offset, value)
+    write_block(p, 0, buf, SUPERBLOCK)
+
+
+def f_incompat_flag(p, L):
+    _set_sb_u32(p, 360, 1)
+
+
+def f_version_3(p, L):
+    _set_sb_u32(p, 40, 3)
+
+
+def f_bad_data_block_size(p, L):
+    _set_sb_u32(p, 336, 129)
+
+
 FAULTS = {f.__name__[2:]: f for f in (
     f_superblock_bit, f_wrong_magic, f_zeroed_superblock, f_truncated, f_truncated_hard,
     f_details_bit, f_top_level_bit, f_subtree_leaf_bit, f_subtree_internal_bit,
@@ -373,7 +391,7 @@ FAULTS = {f.__name__[2:]: f for f in (
     f_data_bitmap_bit, f_data_ref_tree_bit, f_cycle, f_underfull, f_meta_wrong_count,
     f_meta_leak, f_meta_in_use_marked_free, f_data_wrong_count, f_data_leak, f_data_beyond,
     f_mapped_blocks, f_details_mismatch, f_meta_ref_count_value, f_data_ref_count_value,
-    f_shared_child_key_range)}
+    f_shared_child_key_range, f_incompat_flag, f_version_3, f_bad_data_block_size)}
 
 # fault -> (thin_check 0.9.0 fails, thin_check 1.1.0 fails), as observed.
 # dmthin check fails on every one of them.
@@ -412,6 +430,12 @@ EXPECT = {
     "meta_ref_count_value": (True, True),
     "data_ref_count_value": (False, True),
     "shared_child_key_range": (True, True),
+    # Superblock fields the tools ignore: the kernel refuses incompat flags
+    # and a data block size no table can match; dmthin cannot read a
+    # version it does not know.
+    "incompat_flag": (False, False),
+    "version_3": (False, False),
+    "bad_data_block_size": (False, False),
 }
 NON_FATAL = {"meta_leak", "data_leak"}    # leaks: both tools pass them with
                                           # --ignore-non-fatal-errors
