@@ -152,6 +152,11 @@ class ImageTree:
     """An unmounted ext4 filesystem (image file or device node) via debugfs."""
 
     def __init__(self, image: str | os.PathLike, workdir: str | os.PathLike):
+        from .blockfs import probe_fs_type
+        fs = probe_fs_type(str(image))
+        if fs != "ext4":
+            raise NotSupported(f"the simulator reaches files through debugfs, which handles "
+                               f"ext4 only, not {fs}: use dm.fs=ext4 or the kernel backend")
         self.image = str(image)
         self.workdir = Path(workdir)
         self._script: list[str] = []

@@ -9,17 +9,12 @@ import sys
 
 import pytest
 
-BACKEND = os.environ.get("DMTHIN_GRAPH_BACKEND", "sim")
+sys.path.insert(0, os.path.dirname(__file__))
+from graph_helpers import BACKEND, SMALL  # noqa: E402
 
 if BACKEND == "graphfake":          # development only; never changes the registry otherwise
-    sys.path.insert(0, os.path.dirname(__file__))
     import fakepool  # noqa: E402
     fakepool.register()
-
-#: small sizes: Docker's test defaults (300M data, 200M metadata, 300M base)
-#: scaled down so the simulator runs in seconds
-SMALL = ("dm.loopdatasize=64M", "dm.loopmetadatasize=16M", "dm.basesize=16M", "dm.fs=ext4",
-         "dm.min_free_space=0%")
 
 
 @pytest.fixture

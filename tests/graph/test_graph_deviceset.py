@@ -18,7 +18,7 @@ from dmthin.graph import DeviceSet
 from dmthin.graph.blockfs import fs_uuid
 from dmthin.units import human_size_decimal
 
-from conftest import BACKEND, SMALL
+from graph_helpers import BACKEND, SMALL
 
 MB = 1 << 20
 
@@ -127,9 +127,9 @@ def test_id_collision_retries_with_next_id(make_ds, caplog):
 CRASH = textwrap.dedent("""
     import os, sys
     sys.path[:0] = [{repo!r}, {here!r}]
-    import conftest
+    import graph_helpers
     from dmthin.graph import DeviceSet
-    ds = DeviceSet({root!r}, conftest.SMALL, backend={backend!r}, cleanup_interval=None)
+    ds = DeviceSet({root!r}, graph_helpers.SMALL, backend={backend!r}, cleanup_interval=None)
     def crash(old, new):
         os._exit(9)                      # the process dies before closing the transaction
     ds.pool.set_transaction_id = crash

@@ -14,7 +14,7 @@ from dmthin.graph import Driver
 from dmthin.graph.differ import ADD, DELETE, MODIFY, Change
 from dmthin.graph.tree import Entry
 
-from conftest import SMALL
+from graph_helpers import SMALL
 
 NOW = 1_700_000_000 * 10**9
 
@@ -200,3 +200,22 @@ def test_layer_writes_share_blocks_with_parent(driver):
     write_files(driver, "child", files=[("one", b"1" * 1000, 0o644, 0, 0)])
     grown = pool.status().used_data_blocks - before
     assert 1 <= grown <= 8, grown
+
+
+def test_xfs_base_in_sim(tmp_path, backend):
+    """mkfs.xfs and blkid work on the image mirror; file access needs ext4."""
+    drv = Driver(tmp_path / "root", ("dm.loopdatasize=512M", "dm.loopmetadatasize=16M",
+                                     "dm.basesize=300M", "dm.fs=xfs"), backend=backend,
+                 cleanup_interval=None)
+    try:
+        assert dict(drv.status())["Backing Filesystem"] == "xfs"
+        with drv.deviceset.device_access("", write=False) as image:
+            out = subprocess.run(["blkid", "-c", "/dev/null", "-s", "TYPE", "-o", "value",
+                                  image], capture_output=True, text=True).stdout.strip()
+        assert out == "xfs"
+        drv.create("x", "")
+        with pytest.raises(NotSupported, match="debugfs, which handles ext4 only, not xfs"):
+            with drv.open_fs("x"):
+                pass
+    finally:
+        drv.cleanup()

@@ -24,8 +24,10 @@ def test_replay_small_scale_on_sim(tmp_path):
     assert used[2] - used[1] >= 1_720_000
     # the 80 MiB file provisions at least 80 MiB of new blocks
     assert used[4] - used[3] >= 80 * MiB
-    # replacing it reuses blocks ext4 freed (no discard mount option): no growth
-    assert used[5] - used[4] < 8 * MiB
+    # replacing it provisions at most the new 30 MiB: blocks ext4 freed stay provisioned
+    # (no discard mount option) and are partly reused (all of them through debugfs; the
+    # kernel's ext4 took 14.8 MB of new blocks at this scale)
+    assert used[5] - used[4] <= 31 * MiB
     # the committed layer holds the 30 MiB file
     assert rep.sizes[COMMITTED] == 30 * MiB
     assert used[6] - used[5] >= 30 * MiB
