@@ -8,6 +8,11 @@ direct-lvm family) are refused with a message naming the alternative.
 
 Deferred removal and deletion default to on, as Docker does on any kernel
 whose device-mapper driver is at least 4.27.0.
+
+``dm.thinpooldev`` names an existing dmthin pool *directory* (what
+``Pool.open`` takes) rather than a ``/dev/mapper`` name; as in Docker the
+pool must be unused (no data blocks, transaction id 0) on first use, and
+``dm.blkdiscard`` then defaults to false.
 """
 from __future__ import annotations
 
