@@ -271,11 +271,25 @@ class SimThin:
     def flush(self) -> None:
         """Commit the pool's metadata if it changed (and sync the data file).
 
-        Raises IOFailure if the commit failed.
+        Raises IOFailure if the commit failed.  Out of data space, the
+        kernel treats the empty flush bio as a write to block 0
+        (``__process_bio_read_only``): with block 0 unmapped it fails with
+        ENOSPC under error_if_no_space (else waits like a write), and with
+        EIO on a read-only pool (observed on 6.1; tools/trace.py).
         """
+        from .pool import Mode
         with self._pool._lock:
             pool = self._enter()
             pool._flush_run()
+            while pool._mode in (Mode.OUT_OF_DATA_SPACE, Mode.OUT_OF_METADATA_SPACE,
+                                 Mode.READ_ONLY) and pool._md.lookup(self.dev_id, 0) is None:
+                if pool._mode != Mode.OUT_OF_DATA_SPACE:
+                    raise pool._ro_error(f"flush of thin device {self.dev_id}")
+                if pool.error_if_no_space:
+                    raise NoSpace(f"flush of thin device {self.dev_id}: the pool is out of "
+                                  "data space and its block 0 is unmapped; delete or discard "
+                                  "data, or grow the pool")
+                pool._wait_for_space()
             if pool._dirty and not pool._commit():
                 raise IOFailure(f"flush of thin device {self.dev_id}: the metadata commit "
                                 "failed; the pool is read-only")
