@@ -275,7 +275,9 @@ class SimThin:
         kernel treats the empty flush bio as a write to block 0
         (``__process_bio_read_only``): with block 0 unmapped it fails with
         ENOSPC under error_if_no_space (else waits like a write), and with
-        EIO on a read-only pool (observed on 6.1; tools/trace.py).
+        EIO on a read-only pool (the ENOSPC case observed on 6.1 with
+        tools/trace.py; the read-only case follows the same kernel path,
+        not yet observed).
         """
         from .pool import Mode
         with self._pool._lock:
