@@ -215,3 +215,27 @@ def test_metadata_exhaustion_goes_read_only_alike(tmp_path):
     assert_same(k, s)
     assert k["errno"] == errno.EOPNOTSUPP and 100 < k["created"] < 2999
     assert k["status"].split()[4] == "ro"
+
+
+def test_pools_move_between_kernel_and_sim(tmp_path):
+    """A kernel-made pool opens in the simulator and the reverse, with the
+    data where the other left it (data block N at N * block size)."""
+    d = tmp_path / "deleteme-move" / "pool"
+    with Pool.create(d, data_size="16M", metadata_size="4M", backend="kernel") as pool:
+        a = pool.create_thin(1, "2M")
+        a.write(3 * BS + 11, b"from the kernel")
+        pool.create_snap(2, 1)
+        a.write(3 * BS, b"K")
+    with Pool.open(d, backend="sim") as pool:
+        assert pool.thin(2).read(3 * BS + 11, 15) == b"from the kernel"
+        assert pool.thin(1).read(3 * BS, 1) == b"K"
+        pool.thin(2).write(5 * BS, pattern(8, BS))
+        pool.create_snap(3, 2)
+        pool.thin(3).discard(3 * BS, BS)
+        sim_status = pool.status_line()
+    with Pool.open(d, backend="kernel") as pool:
+        assert pool.status_line() == sim_status
+        assert pool.thin(2).read(5 * BS, BS) == pattern(8, BS)
+        assert pool.thin(3).read(3 * BS, BS) == bytes(BS)
+        assert pool.thin(2).read(3 * BS + 11, 15) == b"from the kernel"
+    dump_file(d / "metadata")
