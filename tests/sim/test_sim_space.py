@@ -3,6 +3,7 @@ pool, and metadata exhaustion, as dm-thin.c handles them."""
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import threading
 import time
@@ -201,3 +202,46 @@ def test_engine_nospace_aborts_sets_needs_check(tmp_path, monkeypatch):
         assert pool.status().mode.value == "ro"
         with pytest.raises(NotSupported):
             pool.message("create_thin 5")
+
+
+def test_commit_period_commits_without_flush(tmp_path):
+    d = tmp_path / "p"
+    with new_pool(d) as pool:
+        impl = pool._backend()
+        thin = pool.create_thin(1, "1M")
+        thin.write(0, b"first")                        # not committed yet
+        _, devs = dump(d / "metadata")
+        assert devs[1]["map"] == {}
+        impl.commit_period = 0.05
+        time.sleep(0.1)
+        thin.write(BS, b"second")                      # commits the first before it
+        _, devs = dump(d / "metadata")
+        assert sorted(devs[1]["map"]) == [0]
+
+
+def test_open_takes_up_a_grown_data_file(tmp_path):
+    d = tmp_path / "p"
+    with new_pool(d, data_size="1M") as pool:
+        pool.create_thin(1, "4M").write(0, b"x")
+    os.truncate(d / "data", 3 << 20)                   # Docker grows the loop file
+    with Pool.open(d) as pool:
+        assert pool.status().total_data_blocks == 48
+        fill(pool.thin(1), 40)
+    _, devs = dump(d / "metadata")
+    assert len(devs[1]["map"]) == 40
+    check_tools(d / "metadata")
+
+
+def test_suspended_thin_io_waits_for_resume(tmp_path):
+    with new_pool(tmp_path / "p") as pool:
+        impl = pool._backend()
+        thin = pool.create_thin(1, "1M")
+        impl.suspend_thin(1)
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (thin.write(0, b"later"), done.set()))
+        t.start()
+        assert not done.wait(0.2)                      # held while suspended
+        impl.resume_thin(1)
+        assert done.wait(5)
+        t.join()
+        assert thin.read(0, 5) == b"later"
