@@ -235,6 +235,9 @@ def register(subparsers) -> None:
     s = sub("delete", cmd_delete, "delete a thin device")
     s.add_argument("dev_id", metavar="ID")
     s = sub("write", cmd_write, "write a file (or stdin) into a thin device, then flush")
+    s.epilog = ("On a full pool with queue_if_no_space a write waits for space like the kernel "
+                "does, up to the no-space timeout (60 s; the simulator reads "
+                "DMTHIN_SIM_NO_SPACE_TIMEOUT), then fails with ENOSPC.")
     s.add_argument("dev_id", metavar="ID")
     s.add_argument("--offset", default="0", help="byte offset (default 0)")
     s.add_argument("--input", metavar="FILE|-", help="input file (default: stdin)")
