@@ -217,7 +217,7 @@ class BTreeChecker:
             try:
                 buf = self.bm.read(b, BTREE_NODE)
             except ChecksumError as e:
-                raise fail(CHECKSUM, f"bad checksum in btree node {b}") from e
+                raise fail(CHECKSUM, str(e)) from e
             except BlockNrMismatch as e:
                 raise fail(BLOCKNR, str(e)) from e
             except MetadataError as e:
