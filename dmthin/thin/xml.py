@@ -349,6 +349,10 @@ class _Reader:
         return a["name"]
 
 
+def _no_doctype(*_args) -> None:
+    raise _Fail("DOCTYPE and entity declarations are not allowed in metadata XML")
+
+
 def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None:
     """Parse metadata XML from *source* (a path or a binary file object) and
     drive *visitor*.  *progress*, if given, is called with the number of
@@ -366,6 +370,8 @@ def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None
     p = r.parser = expat.ParserCreate()
     p.StartElementHandler = r.start
     p.EndElementHandler = r.end
+    p.StartDoctypeDeclHandler = _no_doctype       # no entities: nothing to expand
+    p.EntityDeclHandler = _no_doctype
     total = 0
 
     def fail(err: Exception):

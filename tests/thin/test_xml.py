@@ -125,6 +125,7 @@ DEV = '<device dev_id="1" mapped_blocks="0" transaction="0" creation_time="0" sn
      '<range_mapping origin_begin="1" data_begin="2" time="0" length="2"/>'
      "</single_mapping></device></superblock>", "inside a mapping element"),
     ("", "malformed XML"),
+    ('<!DOCTYPE s [<!ENTITY a "aaaa">]><superblock/>', "DOCTYPE"),
     ("<device/>", "must be inside <superblock>"),
 ])
 def test_malformed_input_errors_name_position(body, msg):
