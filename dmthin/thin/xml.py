@@ -9,8 +9,10 @@ two-space indentation, attributes in the tools' order, ``flags`` and
 shared mapping lists and ``<ref name>``) with expat, in bounded memory, and
 drives any :class:`~dmthin.thin.ir.MetadataVisitor`.  Like the 1.x parser
 it rejects unknown elements and attributes and missing required attributes;
-in addition it range-checks values (dev_id, time, data blocks).  Every
-error is one :class:`XmlError` line naming the source, line and column.
+in addition it range-checks values (dev_id, time, data blocks), checks
+nesting, and refuses DOCTYPE/entity declarations.  Text between elements is
+ignored, as by the 1.x parser.  Every error is one :class:`XmlError` line
+naming the source, line and column (of the offending element's start).
 """
 from __future__ import annotations
 
