@@ -174,9 +174,10 @@ def _expected_states(entries: list[dict]) -> dict[int, dict]:
     return states
 
 
-def _kill_in_commit(proc, log_path: Path, rnd: random.Random) -> str:
+def _kill_in_commit(proc, log_path: Path, rnd: random.Random) -> tuple[str, bool]:
     """Wait until the child has logged an intent (it is inside commit())
-    after a random number of commits, then kill it at once."""
+    after a random number of commits, then kill it after a random short
+    delay.  Return (what happened, whether the child was still running)."""
     target = rnd.randint(3, 40)
     delay = rnd.choice((0.0, rnd.uniform(0, 0.003), rnd.uniform(0, 0.02)))
     deadline = time.monotonic() + 30
@@ -196,9 +197,10 @@ def _kill_in_commit(proc, log_path: Path, rnd: random.Random) -> str:
             if intents >= target and lines and b'"intent"' in lines[-1] and not buf:
                 if delay:
                     time.sleep(delay)
+                alive = proc.poll() is None
                 proc.send_signal(signal.SIGKILL)
-                return f"{delay * 1000:.1f} ms after the intent of commit #{intents}"
-    return "at the deadline"
+                return f"{delay * 1000:.1f} ms after the intent of commit #{intents}", alive
+    return "at the deadline", proc.poll() is None
 
 
 def _run_seed(seed: int, tmp_path: Path, tools110: list[str], in_commit: bool) -> None:
@@ -219,13 +221,12 @@ def _run_seed(seed: int, tmp_path: Path, tools110: list[str], in_commit: bool) -
             assert time.monotonic() < deadline, "child did not start"
             time.sleep(0.02)
         if in_commit:
-            when = _kill_in_commit(proc, log_path, rnd)
-            still_running = True
+            when, still_running = _kill_in_commit(proc, log_path, rnd)
         else:
             delay = rnd.uniform(0.2, 2.5)
             time.sleep(delay)
             when = f"after {delay:.2f}s"
-        still_running = proc.poll() is None
+            still_running = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         err = proc.stderr.read()
