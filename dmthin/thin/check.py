@@ -228,6 +228,10 @@ class _Checker:
             err(f"superblock data_block_size {dbs} sectors is invalid (a multiple of 128 "
                 f"in {MIN_DATA_BLOCK_SIZE}..{MAX_DATA_BLOCK_SIZE})")
             ok = False
+        if sb.needs_check:
+            # Not a problem in itself (the tools pass it): the kernel set it
+            # after an error and refuses to grow the pool until it is cleared.
+            self.report.note("the superblock's needs_check flag is set")
         msm, dsm = sb.metadata_sm, sb.data_sm
         if not 0 < msm.nr_blocks <= MAX_METADATA_BLOCKS:
             err(f"metadata space map has {msm.nr_blocks} blocks, outside "

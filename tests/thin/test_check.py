@@ -664,6 +664,15 @@ def test_pool_directory_and_bad_inputs(base_md, tmp_path):
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 2, r.stderr
 
 
+def test_needs_check_flag_is_a_note(base_md, tmp_path, tools110):
+    p = tmp_path / "nc.md"
+    shutil.copy(base_md, p)
+    _set_sb_u32(p, 4, 1)
+    assert check090(p) == 0 and check110(tools110, p) == 0
+    r = ours(p)
+    assert r.returncode == 0 and "needs_check flag is set" in r.stderr
+
+
 def test_input_never_modified(base_md, tmp_path):
     p = tmp_path / "ro.md"
     shutil.copy(base_md, p)
