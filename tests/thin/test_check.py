@@ -788,3 +788,16 @@ def test_engine_metadata_cow_sharing_and_held_snapshot(tmp_path, tools110):
     L = Layout(p)
     f_meta_leak(p, L)
     assert check090(p) != 0 and ours(p).returncode == 1
+
+
+def test_two_metadata_bitmaps(tmp_path, tools110):
+    """A 80 MiB metadata file: 20480 blocks, two metadata bitmaps."""
+    p = restore(gen_xml(4, ndev=2, max_mappings=600), tmp_path / "two.md", size=80 * MiB)
+    L = Layout(p)
+    assert len(L.meta_bitmaps) == 2
+    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert ours(p).returncode == 0
+    f_meta_leak(p, L)                     # the last block: in the second bitmap
+    assert check090(p) != 0
+    r = ours(p)
+    assert r.returncode == 1 and "block 20479 is leaked" in r.stderr
