@@ -801,3 +801,19 @@ def test_two_metadata_bitmaps(tmp_path, tools110):
     assert check090(p) != 0
     r = ours(p)
     assert r.returncode == 1 and "block 20479 is leaked" in r.stderr
+
+
+def test_multi_level_data_space_map_index(tmp_path, tools110):
+    """3M data blocks: 184 data bitmaps, more than one index leaf (168)."""
+    p = restore(gen_xml(6, ndev=2, max_mappings=300, nr_data=3_000_000), tmp_path / "d.md",
+                size=16 * MiB)
+    L = Layout(p)
+    assert len(L.data_bitmaps) == 184
+    buf = read_block(p, L.data_index_root)
+    assert read_header(buf)[0] == INTERNAL_NODE
+    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert ours(p).returncode == 0
+    f_data_leak(p, L)                     # the last free block: the last bitmap
+    assert check110(tools110, p) != 0
+    r = ours(p)
+    assert r.returncode == 1 and "block 2999998 is leaked" in r.stderr, r.stderr
