@@ -505,7 +505,7 @@ class SimPoolBackend(EventSource):
                              self.low_water_blocks, tuple(self.config.features)).to_line()
 
     def thin_ids(self) -> list[int]:
-        """Ids of the thin devices in the metadata."""
+        """Ids of the thin devices in the metadata (InvalidArgument if closed)."""
         with self._lock:
             self._check_open()
             return sorted(self._md.device_ids())
@@ -540,6 +540,7 @@ class SimPoolBackend(EventSource):
             self._suspended.add(dev_id)
 
     def resume_thin(self, dev_id: int) -> None:
+        """Resume a suspended thin; its waiting I/O proceeds."""
         with self._lock:
             self._suspended.discard(dev_id)
             self._cond.notify_all()
@@ -564,7 +565,8 @@ class SimPoolBackend(EventSource):
 
     def resume(self) -> None:
         """Suspend and resume the pool, as after a table reload: take up a
-        grown data file, re-arm the low water mark, retry queued writers."""
+        grown data file, re-arm the low water mark, retry queued writers.
+        Raises IOFailure if the pool has failed."""
         with self._lock:
             self._check_not_failed()
             self._commit()
