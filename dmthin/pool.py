@@ -62,6 +62,16 @@ class ThinDevice:
         """The block device node (kernel backend), or None (simulator)."""
         return self._live().path
 
+    @property
+    def name(self) -> str | None:
+        """The device-mapper name (kernel backend), or None (simulator)."""
+        return getattr(self._live(), "name", None)
+
+    def in_use(self) -> bool:
+        """True if something outside this object holds the device open,
+        mounted, or stacked on it (always False in the simulator)."""
+        return self._live().in_use()
+
     def _live(self) -> ThinBackend:
         if self._backend is None:
             raise InvalidArgument(f"thin device {self.dev_id} is not active; call activate()")
@@ -84,7 +94,7 @@ class ThinDevice:
     def write(self, offset: int, data: bytes) -> int:
         """Write *data* at *offset*; returns the number of bytes written."""
         self._check_range(offset, len(data), "write")
-        return self._live().write(offset, bytes(data)) if data else 0
+        return self._live().write(offset, data) if len(data) else 0
 
     def discard(self, offset: int, length: int) -> None:
         """Discard a byte range: whole data blocks inside it are unmapped."""
@@ -114,10 +124,12 @@ class ThinDevice:
         return self
 
     def deactivate(self) -> None:
+        """Deactivate the device.  Raises EBUSY (and stays active) if it is
+        open or mounted elsewhere."""
         if self._backend is not None:
-            backend, self._backend = self._backend, None
+            self._backend.deactivate()
+            self._backend = None
             self.pool._active.pop(self.dev_id, None)
-            backend.deactivate()
 
 
 class Pool:
@@ -296,6 +308,26 @@ class Pool:
         self._backend().message(f"delete {dev_id}")
         self._save_size(dev_id, None)
 
+    def resize_thin(self, dev_id: int, size: int | str) -> None:
+        """Set thin device *dev_id*'s size (grow or shrink; the kernel keeps
+        sizes in tables, not in the metadata).  An active device is resized
+        in place (the kernel backend reloads its table).
+
+        Raises ENODATA if there is no such device, UsageError for a bad size.
+        """
+        check_dev_id(dev_id)
+        nbytes = parse_size(size, "thin device size")
+        if nbytes == 0 or nbytes % SECTOR_SIZE:
+            raise UsageError(f"invalid thin device size {size!r}: "
+                             "use a positive multiple of 512 bytes")
+        if dev_id not in self.config.thins and dev_id not in self._backend().thin_ids():
+            raise DeviceNotFound(f"no thin device {dev_id} in pool {self.pooldir.path}")
+        thin = self._active.get(dev_id)
+        if thin is not None:
+            thin._live().resize(nbytes)
+            thin.size = nbytes
+        self._save_size(dev_id, nbytes)
+
     def thin(self, dev_id: int) -> ThinDevice:
         """The active :class:`ThinDevice` *dev_id* (activating it if needed)."""
         check_dev_id(dev_id)
@@ -350,6 +382,11 @@ class Pool:
     def table_line(self) -> str:
         """The pool's table line as ``dmsetup table`` echoes it."""
         return self._backend().table_line()
+
+    @property
+    def device_name(self) -> str | None:
+        """The pool's device-mapper name (kernel backend), or None."""
+        return getattr(self._backend(), "pool_name", None)
 
     def _table_pool_dev(self) -> str:
         return getattr(self._backend(), "pool_dev", "pool")

@@ -99,6 +99,20 @@ class KernelThin:
         task.remove(self.name)
         self._pool._thins.pop(self.dev_id, None)
 
+    def resize(self, size: int) -> None:
+        """Reload the thin table with a new length, then suspend and resume
+        (resuming on every path)."""
+        if size <= 0 or size % SECTOR_SIZE:
+            raise InvalidArgument(f"invalid size {size} for thin device {self.dev_id}: use a "
+                                  "positive multiple of 512 bytes")
+        table = ThinTable(size // SECTOR_SIZE, self._pool.pool_dev, self.dev_id)
+        task.reload(self.name, [(0, table.length_sectors, "thin", table.params())])
+        task.suspend(self.name)
+        try:
+            self.size = size
+        finally:
+            task.resume(self.name)
+
     def suspend(self) -> None:
         task.suspend(self.name)
 

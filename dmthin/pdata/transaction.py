@@ -32,6 +32,10 @@ class TransactionManager:
         self.bm = bm
         self.sm = None
         self._shadows: set[int] = set()
+        # Shadows known to have exactly one reference: their count needs no
+        # space-map lookup when they are shadowed again.  Any increment of a
+        # block takes it out of this set.
+        self._single: set[int] = set()
 
     # -- reading -----------------------------------------------------------
     def read(self, b: int, validator: Validator):
@@ -47,6 +51,7 @@ class TransactionManager:
         b = self.sm.new_block()
         buf = self.bm.write_lock_zero(b, validator)
         self._shadows.add(b)
+        self._single.add(b)
         return b, buf
 
     def new_node(self, node: Node) -> int:
@@ -55,10 +60,13 @@ class TransactionManager:
         b = self.sm.new_block()
         self.bm.write_node(b, BTREE_NODE, node)
         self._shadows.add(b)
+        self._single.add(b)
         return b
 
     # -- shadowing ---------------------------------------------------------------
     def _must_copy(self, orig: int) -> tuple[bool, bool]:
+        if orig in self._single:
+            return False, False
         inc_children = self.sm.count_is_more_than_one(orig)
         return (inc_children or orig not in self._shadows), inc_children
 
@@ -77,6 +85,7 @@ class TransactionManager:
         buf = self.bm.write_lock_zero(new, validator)
         buf[:] = src
         self._shadows.add(new)
+        self._single.add(new)
         return new, buf, inc
 
     def shadow_node(self, orig: int) -> tuple[int, Node, bool]:
@@ -91,6 +100,7 @@ class TransactionManager:
         node = Node(src.flags, src.max_entries, src.value_size, list(src.keys), list(src.values))
         self.bm.write_node(new, BTREE_NODE, node)
         self._shadows.add(new)
+        self._single.add(new)
         return new, node, inc
 
     def is_shadow(self, b: int) -> bool:
@@ -98,9 +108,14 @@ class TransactionManager:
 
     # -- reference counts ------------------------------------------------------------
     def inc(self, b: int) -> None:
+        self._single.discard(b)
         self.sm.inc(b)
 
     def inc_range(self, b: int, e: int) -> None:
+        single = self._single
+        if single:
+            for x in range(b, e):
+                single.discard(x)
         self.sm.inc(b, e)
 
     def dec(self, b: int) -> None:
@@ -110,6 +125,8 @@ class TransactionManager:
         return self.sm.get_count(b)
 
     def is_shared(self, b: int) -> bool:
+        if b in self._single:
+            return False
         return self.sm.count_is_more_than_one(b)
 
     # -- commit -------------------------------------------------------------------------
@@ -121,10 +138,12 @@ class TransactionManager:
     def commit(self, superblock_location: int, sb_buf: bytearray, validator: Validator) -> None:
         """Write the superblock last, then sync; start a new transaction."""
         self._shadows.clear()
+        self._single.clear()
         self.bm.write_block_now(superblock_location, sb_buf, validator)
         self.bm.sync()
 
     def abort(self) -> None:
         """Forget this transaction's shadows and dirty blocks."""
         self._shadows.clear()
+        self._single.clear()
         self.bm.discard_dirty()

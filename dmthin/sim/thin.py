@@ -307,6 +307,11 @@ class SimThin:
                                           md.highest_mapped_block(self.dev_id),
                                           pool.block_sectors)
 
+    def resize(self, size: int) -> None:
+        """Change the size (the simulated table's length)."""
+        with self._pool._lock:
+            self.size = size
+
     def deactivate(self) -> None:
         """Deactivate the device (the pool commits)."""
         if self._active:

@@ -55,6 +55,13 @@ def bitmap_set(buf: bytearray, e: int, count: int) -> None:
 def bitmap_find_free(buf, begin: int, end: int) -> int | None:
     """First entry in [begin, end) with count 0, or None."""
     e = begin
+    stop = min(end, (begin | 3) + 5)      # the cursor usually points at a free entry
+    while e < stop:
+        if not (buf[BITMAP_HEADER + (e >> 2)] >> ((e & 3) << 1)) & 3:
+            return e
+        e += 1
+    if e >= end:
+        return None
     while e < end and e & 3:
         if bitmap_get(buf, e) == 0:
             return e
@@ -138,6 +145,9 @@ class LowLevel:
 
     # -- subclass hooks ------------------------------------------------------
     def load_ie(self, index: int) -> IndexEntry: raise NotImplementedError
+    def peek_ie(self, index: int) -> IndexEntry:
+        """The index entry, not to be modified (no copy)."""
+        return self.load_ie(index)
     def save_ie(self, index: int, ie: IndexEntry) -> None: raise NotImplementedError
     def max_entries(self) -> int: raise NotImplementedError
     def commit(self) -> None: raise NotImplementedError
@@ -146,8 +156,8 @@ class LowLevel:
     # -- reading ---------------------------------------------------------------
     def lookup_bitmap(self, b: int) -> int:
         index, bit = divmod(b, self.entries_per_block)
-        ie = self.load_ie(index)
-        return bitmap_get(self.tm.read(ie.blocknr, BITMAP), bit)
+        buf = self.tm.bm.read(self.peek_ie(index).blocknr, BITMAP)
+        return FIELD_TO_COUNT[(buf[BITMAP_HEADER + (bit >> 2)] >> ((bit & 3) << 1)) & 3]
 
     def lookup_big(self, b: int) -> int:
         raw = bt_insert.lookup(self.rc_info, self.ref_count_root, [b])
@@ -168,7 +178,7 @@ class LowLevel:
         index_end = -(-end // epb)
         end_bit = end - (index_end - 1) * epb if end else 0
         for i in range(index_begin, index_end):
-            ie = self.load_ie(i)
+            ie = self.peek_ie(i)
             if ie.nr_free:
                 buf = self.tm.read(ie.blocknr, BITMAP)
                 bit_end = end_bit if i == index_end - 1 else epb

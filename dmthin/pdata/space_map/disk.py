@@ -47,6 +47,10 @@ class DiskLowLevel(LowLevel):
             self._ie_cache[index] = ie
         return ie.copy()
 
+    def peek_ie(self, index: int) -> IndexEntry:
+        ie = self._ie_cache.get(index)
+        return ie if ie is not None else self.load_ie(index)
+
     def _flush_clean(self) -> None:
         for i in [i for i in self._ie_cache if i not in self._dirty]:
             del self._ie_cache[i]

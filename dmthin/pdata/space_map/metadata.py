@@ -39,6 +39,9 @@ class MetadataLowLevel(LowLevel):
     def load_ie(self, index: int) -> IndexEntry:
         return self.mi[index].copy()
 
+    def peek_ie(self, index: int) -> IndexEntry:
+        return self.mi[index]
+
     def save_ie(self, index: int, ie: IndexEntry) -> None:
         self.index_changed = True
         self.mi[index] = ie.copy()
@@ -183,6 +186,12 @@ class MetadataSpaceMap:
         return True if rc == 3 else rc + adj > 1
 
     def inc(self, b: int, e: int | None = None) -> None:
+        # Blocks incremented behind the transaction manager's back (e.g. the
+        # superblock for a metadata snapshot) lose its count-one shortcut.
+        single = self.tm._single
+        if single:
+            for x in range(b, b + 1 if e is None else e):
+                single.discard(x)
         self._run(+1, b, b + 1 if e is None else e)
 
     def dec(self, b: int, e: int | None = None) -> None:
