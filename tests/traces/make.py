@@ -158,6 +158,18 @@ def full_queue():
 
 
 @trace
+def full_uncommitted_free():
+    """A full pool whose only free blocks were freed in this transaction:
+    allocation fails, the pool goes out_of_data_space, the queued write
+    waits for the next commit (the kernel's periodic one) and then gets
+    the freed block."""
+    steps = [{"op": "create_thin", "id": 1, "size": "1M"}, blocks(1, range(15), 1),
+             {"op": "create_snap", "id": 2, "origin": 1}, {"op": "delete", "id": 1},
+             blocks(2, [0, 1, 2, 3], 2), {"op": "status"}, w(2, 4 * BS + 9, 9, 3)]
+    return {"pool": pool(16), "no_space_timeout": 30}, steps
+
+
+@trace
 def low_water_mark():
     """Cross the low water mark (one event), fall back below after a delete,
     cross it again (no new event without a resume)."""
