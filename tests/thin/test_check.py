@@ -817,3 +817,27 @@ def test_multi_level_data_space_map_index(tmp_path, tools110):
     assert check110(tools110, p) != 0
     r = ours(p)
     assert r.returncode == 1 and "block 2999998 is leaked" in r.stderr, r.stderr
+
+
+def test_sim_pool_directory_through_the_cli(tmp_path, tools110):
+    """A pool made and written by the sim through the CLI: `dmthin check
+    POOLDIR` and both tools pass its metadata."""
+    pool = tmp_path / "pool"
+    data = tmp_path / "data.bin"
+    data.write_bytes(random.Random(1).randbytes(3_000_000))
+
+    def dmthin(*argv):
+        r = _run([sys.executable, "-m", "dmthin", *map(str, argv)], cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    dmthin("pool", "create", "--data-size", "1G", "--metadata-size", "8M", pool)
+    dmthin("thin", "create", "--size", "100M", pool, 1)
+    dmthin("thin", "write", pool, 1, "--input", data)
+    dmthin("thin", "snapshot", pool, 2, 1)
+    dmthin("thin", "write", pool, 1, "--offset", "1M", "--input", data)
+    r = ours(pool)
+    assert r.returncode == 0, r.stderr
+    res = check_metadata(pool / "metadata")
+    assert res.nr_devices == 2 and res.nr_mappings == 46 + 62
+    assert check090(pool / "metadata") == 0 and check110(tools110, pool / "metadata") == 0
