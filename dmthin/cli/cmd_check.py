@@ -18,6 +18,7 @@ EXIT_BAD_METADATA = 1
 
 
 def register(subs) -> None:
+    """Add the ``check`` subcommand."""
     p = subs.add_parser(
         "check", help="check thin metadata (like thin_check)",
         description="Check thin-pool metadata: superblock, device details and mapping "
@@ -57,6 +58,9 @@ def metadata_path(arg: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check the metadata; return the exit code.  Raises
+    :class:`UsageError` for a bad argument, :class:`OSError` if the file
+    cannot be opened (the dispatcher prints them as one line)."""
     if args.max_lines < 1:
         raise UsageError("--max-lines must be at least 1")
     path = metadata_path(args.metadata)

@@ -77,6 +77,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def error(self, line: str) -> None:
+        """A fatal problem."""
         self.fatal.append(line)
         if self.emit:
             self.emit(line)
@@ -88,6 +89,7 @@ class Report:
             self.emit(line)
 
     def note(self, line: str) -> None:
+        """Information that does not change the verdict."""
         self.notes.append(line)
         if self.emit:
             self.emit(line)
@@ -107,6 +109,7 @@ class CheckResult:
 
     @property
     def problems(self) -> list[str]:
+        """Every problem line, fatal ones first."""
         return self.report.fatal + self.report.non_fatal
 
 

@@ -100,6 +100,7 @@ class RefCounter:
             small[b] = c + n
 
     def get(self, b: int) -> int:
+        """The count of block *b* (IndexError if out of range)."""
         c = self.small[b]
         return self.big[b] if c == self._SAT else c
 
