@@ -203,8 +203,12 @@ class _Checker:
             return False
         magic = struct.unpack_from("<Q", buf, 32)[0]
         if magic != THIN_SUPERBLOCK_MAGIC:
-            err(f"bad superblock magic {magic} (expected {THIN_SUPERBLOCK_MAGIC}): "
-                "not thin-pool metadata")
+            if bytes(buf[:64]).lstrip().startswith(b"<"):
+                err("this looks like XML, not thin-pool metadata: write it to a metadata "
+                    "file with 'dmthin restore' first")
+            else:
+                err(f"bad superblock magic {magic} (expected {THIN_SUPERBLOCK_MAGIC}): "
+                    "not thin-pool metadata")
             return False
         try:
             SUPERBLOCK.check(buf, 0)

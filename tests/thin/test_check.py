@@ -662,6 +662,7 @@ def test_pool_directory_and_bad_inputs(base_md, tmp_path):
     xml.write_text(gen_xml(1, ndev=1, max_mappings=10))
     r = ours(xml)
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 2, r.stderr
+    assert "looks like XML" in r.stderr
 
 
 def test_needs_check_flag_is_a_note(base_md, tmp_path, tools110):
