@@ -170,6 +170,15 @@ def full_uncommitted_free():
 
 
 @trace
+def ignore_discard():
+    """ignore_discard: discards fail with EOPNOTSUPP and unmap nothing."""
+    steps = [{"op": "create_thin", "id": 1, "size": "1M"}, blocks(1, range(4), 1)]
+    steps += discard(1, 0, 4 * BS)
+    steps += [w(1, 0, 10, 2)]
+    return {"pool": pool(16, features=["ignore_discard"])}, steps
+
+
+@trace
 def low_water_mark():
     """Cross the low water mark (one event), fall back below after a delete,
     cross it again (no new event without a resume)."""
