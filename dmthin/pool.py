@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .backend import PoolBackend, ThinBackend, load_backend
 from .errors import Busy, DeviceNotFound, InvalidArgument, NoSpace, UsageError

@@ -79,14 +79,8 @@ def cmd_delete(args) -> int:
 
 def cmd_resize(args) -> int:
     with _open(args) as pool:
-        if args.dev_id not in pool.thin_ids():
-            from ..errors import DeviceNotFound
-            raise DeviceNotFound(f"no thin device {args.dev_id} in pool {pool.pooldir.path}")
-        if args.size == 0 or args.size % 512:
-            raise UsageError(f"invalid thin device size {args.size}: use a positive multiple "
-                             "of 512 bytes")
         # The size lives in the table (pool.json), not in the kernel's metadata.
-        pool._save_size(args.dev_id, args.size)
+        pool.resize_thin(args.dev_id, args.size)
     return 0
 
 

@@ -56,6 +56,11 @@ class BlockManager:
     def __repr__(self) -> str:
         return f"<BlockManager {self.path!r} {self.nr_blocks} blocks>"
 
+    def refresh_size(self) -> None:
+        """Take up a file (or device) that has grown since it was opened."""
+        size = os.fstat(self.fd).st_size or os.lseek(self.fd, 0, os.SEEK_END)
+        self.file_blocks = size // BLOCK_SIZE
+
     def close(self) -> None:
         """Close the file without writing dirty blocks (abort semantics)."""
         if self.fd >= 0:

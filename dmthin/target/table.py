@@ -49,7 +49,7 @@ class PoolTable:
     def parse(cls, line: str) -> "PoolTable":
         f = line.split()
         if len(f) >= 3 and f[2] == "thin-pool":
-            start, length, f = f[0], f[1], f[3:]
+            length, f = f[1], f[3:]
         else:
             raise InvalidArgument(f"not a thin-pool table line: {line!r}")
         try:

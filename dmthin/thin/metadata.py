@@ -24,7 +24,7 @@ import struct
 from typing import Iterator, NamedTuple
 
 from ..errors import (BadSuperblock, Busy, DeviceExists, DeviceNotFound, InvalidArgument,
-                      MetadataError, NoSpace, NotSupported)
+                      MetadataError, NotSupported)
 from ..pdata.block import DEFAULT_CACHE_BLOCKS, BlockManager
 from ..pdata.btree import insert as bt
 from ..pdata.btree import remove as bt_remove
@@ -34,7 +34,7 @@ from ..pdata.checksum import SUPERBLOCK
 from ..pdata.space_map.disk import DiskSpaceMap
 from ..pdata.space_map.metadata import MetadataSpaceMap
 from ..pdata.transaction import TransactionManager
-from ..units import MAX_DATA_BLOCK, MAX_METADATA_BLOCKS, METADATA_BLOCK_SECTORS, check_dev_id
+from ..units import MAX_DATA_BLOCK, MAX_METADATA_BLOCKS, check_dev_id
 from .superblock import (SUPERBLOCK_LOCATION, NEEDS_CHECK_FLAG, SMRoot, Superblock,
                          read_superblock)
 
@@ -486,6 +486,29 @@ class ThinMetadata:
         """Allocate a data block in the kernel's order; :class:`NoSpace`."""
         self._writable()
         return self.data_sm.new_block()
+
+    def resize_metadata(self, nr_blocks: int | None = None) -> int:
+        """Grow the metadata space map onto a grown metadata file
+        (``dm_pool_resize_metadata_dev``); *nr_blocks* defaults to the
+        file's size, capped at the kernel's maximum.  Returns the new size in
+        blocks.  Raises :class:`InvalidArgument` if the file is smaller than
+        the space map."""
+        self._writable()
+        self.bm.refresh_size()
+        if nr_blocks is None:
+            nr_blocks = self.bm.file_blocks
+        nr_blocks = min(nr_blocks, MAX_METADATA_BLOCKS)
+        old = self.metadata_sm.nr_blocks
+        if nr_blocks < old:
+            raise InvalidArgument(f"metadata device ({nr_blocks} blocks) too small: "
+                                  f"expected {old}")
+        if nr_blocks > self.bm.file_blocks:
+            raise InvalidArgument(f"metadata file holds {self.bm.file_blocks} blocks, "
+                                  f"not {nr_blocks}")
+        if nr_blocks > old:
+            self.bm.nr_blocks = nr_blocks
+            self.metadata_sm.extend(nr_blocks - old)
+        return nr_blocks
 
     def resize_data(self, nr_blocks: int) -> None:
         """Grow the data space map (``dm_pool_resize_data_dev``)."""

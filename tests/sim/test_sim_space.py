@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -245,3 +246,17 @@ def test_suspended_thin_io_waits_for_resume(tmp_path):
         assert done.wait(5)
         t.join()
         assert thin.read(0, 5) == b"later"
+
+
+def test_grown_metadata_file_is_taken_up_on_reopen(tmp_path):
+    """As maybe_resize_metadata_dev: a bigger metadata file grows the
+    metadata space map at the next resume (here: the next open)."""
+    from dmthin import Pool
+    pool = Pool.create(tmp_path / "p", data_size="64M", metadata_size="2M")
+    total = pool.status().total_metadata_blocks
+    pool.close()
+    os.truncate(tmp_path / "p" / "metadata", 8 << 20)
+    with Pool.open(tmp_path / "p") as pool:
+        assert total == 512 and pool.status().total_metadata_blocks == 2048
+    subprocess.run(["thin_check", str(tmp_path / "p" / "metadata")], check=True,
+                   capture_output=True)

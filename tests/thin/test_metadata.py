@@ -253,3 +253,24 @@ def test_metadata_snapshot_is_readable_by_thin_dump(tmp_path):
                           check=True).stdout
     assert f'metadata_snap="{held}"' in live or 'mapped_blocks="20"' in live
     subprocess.run(["thin_check", str(path)], check=True, capture_output=True)
+
+
+def test_metadata_grows_onto_a_bigger_file(tmp_path, thin_check_110):
+    path, md = new_metadata(tmp_path, size=1 << 20)           # 256 blocks
+    md.create_thin(1)
+    for vb in range(2000):
+        md.insert(1, vb, md.alloc_data_block())
+    md.commit()
+    free_before = md.nr_free_metadata_blocks()
+    os.truncate(path, 70 << 20)                               # 17920 blocks: 2 bitmaps
+    assert md.resize_metadata() == 17920
+    md.commit()
+    assert md.nr_metadata_blocks == 17920
+    assert md.nr_free_metadata_blocks() > free_before + 17000
+    for vb in range(2000, 15000):
+        md.insert(1, vb, md.alloc_data_block())
+    md.commit()
+    md.close()
+    thin_check_all(path, thin_check_110)
+    with pytest.raises(InvalidArgument, match="too small"):
+        ThinMetadata.open(path).resize_metadata(100)

@@ -16,7 +16,7 @@ from ...errors import NoSpace
 from ...units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
 from ..btree import insert as bt_insert
 from ..checksum import INDEX
-from .common import INDEX_ENTRY, IndexEntry, LowLevel
+from .common import IndexEntry, LowLevel
 
 MAX_RECURSIVE_ALLOCATIONS = 1024
 INDEX_OFFSET = 16
