@@ -190,8 +190,11 @@ class _Checker:
     def _superblock(self) -> bool:
         bm, err = self.bm, self.report.error
         if bm.file_blocks < 1:
-            err(f"metadata is too small: {bm.file_blocks * BLOCK_SIZE} bytes, "
-                "not even a superblock (4096 bytes)")
+            if _looks_like_xml(os.pread(bm.fd, 64, 0)):
+                err(_XML_HINT)
+            else:
+                err(f"metadata is too small: {os.fstat(bm.fd).st_size} bytes, "
+                    "not even a superblock (4096 bytes)")
             return False
         try:
             buf = bm.read_uncached(0)
@@ -203,9 +206,8 @@ class _Checker:
             return False
         magic = struct.unpack_from("<Q", buf, 32)[0]
         if magic != THIN_SUPERBLOCK_MAGIC:
-            if bytes(buf[:64]).lstrip().startswith(b"<"):
-                err("this looks like XML, not thin-pool metadata: write it to a metadata "
-                    "file with 'dmthin restore' first")
+            if _looks_like_xml(buf[:64]):
+                err(_XML_HINT)
             else:
                 err(f"bad superblock magic {magic} (expected {THIN_SUPERBLOCK_MAGIC}): "
                     "not thin-pool metadata")
@@ -479,6 +481,14 @@ class _Checker:
             r.error(f"{what} space map: {e}")
         fatal.close()
         leaks.close()
+
+
+_XML_HINT = ("this looks like XML, not thin-pool metadata: write it to a metadata file "
+             "with 'dmthin restore' first")
+
+
+def _looks_like_xml(head) -> bool:
+    return bytes(head).lstrip().startswith(b"<")
 
 
 def _ids(ids: list[int], limit: int = 10) -> str:
