@@ -35,7 +35,20 @@ def thin_check_file(path: str) -> subprocess.CompletedProcess:
         return run("thin_check", dev.path)
 
 
+def _backing_files() -> list[str]:
+    out = []
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                out.append(f"{name} {f.read().strip()}")
+        except OSError:
+            pass
+    return out
+
+
 def test_names_status_and_table_follow_the_kernel(pooldir):
+    dm_before = run("dmsetup", "ls").stdout
+    loops_before = _backing_files()
     with Pool.create(pooldir, data_size="256M", metadata_size="8M", backend="kernel") as pool:
         prefix = device_prefix(pooldir)
         assert re.fullmatch(r"dmthin-\d+:\d+-\d+", prefix)
@@ -51,6 +64,11 @@ def test_names_status_and_table_follow_the_kernel(pooldir):
         st = pool.status()
         assert st.transaction_id == 0 and st.total_data_blocks == 256 * MiB // (64 << 10)
         assert st.total_metadata_blocks == 8 * MiB // 4096 and st.used_data_blocks == 0
+        assert f"{prefix}-pool" in run("dmsetup", "ls").stdout
+        assert any(str(pooldir / "data") in b for b in _backing_files())
+    # teardown, seen by dmsetup and sysfs rather than by the binding
+    assert run("dmsetup", "ls").stdout == dm_before
+    assert _backing_files() == loops_before
 
 
 def test_thin_io_status_discard_and_errnos(pooldir):
