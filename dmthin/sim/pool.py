@@ -56,7 +56,7 @@ from ..errors import (Busy, DeviceNotFound, DmThinError, InvalidArgument, IOFail
                       MetadataError, NoSpace, NotSupported, ThinOSError, UsageError)
 from ..pooldir import PoolConfig, PoolDir
 from ..target import DiscardMode, NoSpacePolicy, PoolMode, PoolStatus, PoolTable, parse_message
-from ..units import MAX_METADATA_BLOCKS, SECTOR_SIZE, DataBlocks, MetaBlocks
+from ..units import SECTOR_SIZE, DataBlocks, MetaBlocks
 from .datafile import DataFile
 from .events import EventSource
 from .thin import SimThin
@@ -554,9 +554,8 @@ class SimPoolBackend(EventSource):
         """``pool_preresume``: take up a grown data or metadata file (the
         metadata first, as ``maybe_resize_metadata_dev``), commit if so."""
         md = self._md
-        if not md.read_only:
-            md.bm.refresh_size()
-            nr_meta = min(md.bm.file_blocks, MAX_METADATA_BLOCKS)
+        if "read_only" not in self.config.features:
+            nr_meta = md.metadata_file_blocks()
             if nr_meta > md.nr_metadata_blocks and not md.needs_check:
                 if self._mode == Mode.OUT_OF_METADATA_SPACE:
                     self._set_mode(Mode.WRITE)

@@ -566,6 +566,12 @@ class ThinMetadata:
             raise NotSupported("metadata is open read-only")
         return self.data_sm.new_block()
 
+    def metadata_file_blocks(self) -> int:
+        """Blocks the metadata file (or device) holds now, capped at the
+        kernel's maximum: more than :attr:`nr_metadata_blocks` after it grew."""
+        self.bm.refresh_size()
+        return min(self.bm.file_blocks, MAX_METADATA_BLOCKS)
+
     def resize_metadata(self, nr_blocks: int | None = None) -> int:
         """Grow the metadata space map onto a grown metadata file
         (``dm_pool_resize_metadata_dev``); *nr_blocks* defaults to the

@@ -182,6 +182,9 @@ class FakeMetadata:
         used = 20 + sum(len(m) for m in self._s["devs"].values()) // 100
         return max(0, self._s["nr_meta"] - used)
 
+    def metadata_file_blocks(self):
+        return self._s["nr_meta"]
+
     def resize_data(self, n):
         self._s["counts"].extend([0] * (n - self._s["nr_data"]))
         self._s["nr_data"] = n
