@@ -5,14 +5,13 @@ start, grown when ``dm.basesize`` rises, never shrunk.
 
 In the simulator the tools run on an image mirror (:mod:`.blockfs`); the
 UUID is read from an image of the device's first MiB.  Growing the base
-(or a layer created larger than it) needs ``Pool.resize_thin``, which the
-facade does not have yet: until then it raises EOPNOTSUPP saying so.
+(or a layer created larger than it) uses ``Pool.resize_thin``.
 """
 from __future__ import annotations
 
 import logging
 
-from ..errors import NotSupported, UsageError
+from ..errors import UsageError
 from ..units import human_size_decimal
 from . import blockfs
 from .options import auto_filesystem
@@ -115,12 +114,8 @@ def check_grow_base(ds, info: DevInfo) -> None:
 
 
 def resize_thin(ds, info: DevInfo) -> None:
-    """Set the thin's size to ``info.size`` (needs ``Pool.resize_thin``)."""
-    resize = getattr(ds.pool, "resize_thin", None)
-    if resize is None:
-        raise NotSupported("devmapper: growing a thin device needs Pool.resize_thin, "
-                           "which this dmthin version lacks; keep the size unchanged")
-    resize(info.device_id, info.size)
+    """Set the thin's size to ``info.size``."""
+    ds.pool.resize_thin(info.device_id, info.size)
 
 
 def grow_fs(ds, info: DevInfo) -> None:
