@@ -33,7 +33,8 @@ setup(
     ],
     extras_require={
         # hypothesis: random operation sequences checked against models
-        "test": ["pytest>=7", "hypothesis>=6.80"],
+        # (matplotlib too: the tests check the replay's plot)
+        "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
         # matplotlib: the replay's usage plot (PNG)
         "plot": ["matplotlib>=3.6"],
     },

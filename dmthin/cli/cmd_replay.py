@@ -21,7 +21,10 @@ def register(subs) -> None:
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every size by F (e.g. 0.01 runs in seconds on the sim)")
     p.add_argument("--root", help="driver root directory (default: a temporary one, removed)")
-    p.add_argument("--plot", metavar="PNG", help="save a plot here (needs matplotlib)")
+    p.add_argument("--plot", metavar="PNG",
+                   help="where to save the plot of data and metadata usage (needs matplotlib; "
+                        "default: dmthin-replay-BACKEND.png in the current directory)")
+    p.add_argument("--no-plot", action="store_true", help="do not save a plot")
     p.set_defaults(func=run)
 
 
@@ -36,8 +39,8 @@ def run(args) -> int:
         print(f"replaying docker-article at scale {args.scale} on the {args.backend} backend "
               f"in {root}")
         steps = rep.run()
-        if args.plot:
-            print(plot(steps, args.plot))
+        if not args.no_plot:
+            print(plot(steps, args.plot or f"dmthin-replay-{args.backend}.png"))
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)

@@ -3,7 +3,7 @@ seconds and the pool moves the way the article's steps say it must."""
 import time
 
 from dmthin.cli.main import main
-from dmthin.graph.replay import COMMITTED, CONTAINER, MiB, Replay
+from dmthin.graph.replay import COMMITTED, CONTAINER, MiB, Replay, plot
 
 
 def test_replay_small_scale_on_sim(tmp_path):
@@ -37,6 +37,10 @@ def test_replay_small_scale_on_sim(tmp_path):
     text = "\n".join(lines)
     assert "article: du data 590M   du metadata 1.2M" in text
     assert "Tags: ubuntu:14.10" in text and CONTAINER not in text.split("== remove")[1]
+    # the PNG plot of data and metadata usage over the steps
+    png = tmp_path / "replay.png"
+    assert plot(list(steps.values()), str(png)) == f"plot saved to {png}"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_replay_cli_argument_errors(capsys):
