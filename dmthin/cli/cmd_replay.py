@@ -40,7 +40,8 @@ def run(args) -> int:
               f"in {root}")
         steps = rep.run()
         if not args.no_plot:
-            print(plot(steps, args.plot or f"dmthin-replay-{args.backend}.png"))
+            print(plot(steps, args.plot or f"dmthin-replay-{args.backend}.png", args.scale,
+                       args.backend))
     finally:
         if not args.root:
             shutil.rmtree(root, ignore_errors=True)

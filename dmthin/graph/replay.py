@@ -281,8 +281,9 @@ def init_layer() -> io.BytesIO:
     return buf
 
 
-def plot(steps: list[Step], path: str) -> str:
-    """Save a bar chart of du data/metadata per step; return a message.
+def plot(steps: list[Step], path: str, scale: float = 1.0, backend: str = "") -> str:
+    """Save a bar chart of du data/metadata per step, ours divided by
+    *scale* beside the article's figures; return a message.
 
     matplotlib is optional: without it, say how to get it.
     """
@@ -297,16 +298,23 @@ def plot(steps: list[Step], path: str) -> str:
     names = [s.name for s in steps]
     for ax, attr, title in ((axes[0], "du_data", "du data"), (axes[1], "du_metadata",
                                                              "du metadata")):
-        ours = [getattr(s, attr) / MiB for s in steps]
-        ax.bar(range(len(steps)), ours, label="dmthin")
+        # Data grows with the workload: divide by the scale to compare.  The
+        # metadata has a large fixed part (superblock, bitmaps, one tree per
+        # device), so it is shown as measured.
+        div = scale if attr == "du_data" else 1.0
+        ours = [getattr(s, attr) / MiB / div for s in steps]
+        label = f"dmthin {backend}".strip()
+        if scale != 1:
+            label += f" / scale {scale:g}" if div != 1 else f" (at scale {scale:g})"
+        ax.bar(range(len(steps)), ours, label=label)
         art = [(i, (s.article[0] if attr == "du_data" else s.article[1]) / MiB)
                for i, s in enumerate(steps) if s.article]
         if art:
             ax.scatter([i for i, _ in art], [v for _, v in art], color="red", zorder=3,
-                       label="article (scale 1)")
+                       label="article (2014, devicemapper)")
         ax.set_xticks(range(len(steps)), names, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("MiB")
-        ax.set_title(title)
+        ax.set_title(f"{title} after each step")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
