@@ -14,7 +14,6 @@ Thin device sizes and the list of ids are kept by the facade in
 """
 from __future__ import annotations
 
-import errno
 import os
 import time
 from typing import Callable
