@@ -97,6 +97,22 @@ _FIELD_TABLES = {shift: bytes(FIELD_TO_COUNT[(v >> shift) & 3] for v in range(25
                  for shift in (0, 2, 4, 6)}
 
 
+def find_common_free_block(old_ll: "LowLevel", ll: "LowLevel", begin: int) -> int | None:
+    """A block free in both the last committed state (*old_ll*) and the
+    current one (*ll*), searching from *begin* to the end, then wrapping
+    round to the start (``sm_ll_find_common_free_block``, called twice as
+    both space maps do since Linux 5.13).  None if there is none."""
+    for lo, hi in ((begin, ll.nr_blocks), (0, begin)):
+        while True:
+            b = ll.find_free_block(lo, hi)
+            if b is None:
+                break
+            if b >= old_ll.nr_blocks or old_ll.lookup(b) == 0:
+                return b
+            lo = b + 1
+    return None
+
+
 class IndexEntry:
     """``struct disk_index_entry``."""
 

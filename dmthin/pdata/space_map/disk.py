@@ -12,7 +12,7 @@ from __future__ import annotations
 from ...errors import MetadataError, NoSpace
 from ..btree import insert as bt_insert
 from ..btree.spine import BTreeInfo, ValueType
-from .common import IndexEntry, LowLevel
+from .common import IndexEntry, LowLevel, find_common_free_block
 
 
 def index_info(tm) -> BTreeInfo:
@@ -127,20 +127,9 @@ class DiskSpaceMap:
     def dec(self, b: int, e: int | None = None) -> None:
         self.allocated_this_transaction += self.ll.dec(b, e)
 
-    def _find_common_free(self, begin: int, end: int) -> int | None:
-        while True:
-            b = self.ll.find_free_block(begin, end)
-            if b is None:
-                return None
-            if b >= self.old_ll.nr_blocks or self.old_ll.lookup(b) == 0:
-                return b
-            begin = b + 1
-
     def new_block(self) -> int:
         """Allocate a data block (kernel order); :class:`NoSpace` when none."""
-        b = self._find_common_free(self.begin, self.ll.nr_blocks)
-        if b is None:
-            b = self._find_common_free(0, self.begin)
+        b = find_common_free_block(self.old_ll, self.ll, self.begin)
         if b is None:
             raise NoSpace("out of data space")
         self.begin = b + 1

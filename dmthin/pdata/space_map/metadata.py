@@ -16,7 +16,7 @@ from ...errors import NoSpace
 from ...units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
 from ..btree import insert as bt_insert
 from ..checksum import INDEX
-from .common import IndexEntry, LowLevel
+from .common import IndexEntry, LowLevel, find_common_free_block
 
 MAX_RECURSIVE_ALLOCATIONS = 1024
 INDEX_OFFSET = 16
@@ -197,15 +197,6 @@ class MetadataSpaceMap:
     def dec(self, b: int, e: int | None = None) -> None:
         self._run(-1, b, b + 1 if e is None else e)
 
-    def _find_common_free(self, begin: int, end: int) -> int | None:
-        while True:
-            b = self.ll.find_free_block(begin, end)
-            if b is None:
-                return None
-            if b >= self.old_ll.nr_blocks or self.old_ll.lookup(b) == 0:
-                return b
-            begin = b + 1
-
     def new_block(self) -> int:
         """Allocate a block free in both the old and the new state."""
         if self.bootstrap:
@@ -216,9 +207,7 @@ class MetadataSpaceMap:
             b = self.begin
             self.begin += 1
             return b
-        b = self._find_common_free(self.begin, self.ll.nr_blocks)
-        if b is None:
-            b = self._find_common_free(0, self.begin)
+        b = find_common_free_block(self.old_ll, self.ll, self.begin)
         if b is None:
             raise NoSpace("out of metadata space")
         self.begin = b + 1
