@@ -383,6 +383,18 @@ class Pool:
         return self._backend().table_line()
 
     @property
+    def event_nr(self) -> int:
+        """The pool device's event counter (``dmsetup info``'s "Events"):
+        it rises when the data low water mark or the metadata threshold is
+        reached and when the pool changes mode."""
+        return self._backend().event_nr
+
+    def wait_event(self, event_nr: int, timeout: float | None = None) -> int:
+        """Wait until :attr:`event_nr` exceeds *event_nr* (``dmsetup wait``);
+        return it.  Raises :class:`~dmthin.errors.TimedOut` (ETIMEDOUT)."""
+        return self._backend().wait_event(event_nr, timeout)
+
+    @property
     def device_name(self) -> str | None:
         """The pool's device-mapper name (kernel backend), or None."""
         return getattr(self._backend(), "pool_name", None)

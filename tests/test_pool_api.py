@@ -66,3 +66,21 @@ def test_pool_directory_modes_and_refusals(tmp_path):
         Pool.create(tmp_path / "p2", block_size="96K")
     with pytest.raises(UsageError, match="unknown backend"):
         Pool.create(tmp_path / "p3", backend="xen")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_low_water_mark_raises_a_pool_event(tmp_path, backend):
+    from dmthin.errors import TimedOut
+    with Pool.create(tmp_path / "pool", data_size="16M", metadata_size="4M",
+                     low_water_mark=200, backend=backend) as pool:   # 256 blocks
+        thin = pool.create_thin(1, "16M")
+        before = pool.event_nr
+        with pytest.raises(TimedOut):
+            pool.wait_event(before, timeout=0.2)
+        for vb in range(50):                                       # free 206 > 200
+            thin.write(vb * 65536, b"x" * 65536)
+        assert pool.event_nr == before
+        for vb in range(50, 60):                                   # free 196 <= 200
+            thin.write(vb * 65536, b"x" * 65536)
+        thin.flush()
+        assert pool.wait_event(before, timeout=10) == before + 1

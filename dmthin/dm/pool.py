@@ -18,7 +18,7 @@ import os
 import time
 from typing import Callable
 
-from ..errors import DeviceNotFound, InvalidArgument, UsageError
+from ..errors import DeviceNotFound, InvalidArgument, TimedOut, UsageError
 from ..pooldir import PoolConfig, PoolDir
 from ..target import PoolStatus, PoolTable, ThinStatus, ThinTable
 from ..units import METADATA_BLOCK_SIZE, SECTOR_SIZE, check_dev_id
@@ -297,6 +297,24 @@ class KernelPoolBackend:
     def thin_ids(self) -> list[int]:
         """Ids recorded in ``pool.json`` (the kernel has no listing message)."""
         return sorted(self.config.thins)
+
+    @property
+    def event_nr(self) -> int:
+        """The pool device's event counter."""
+        self._check_open()
+        return task.info(self.pool_name).event_nr
+
+    def wait_event(self, event_nr: int, timeout: float | None = None) -> int:
+        """Poll the event counter until it passes *event_nr*; TimedOut."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            now = self.event_nr
+            if now > event_nr:
+                return now
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimedOut(f"no event on {self.pool_name} after event {event_nr} "
+                               f"within {timeout} s")
+            time.sleep(0.05)
 
     def thin_name(self, dev_id: int) -> str:
         return f"{self.prefix}-{check_dev_id(dev_id)}"
