@@ -319,22 +319,45 @@ def run_trace(path, backend: str, workdir: Path) -> dict:
             except Exception:  # noqa: BLE001 - the first error matters
                 pass
     shutil.rmtree(pooldir, ignore_errors=True)
-    return {"trace": header["name"], "backend": backend, "steps": records, "final": final,
+    return {"trace": header["name"], "backend": backend, "header": header,
+            "steps": records, "final": final,
             "seconds": round(time.monotonic() - t0, 2)}
 
 
 # ----------------------------------------------------------------------------- generating
-def generate(seed: int, writes: int = 300) -> tuple[dict, list[dict]]:
-    """A random trace from *seed* with about *writes* block writes."""
+def generate(seed: int, writes: int = 300, fill: bool = False) -> tuple[dict, list[dict]]:
+    """A random trace from *seed* with about *writes* block writes.
+
+    With *fill* the pool is small enough to run out of data space.  Such
+    traces are timing-dependent on the kernel: when the only free blocks
+    were freed in the current transaction (a snapshot's block whose sharer
+    was deleted gets overwritten), allocation fails until the next commit,
+    and the kernel commits every second; the event counts, and under
+    error_if_no_space the failing writes, then depend on that timing.
+    Without *fill* (the default) the pool never fills: every I/O allocates
+    at most 3 blocks.
+    """
     rng = random.Random(seed)
     bs = 64 << 10
     nblocks = rng.choice([96, 128, 192, 256])
     dev_blocks = rng.choice([32, 64, 128])
     features = rng.choice([[], [], ["error_if_no_space"], ["no_discard_passdown"],
                            ["skip_block_zeroing"], ["error_if_no_space", "skip_block_zeroing"]])
-    header = {"name": f"gen-{seed}", "seed": seed, "no_space_timeout": 2,
+    lwm = rng.randrange(0, nblocks // 3)
+    if not fill:
+        lwm = nblocks - rng.randrange(max(1, writes))
+        nblocks += 3 * writes
+    header = {"name": f"gen-{seed}{'-fill' if fill else ''}", "seed": seed,
+              "no_space_timeout": 2, "fill": fill,
               "pool": {"data_size": nblocks * bs, "metadata_size": "4M", "block_size": "64K",
-                       "low_water_mark": rng.randrange(0, nblocks // 3), "features": features}}
+                       "low_water_mark": lwm, "features": features}}
+    if fill:
+        header["timing_dependent"] = ["pool events", "errno of the step", "used data blocks",
+                                      "no-space policy", "used metadata blocks",
+                                      "used metadata blocks (final)",
+                                      "mode", "thin status lines", "device bytes (sha256)",
+                                      "mappings (vblock -> data block, time)", "thin_dump XML",
+                                      "thin_ls figures", "device details"]
     size = dev_blocks * bs
     steps: list[dict] = [{"op": "create_thin", "id": 1, "size": size}]
     live, next_id, tid, held = [1], 2, 0, False
@@ -491,11 +514,11 @@ class Tally:
             self.diffs.append(f"{where}: {name}: kernel={_short(a)} sim={_short(b)}")
 
     def table(self) -> str:
-        lines = [f"{'quantity':42} {'compared':>9} {'equal':>9} {'share':>8}"]
+        lines = [f"{'quantity':50} {'compared':>9} {'equal':>9} {'share':>8}"]
         for name, (n, eq) in self.rows.items():
             share = f"{100.0 * eq / n:.1f}%" if n else "-"
             label = name + (" (info)" if name in INFO_QUANTITIES else "")
-            lines.append(f"{label:42} {n:9d} {eq:9d} {share:>8}")
+            lines.append(f"{label:50} {n:9d} {eq:9d} {share:>8}")
         return "\n".join(lines)
 
     def ok(self) -> bool:
@@ -513,6 +536,19 @@ def compare(kern: dict, sim: dict, tally: Tally | None = None) -> Tally:
     """Compare a kernel result with a sim result of the same trace."""
     tally = tally or Tally()
     name = kern["trace"]
+    timing = set(kern.get("header", {}).get("timing_dependent", ()))
+    if timing:                          # see generate(): compared as information
+        plain = Tally()
+        compare(_strip_timing(kern), _strip_timing(sim), plain)
+        for q, (n, eq) in plain.rows.items():
+            label = q + " [timing]" if q in timing else q
+            row = tally.rows.setdefault(label, [0, 0])
+            row[0] += n
+            row[1] += eq
+            if label != q:
+                INFO_QUANTITIES.add(label)
+        tally.diffs += [d for d in plain.diffs if not any(f": {q}:" in d for q in timing)]
+        return tally
     ks, ss = kern["steps"], sim["steps"]
     if len(ks) != len(ss):
         tally.add("number of steps", False, name, len(ks), len(ss))
@@ -544,6 +580,12 @@ def compare(kern: dict, sim: dict, tally: Tally | None = None) -> Tally:
     return tally
 
 
+def _strip_timing(res: dict) -> dict:
+    out = dict(res)
+    out["header"] = {k: v for k, v in res.get("header", {}).items() if k != "timing_dependent"}
+    return out
+
+
 # ----------------------------------------------------------------------------- the suite
 def trace_files(names) -> list[Path]:
     if names:
@@ -552,14 +594,15 @@ def trace_files(names) -> list[Path]:
 
 
 def suite(files: list[Path], n_gen: int, seed: int, writes: int, backends: list[str],
-          workdir: Path, out: Path | None, log=print) -> Tally:
-    """Run hand-written and generated traces on each backend and compare."""
+          workdir: Path, out: Path | None, log=print, n_fill: int = 0) -> Tally:
+    """Run hand-written and generated traces (*n_gen* that never fill the
+    pool, *n_fill* that do) on each backend and compare."""
     workdir.mkdir(parents=True, exist_ok=True)
     gen_dir = workdir / "generated"
     gen_dir.mkdir(exist_ok=True)
-    for k in range(n_gen):
-        header, steps = generate(seed + k, writes)
-        path = gen_dir / f"gen-{seed + k}.jsonl"
+    for k in range(n_gen + n_fill):
+        header, steps = generate(seed + k, writes, fill=k >= n_gen)
+        path = gen_dir / f"{header['name']}.jsonl"
         save_trace(path, header, steps)
         files.append(path)
     tally = Tally()
@@ -597,6 +640,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("gen", help="write a random trace")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--writes", type=int, default=300)
+    p.add_argument("--fill", action="store_true", help="a pool small enough to fill")
     p.add_argument("-o", "--output")
     p = sub.add_parser("compare", help="compare a kernel result with a sim result")
     p.add_argument("kernel")
@@ -608,6 +652,8 @@ def main(argv=None) -> int:
                    help="generated traces (env DMTHIN_FIDELITY_TRACES; default 4)")
     p.add_argument("--seed", type=int, default=int(os.environ.get("DMTHIN_FIDELITY_SEED", "1")))
     p.add_argument("--writes", type=int, default=300)
+    p.add_argument("--fill", type=int, default=0,
+                   help="generated traces whose pool fills (timing-dependent, see gen)")
     p.add_argument("--backends", default="kernel,sim")
     p.add_argument("--workdir", default="/tmp/dmthin-fidelity")
     p.add_argument("--out", help="keep every result JSON here")
@@ -621,7 +667,7 @@ def main(argv=None) -> int:
             else:
                 print(text)
         elif args.cmd == "gen":
-            header, steps = generate(args.seed, args.writes)
+            header, steps = generate(args.seed, args.writes, args.fill)
             if args.output:
                 save_trace(args.output, header, steps)
             else:
@@ -637,10 +683,11 @@ def main(argv=None) -> int:
         else:
             backends = args.backends.split(",")
             print(f"fidelity suite: seed {args.seed}, {args.n_gen} generated traces "
-                  f"(~{args.writes} writes each), backends {backends}", flush=True)
+                  f"+ {args.fill} that fill the pool (~{args.writes} writes each), "
+                  f"backends {backends}", flush=True)
             tally = suite(trace_files(args.traces), args.n_gen, args.seed, args.writes,
                           backends, Path(args.workdir), Path(args.out) if args.out else None,
-                          log=lambda m: print(m, flush=True))
+                          log=lambda m: print(m, flush=True), n_fill=args.fill)
             print(report(tally))
             return 0 if tally.ok() else 1
     except (OSError, ValueError) as err:

@@ -2,7 +2,8 @@
 
 Each hand-written trace of tests/traces/ and N generated ones (env
 DMTHIN_FIDELITY_TRACES, default 2; seeds from DMTHIN_FIDELITY_SEED, default
-1; about DMTHIN_FIDELITY_WRITES=150 block writes each) run through the public
+1; about DMTHIN_FIDELITY_WRITES=150 block writes each; DMTHIN_FIDELITY_FILL
+more whose pool fills, timing-dependent: see tools/trace.py gen) run through the public
 Pool API on the kernel backend and on the simulator; after every step the
 pool status, thin status lines, event counter and errno must agree, and at
 the end the thin_dump/thin_ls output, every device's bytes and the used
@@ -22,18 +23,21 @@ pytestmark = pytest.mark.real_dm
 N_GEN = int(os.environ.get("DMTHIN_FIDELITY_TRACES", "2"))
 SEED = int(os.environ.get("DMTHIN_FIDELITY_SEED", "1"))
 WRITES = int(os.environ.get("DMTHIN_FIDELITY_WRITES", "150"))
+N_FILL = int(os.environ.get("DMTHIN_FIDELITY_FILL", "0"))
 
 CASES = [pytest.param(p, id=p.stem) for p in trace_tool.trace_files(())] + \
-        [pytest.param(SEED + k, id=f"gen-{SEED + k}") for k in range(N_GEN)]
+        [pytest.param((SEED + k, False), id=f"gen-{SEED + k}") for k in range(N_GEN)] + \
+        [pytest.param((SEED + k, True), id=f"gen-{SEED + k}-fill") for k in range(N_FILL)]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_trace_agrees(case, tmp_path):
-    if isinstance(case, int):
-        header, steps = trace_tool.generate(case, WRITES)
-        path = tmp_path / f"gen-{case}.jsonl"
+    if isinstance(case, tuple):
+        seed, fill = case
+        header, steps = trace_tool.generate(seed, WRITES, fill)
+        path = tmp_path / f"{header['name']}.jsonl"
         trace_tool.save_trace(path, header, steps)
-        print(f"generated trace seed {case}, {WRITES} writes: {path}")
+        print(f"generated trace seed {seed}, fill={fill}, {WRITES} writes: {path}")
     else:
         path = case
     kern = trace_tool.run_trace(path, "kernel", tmp_path)
