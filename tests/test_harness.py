@@ -146,9 +146,8 @@ def test_vmrun_usage_errors():
     p = subprocess.run([str(helpers.VMRUN)], capture_output=True, text=True)
     assert p.returncode == 2 and "no COMMAND" in p.stderr
     p = subprocess.run([str(helpers.VMRUN), "--share", "/", "--", "true"],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 125 and "--share /" in p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--share /:" in p.stderr
 
 
 # ---------------------------------------------------------------- no boot
