@@ -290,7 +290,10 @@ class SimPoolBackend(EventSource):
         self._dirty = False
         self._last_commit = time.monotonic()
         if self._pending_release:
-            blocks = [b for b in self._pending_release if self._md.data_block_count(b) == 0]
+            # discarded with passdown (SimThin.discard chose them); none can
+            # have been reallocated: blocks freed in a transaction are not
+            # allocatable before its commit
+            blocks = sorted(self._pending_release)
             self._pending_release.clear()
             self._data.release(blocks)
         self._check_metadata_space()

@@ -246,9 +246,14 @@ class SimThin:
             md = pool._md
             while begin < end:
                 try:
+                    # passdown (process_prepared_discard_passdown_pt1): a block
+                    # the lookup calls shared is passed down only if no one
+                    # else holds it; an unshared one always, even if a held
+                    # metadata snapshot still counts it (observed on 6.1)
+                    snap_time = md.details(self.dev_id).snapshotted_time
                     batch = []
-                    for v, d, _t in md.mappings(self.dev_id, begin, end):
-                        batch.append(d)
+                    for v, d, t in md.mappings(self.dev_id, begin, end):
+                        batch.append((d, snap_time > t))
                         last = v
                         if len(batch) >= _MAPPINGS_CHUNK:
                             break
@@ -257,7 +262,8 @@ class SimThin:
                     md.remove_range(self.dev_id, begin, last + 1)
                     if pool.discard_passdown:
                         pool._pending_release.update(
-                            d for d in batch if md.data_block_count(d) == 0)
+                            d for d, shared in batch
+                            if not shared or md.data_block_count(d) == 0)
                 except (MetadataError, NoSpace, OSError) as err:
                     if isinstance(err, DmThinError) and not isinstance(err, (MetadataError,
                                                                               NoSpace)):
