@@ -170,9 +170,14 @@ class Pool:
                              "give a number of data blocks")
         features = normalise_features(features)
         backend_cls = load_backend(backend)
+        available = getattr(backend_cls, "available", None)
+        if available is not None:
+            available()                    # refuse before touching the filesystem
         pooldir = PoolDir(path)
         if pooldir.exists():
             raise UsageError(f"{pooldir.path} already holds a pool; open it, or remove it first")
+        made = [p for p in (pooldir.path, pooldir.data_path, pooldir.metadata_path,
+                            pooldir.lock_path) if not p.exists()]
         pooldir.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         pooldir.lock()
         try:
@@ -183,6 +188,12 @@ class Pool:
             pooldir.save_config(config)
         except BaseException:
             pooldir.unlock()
+            # Leave nothing behind that this call made (a half-made pool).
+            for p in reversed(made):
+                try:
+                    p.rmdir() if p == pooldir.path else p.unlink()
+                except OSError:
+                    pass
             raise
         return cls(pooldir, config, impl)
 

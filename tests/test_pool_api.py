@@ -68,6 +68,18 @@ def test_pool_directory_modes_and_refusals(tmp_path):
         Pool.create(tmp_path / "p3", backend="xen")
 
 
+def test_failed_create_leaves_nothing_behind(tmp_path, monkeypatch):
+    from dmthin.sim.pool import SimPoolBackend
+
+    def boom(*a):
+        raise OSError(5, "injected failure")
+    monkeypatch.setattr(SimPoolBackend, "create", classmethod(boom))
+    with pytest.raises(OSError, match="injected"):
+        Pool.create(tmp_path / "p" / "pool", data_size="64M", metadata_size="4M")
+    assert list(tmp_path.iterdir()) == [tmp_path / "p"]
+    assert list((tmp_path / "p").iterdir()) == []
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_low_water_mark_raises_a_pool_event(tmp_path, backend):
     from dmthin.errors import TimedOut
