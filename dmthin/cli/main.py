@@ -31,7 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
             importlib.import_module(f"{__package__}.{info.name}").register(subs)
+    _name_commands(parser)
     return parser
+
+
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Record each (sub)command's full name, e.g. ``dmthin pool create``, for
+    error messages."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(_prog=sub.prog)
+                _name_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DmThinError, OSError) as err:
         if args.debug:
             raise
-        print(f"dmthin {args.command}: error: {one_line(err)}", file=sys.stderr)
+        prog = getattr(args, "_prog", None) or f"dmthin {args.command}"
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         code = getattr(err, "exit_code", None)
         return code if isinstance(code, int) else EXIT_ERROR
 

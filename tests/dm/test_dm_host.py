@@ -147,5 +147,5 @@ def test_cli_reports_one_line_without_traceback(argv):
                        text=True, timeout=60)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dmthin dm: error: "), r.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"dmthin {' '.join(argv)}: error: "), r.stderr
     assert "Traceback" not in r.stderr
