@@ -7,14 +7,16 @@ by tools/vmrun on the host:
   argv      the command, each argument followed by a NUL byte
   env       its environment, NAME=VALUE entries each followed by a NUL byte
   cwd       its working directory (bytes, no newline)
-  out       the device its output goes to (normally /dev/ttyS1, which qemu
-            connects to vmrun's pipe)
+  out       where its output goes: "port:NAME", the virtio serial port NAME
+            that qemu connects to vmrun's stdout, or a device path
 
 It writes ``started`` just before the command starts (the host reads its
 mtime for the boot time) and ``rc`` (decimal exit status; 128+N when killed
 by signal N) when it ends.  stdout and stderr of the command share one pipe
-whose bytes are copied unchanged to the output device, set to raw mode so the
-tty layer neither translates newlines nor echoes.
+whose bytes are copied unchanged to the output device (a virtio port is no
+tty; a tty is set to raw mode so that it neither translates newlines nor
+echoes).  A blocking write to a virtio port returns once the host has taken
+the data, so nothing is lost at power-off.
 """
 import os
 import select
@@ -96,17 +98,35 @@ def run(ctl, out):
     return 128 - rc if rc < 0 else rc
 
 
+def output_device(spec):
+    """Path of the output device named by control file "out"."""
+    if not spec.startswith("port:"):
+        return spec
+    name = spec[len("port:"):]
+    base = "/sys/class/virtio-ports"
+    for port in sorted(os.listdir(base)):
+        try:
+            with open(os.path.join(base, port, "name")) as f:
+                if f.read().strip() == name:
+                    return "/dev/" + port
+        except OSError:
+            continue
+    raise RuntimeError("no virtio port named %s in %s" % (name, base))
+
+
 def main():
     """Entry point: run, record the status, drain the output device."""
     ctl = sys.argv[1]
-    out = os.open(read(ctl, "out").decode(), os.O_RDWR | os.O_NOCTTY)
-    tty.setraw(out)
+    out = os.open(output_device(read(ctl, "out").decode()), os.O_RDWR | os.O_NOCTTY)
+    if os.isatty(out):
+        tty.setraw(out)
     try:
         rc = run(ctl, out)
     except Exception as e:  # the host must get a status and a reason, not a hang
         write_all(out, ("vmrun: guest launcher failed: %r\n" % (e,)).encode())
         rc = RC_HARNESS
-    termios.tcdrain(out)
+    if os.isatty(out):
+        termios.tcdrain(out)
     with open(os.path.join(ctl, "rc"), "w") as f:
         f.write("%d\n" % rc)
         f.flush()
