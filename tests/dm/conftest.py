@@ -6,6 +6,7 @@ test that uses :func:`dm_clean`, like devicemapper-rs' ``clean_up()``.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import uuid
 
@@ -14,6 +15,7 @@ import pytest
 from dmthin.dm import _lib
 
 TAG = "deleteme"
+HANG_DUMP_SECONDS = 300
 
 
 def _need(reason_ok: bool, reason: str) -> None:
@@ -100,7 +102,13 @@ def real_dm():
     require_real_dm()
     sweep()
     before = snapshot_devices()
-    yield
+    # A hung kernel call would otherwise show nothing until the guest is
+    # killed: dump every thread's stack if the test runs this long.
+    faulthandler.dump_traceback_later(HANG_DUMP_SECONDS, exit=False)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     after = snapshot_devices()
     leftovers = sweep()
     assert after == before, f"test left devices behind (swept: {leftovers})"
