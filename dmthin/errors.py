@@ -65,6 +65,11 @@ class NotSupported(ThinOSError):
     errno_value = _errno.EOPNOTSUPP
 
 
+class NoSuchDevice(ThinOSError):
+    """No such device-mapper device or address (ENXIO)."""
+    errno_value = _errno.ENXIO
+
+
 class IOFailure(ThinOSError):
     """An I/O error (EIO)."""
     errno_value = _errno.EIO
@@ -77,7 +82,7 @@ class TimedOut(ThinOSError):
 
 _BY_ERRNO = {cls.errno_value: cls for cls in (
     DeviceExists, DeviceNotFound, InvalidArgument, Busy, NoSpace,
-    NotSupported, IOFailure, TimedOut)}
+    NotSupported, NoSuchDevice, IOFailure, TimedOut)}
 
 
 def error_for(code: int, message: str = "") -> ThinOSError:
