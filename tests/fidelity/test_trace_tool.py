@@ -62,3 +62,18 @@ def test_sim_replay_is_deterministic_and_compare_finds_differences(tmp_path):
     assert not tally.ok()
     assert tally.rows["used data blocks"][1] == tally.rows["used data blocks"][0] - 1
     assert any("device bytes" in d for d in tally.diffs)
+
+
+def test_timing_dependent_quantities_are_reported_not_required(tmp_path):
+    header, steps = tool.generate(7, 30, fill=True)
+    assert header["name"] == "gen-7-fill" and "pool events" in header["timing_dependent"]
+    path = tmp_path / "f.jsonl"
+    tool.save_trace(path, header, steps)
+    a = tool.run_trace(path, "sim", tmp_path / "a")
+    b = copy.deepcopy(a)
+    b["steps"][-1]["events"] = (b["steps"][-1]["events"] or 0) + 5
+    tally = tool.compare(a, b)
+    assert tally.ok() and not tally.diffs
+    assert tally.rows["pool events [timing]"][1] == tally.rows["pool events [timing]"][0] - 1
+    b["steps"][-1]["status"]["transaction_id"] += 1      # not timing-dependent
+    assert not tool.compare(a, b).ok()
