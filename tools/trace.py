@@ -123,13 +123,11 @@ def _errno(err: BaseException) -> int:
 
 
 def _events(pool: Pool) -> int | None:
-    impl = pool._impl
-    if impl is None:
+    """The pool device's event counter (Pool.event_nr), None if closed."""
+    try:
+        return pool.event_nr
+    except OSError:
         return None
-    if impl.name == "sim":
-        return impl.event_nr
-    from dmthin.dm import task
-    return task.info(impl.pool_name).event_nr
 
 
 def _snapshot(pool: Pool) -> dict:
