@@ -343,8 +343,8 @@ def generate(seed: int, writes: int = 300, fill: bool = False) -> tuple[dict, li
                            ["skip_block_zeroing"], ["error_if_no_space", "skip_block_zeroing"]])
     lwm = rng.randrange(0, nblocks // 3)
     if not fill:
-        lwm = nblocks - rng.randrange(max(1, writes))
         nblocks += 3 * writes
+        lwm = nblocks - rng.randrange(1, max(2, writes))    # crossed after that many
     header = {"name": f"gen-{seed}{'-fill' if fill else ''}", "seed": seed,
               "no_space_timeout": 2, "fill": fill,
               "pool": {"data_size": nblocks * bs, "metadata_size": "4M", "block_size": "64K",
