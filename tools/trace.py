@@ -607,7 +607,12 @@ def suite(files: list[Path], n_gen: int, seed: int, writes: int, backends: list[
     for path in files:
         results = {}
         for backend in backends:
-            res = run_trace(path, backend, workdir)
+            try:
+                res = run_trace(path, backend, workdir)
+            except Exception as err:  # noqa: BLE001 - one trace must not stop the suite
+                log(f"trace {path}: {backend} failed: {err!r}")
+                tally.add("trace ran to the end", False, f"{path} on {backend}", repr(err))
+                continue
             results[backend] = res
             log(f"trace {res['trace']}: {backend} {len(res['steps'])} steps in "
                 f"{res['seconds']} s")
