@@ -246,6 +246,14 @@ class SimThin:
             md = pool._md
             while begin < end:
                 try:
+                    if not pool.discard_passdown:
+                        # process_prepared_discard_no_passdown: one remove_range
+                        # over the whole range, mapped or not: it still shadows
+                        # the top-level leaf and marks the details changed
+                        # (+2 metadata blocks under a held metadata snapshot)
+                        md.remove_range(self.dev_id, begin, end)
+                        pool._dirty = True
+                        break
                     # passdown (process_prepared_discard_passdown_pt1): a block
                     # the lookup calls shared is passed down only if no one
                     # else holds it; an unshared one always, even if a held
