@@ -4,6 +4,9 @@ as ``thin_restore``'s result); bad input is rejected before any write."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -11,8 +14,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dmthin.errors import UsageError
 from dmthin.thin.restore import restore
 from dmthin.thin.xml import XmlError
-from thin_xmlgen import (THIN_CHECK, THIN_DUMP, THIN_RESTORE, blank, dmthin, gen_metadata,
-                         mappings_of, run, to_xml, tools110)  # noqa: F401 (fixture)
+from thin_xmlgen import (MiB, REPO, THIN_CHECK, THIN_DUMP, THIN_RESTORE, blank, dmthin,
+                         gen_metadata, mappings_of, run, to_xml, tools110)  # noqa: F401 (fixture)
 
 SETTINGS = dict(max_examples=10, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -232,3 +235,39 @@ def test_huge_nr_data_blocks_fails_fast(tmp_path):
     with pytest.raises(UsageError, match="space-map bitmap blocks"):
         restore(x, md)
     assert md.read_bytes() == before
+
+
+def test_restore_from_stdin_and_a_three_level_device(tmp_path, tools110):
+    """`-i -` (input that cannot seek is spooled for the two passes) and a
+    single device deep enough for a three-level mapping tree (> 252*84
+    mappings), written leaf by leaf."""
+    n = 70000
+    singles = "".join(f'    <single_mapping origin_block="{2 * i}" data_block="{i}" time="0"/>\n'
+                      for i in range(n))
+    xml = ('<superblock uuid="" time="0" transaction="3" flags="0" version="2" '
+           f'data_block_size="128" nr_data_blocks="{n}">\n'
+           f'  <device dev_id="7" mapped_blocks="{n}" transaction="0" creation_time="0" '
+           'snap_time="0">\n' + singles + "  </device>\n</superblock>\n")
+    out = blank(tmp_path / "md", 16 * MiB)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "dmthin", "restore", "-i", "-", "-o", str(out)],
+                       input=xml.encode(), capture_output=True, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    checks_pass(out, tools110)
+    dumped = parse_dump(run([THIN_DUMP, out]).stdout)
+    assert dumped == {7: [(2 * i, i, 0) for i in range(n)]}
+    # the tree under device 7 really has three levels
+    from dmthin.pdata.block import BlockManager
+    from dmthin.pdata.btree.node import INTERNAL_NODE, Node
+    from dmthin.pdata.btree.walk import lookup
+    from dmthin.thin.superblock import read_superblock
+    bm = BlockManager(out)
+    root = lookup(bm, read_superblock(bm).data_mapping_root, 7)
+    depth, b = 1, root
+    while True:
+        node = Node.decode(bm.read(b, None), b)
+        if not node.flags & INTERNAL_NODE:
+            break
+        depth, b = depth + 1, node.values[0]
+    bm.close()
+    assert depth == 3
