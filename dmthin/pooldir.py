@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,17 +58,26 @@ class PoolConfig:
                              "restore it or recreate the pool") from None
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write *text* to *path* atomically: temp file, fsync, rename, fsync dir."""
+def write_atomic(path: Path, text: str) -> None:
+    """Write *text* to *path* atomically: a dot-named temp file (0600) in the
+    same directory, fsync, rename over *path*, fsync the directory.  On any
+    failure the temp file is removed and *path* is untouched."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp", dir=path.parent)
     try:
         os.write(fd, text.encode())
         os.fsync(fd)
-    finally:
         os.close(fd)
-    os.replace(tmp, path)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
     dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)

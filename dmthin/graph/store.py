@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NoSpace, UsageError
+from ..pooldir import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +72,6 @@ class Transaction:
     open_transaction_id: int
     device_hash: str
     device_id: int
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file (dot-named, 0600), write, fsync, rename, fsync the dir."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp", dir=path.parent)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class MetadataStore:
