@@ -410,6 +410,26 @@ class Pool:
         """The pool's device-mapper name (kernel backend), or None."""
         return getattr(self._backend(), "pool_name", None)
 
+    @property
+    def data_device(self) -> str | None:
+        """The block device holding the data (a loop device), or None."""
+        return getattr(self._backend(), "data_device", None)
+
+    @property
+    def metadata_device(self) -> str | None:
+        """The block device holding the metadata (a loop device), or None."""
+        return getattr(self._backend(), "metadata_device", None)
+
+    @property
+    def udev_sync_supported(self) -> bool:
+        """Whether device nodes are synchronised with udev (kernel backend)."""
+        return bool(getattr(self._backend(), "udev_sync_supported", False))
+
+    @property
+    def library_version(self) -> str | None:
+        """libdevmapper's version (kernel backend), or None."""
+        return getattr(self._backend(), "library_version", None)
+
     def _table_pool_dev(self) -> str:
         return getattr(self._backend(), "pool_dev", "pool")
 

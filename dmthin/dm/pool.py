@@ -299,6 +299,22 @@ class KernelPoolBackend:
         return sorted(self.config.thins)
 
     @property
+    def metadata_device(self) -> str | None:
+        return self.loops[0].path if self.loops else None
+
+    @property
+    def data_device(self) -> str | None:
+        return self.loops[1].path if len(self.loops) > 1 else None
+
+    @property
+    def udev_sync_supported(self) -> bool:
+        return task.udev_sync()
+
+    @property
+    def library_version(self) -> str:
+        return task.library_version()
+
+    @property
     def event_nr(self) -> int:
         """The pool device's event counter."""
         self._check_open()

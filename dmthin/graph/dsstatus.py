@@ -47,11 +47,15 @@ def deviceset_status(ds) -> list[tuple[str, str]]:
             meta_avail = free
     min_free = (int(st.total_data_blocks) * ds.options.min_free_space_percent // 100) * bs
     base = ds.devices.get("")
-    out = [("Pool Name", ds.pool_name),
+    out = [("Pool Name", pool.device_name or ds.pool_name),
            ("Pool Blocksize", human(bs)),
            ("Base Device Size", human(base.size if base else 0)),
            ("Backing Filesystem", ds.base_fs),
            ("Udev Sync Supported", _bool(getattr(pool, "udev_sync_supported", False)))]
+    if pool.data_device:
+        out.append(("Data file", pool.data_device))
+    if pool.metadata_device:
+        out.append(("Metadata file", pool.metadata_device))
     if managed:
         out += [("Data loop file", str(data_file)), ("Metadata loop file", str(meta_file))]
     out += [("Data Space Used", human(data_used)),

@@ -280,7 +280,19 @@ def test_loop_file_growth_on_restart(tmp_path):
                  cleanup_interval=None)
     try:
         assert (root / "devicemapper/data").stat().st_size == 310 * MB
-        assert dict(drv.status())["Data Space Total"] == "325.1MB"
+        status = drv.status()
+        st = dict(status)
+        assert st["Data Space Total"] == "325.1MB"
+        # Docker's kernel-mode fields: the real dm pool name, the loop devices,
+        # libdevmapper's version (no udevd in the guest: no udev sync)
+        assert st["Pool Name"].startswith("dmthin-") and st["Pool Name"].endswith("-pool")
+        assert st["Data file"].startswith("/dev/loop")
+        assert st["Metadata file"].startswith("/dev/loop")
+        assert st["Library Version"].startswith("1.02.")
+        assert st["Udev Sync Supported"] == "false"
+        names = [k for k, _v in status]
+        assert names.index("Udev Sync Supported") < names.index("Data file") \
+            < names.index("Metadata file") < names.index("Data loop file")
     finally:
         drv.cleanup()
 
