@@ -80,7 +80,7 @@ def test_make_error_maps_errno_to_class(code, cls):
 
 def test_enxio_keeps_its_errno():
     err = _lib.make_error("remove x", errno.ENXIO, "")
-    assert type(err) is errors.ThinOSError and err.errno == errno.ENXIO
+    assert type(err) is errors.NoSuchDevice and err.errno == errno.ENXIO
     assert "No such device or address" in str(err)
 
 
