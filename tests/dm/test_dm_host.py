@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from dmthin import errors
+from helpers import skip_or_fail
 from dmthin.dm import _lib, task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -125,7 +126,8 @@ def test_kernel_pool_refuses_non_root(tmp_path, monkeypatch):
     from dmthin.pooldir import PoolConfig, PoolDir
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     if not _lib.have_binding():
-        pytest.skip("binding not built")
+        skip_or_fail("the libdevmapper binding is not built (apt-get install libdevmapper-dev, "
+                     "then reinstall dmthin)")
     with pytest.raises(errors.BackendUnavailable, match="needs root"):
         KernelPoolBackend.create(PoolDir(tmp_path), PoolConfig("kernel", 128, 0))
 

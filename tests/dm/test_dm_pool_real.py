@@ -210,11 +210,6 @@ def test_out_of_data_space_is_enospc(pooldir):
 
 
 def test_sim_pool_opens_on_the_kernel(pooldir):
-    try:
-        from dmthin.backend import load_backend
-        load_backend("sim")
-    except (ImportError, AttributeError):
-        pytest.skip("the simulator backend is not in the tree yet")
     with Pool.create(pooldir, data_size="64M", metadata_size="4M", backend="sim") as pool:
         pool.create_thin(3, "8M").write(65536 * 2 + 7, b"from the simulator")
         pool.create_snap(4, 3)

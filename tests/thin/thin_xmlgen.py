@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import helpers
 
 REPO = Path(__file__).resolve().parents[2]
 THIN_DUMP = "/usr/sbin/thin_dump"
@@ -33,30 +34,14 @@ def dmthin(*args) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dmthin", *args], env=env, cwd=REPO)
 
 
-def pdata_tools_110() -> str | None:
-    """Path of the 1.1.0 ``pdata_tools`` binary, or None."""
-    for c in (os.environ.get("DMTHIN_PDATA_TOOLS"), "/tmp/check110/x/usr/sbin/pdata_tools"):
-        if c and os.access(c, os.X_OK):
-            return c
-    fetch = REPO / "tools" / "fetch-thin-tools"
-    if fetch.exists():
-        try:
-            p = run([sys.executable, fetch, "--quiet"])
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        path = p.stdout.decode().strip().splitlines()[-1:] if p.returncode == 0 else []
-        if path and os.access(path[0], os.X_OK):
-            return path[0]
-    return None
-
-
 @pytest.fixture(scope="session")
 def tools110():
-    p = pdata_tools_110()
-    if p is None:
-        pytest.skip("thin-provisioning-tools 1.1.0 is not available (tools/fetch-thin-tools "
-                    "failed; set DMTHIN_PDATA_TOOLS)")
-    return p
+    """Path of 1.1.0's pdata_tools (the shared lookup in tests/helpers.py);
+    skipped outside CI, a failure in CI, when it cannot be had."""
+    try:
+        return helpers.pdata_tools_110()
+    except helpers.Unavailable as e:
+        helpers.skip_or_fail(f"thin-provisioning-tools 1.1.0 unavailable: {e}")
 
 
 def blank(path, size=8 * MiB) -> Path:
