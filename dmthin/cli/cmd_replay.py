@@ -3,7 +3,6 @@ through the graph driver (see :mod:`dmthin.graph.replay`)."""
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 
 from ..errors import UsageError

@@ -292,7 +292,7 @@ def plot(steps: list[Step], path: str, scale: float = 1.0, backend: str = "") ->
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return (f"plot not saved: matplotlib is not installed "
+        return ("plot not saved: matplotlib is not installed "
                 "(apt-get install python3-matplotlib, or pip install matplotlib)")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     names = [s.name for s in steps]

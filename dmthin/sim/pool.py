@@ -518,7 +518,7 @@ class SimPoolBackend(EventSource):
         (ENODATA) if the metadata has no such device."""
         with self._lock:
             self._check_not_failed()
-            if dev_id not in self._md.device_ids():
+            if not self._md.has_device(dev_id):
                 raise DeviceNotFound(f"no thin device {dev_id} in pool {self.pooldir.path}")
             self._active[dev_id] = self._active.get(dev_id, 0) + 1
             return SimThin(self, dev_id, size)

@@ -40,16 +40,16 @@ from typing import Callable
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.check import BTreeChecker, NodeError, RefCounter, new_totals
-from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
+from ..pdata.checksum import SUPERBLOCK
 from ..pdata.space_map import check as smcheck
+from ..units import DATA_BLOCK_SIZE_MAX_SECTORS as MAX_DATA_BLOCK_SIZE
+from ..units import DATA_BLOCK_SIZE_MIN_SECTORS as MIN_DATA_BLOCK_SIZE
+from ..units import MAX_METADATA_BLOCKS
 from .superblock import (INCOMPAT_SUPP, THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION,
                          SMRoot, Superblock)
 
 DETAILS_VALUE_SIZE = 24
 MAPPING_VALUE_SIZE = 8
-MAX_METADATA_BLOCKS = 255 * 16320
-MIN_DATA_BLOCK_SIZE = 128            # sectors
-MAX_DATA_BLOCK_SIZE = 2097152
 MAX_DATA_BLOCKS = 1 << 40            # 24-bit shift in the block_time value
 DEFAULT_MAX_LINES = 20               # per kind of per-block problem
 

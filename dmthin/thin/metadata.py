@@ -35,7 +35,8 @@ from ..pdata.checksum import SUPERBLOCK
 from ..pdata.space_map.disk import DiskSpaceMap
 from ..pdata.space_map.metadata import MetadataSpaceMap
 from ..pdata.transaction import TransactionManager
-from ..units import MAX_DATA_BLOCK, MAX_METADATA_BLOCKS, check_dev_id
+from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, MAX_DATA_BLOCK,
+                     MAX_METADATA_BLOCKS, check_dev_id)
 from .superblock import (SUPERBLOCK_LOCATION, NEEDS_CHECK_FLAG, SMRoot, Superblock,
                          read_superblock)
 
@@ -138,9 +139,10 @@ class ThinMetadata:
         *data_block_size* is in 512-byte sectors.  Raises
         :class:`InvalidArgument` for sizes the kernel refuses.
         """
-        if not 128 <= data_block_size <= 2097152 or data_block_size % 128:
+        lo, hi = DATA_BLOCK_SIZE_MIN_SECTORS, DATA_BLOCK_SIZE_MAX_SECTORS
+        if not lo <= data_block_size <= hi or data_block_size % lo:
             raise InvalidArgument(f"invalid data block size {data_block_size} sectors: "
-                                  "use a multiple of 128 between 128 and 2097152")
+                                  f"use a multiple of {lo} between {lo} and {hi}")
         if not 0 <= nr_data_blocks <= MAX_DATA_BLOCK + 1:
             raise InvalidArgument(f"invalid number of data blocks {nr_data_blocks}")
         bm = BlockManager(path, writable=True, cache_blocks=cache_blocks)
@@ -315,14 +317,15 @@ class ThinMetadata:
         return td
 
     def device_ids(self) -> list[int]:
-        ids = {k for k, _v in iter_range(self.tm, self.root)}
-        return sorted(ids)
+        """Ids of every thin device, ascending (the top-level tree's keys)."""
+        return [k for k, _v in iter_range(self.tm, self.root)]
 
     def details(self, dev_id: int) -> DeviceDetails:
         """Raises :class:`DeviceNotFound` (ENODATA)."""
         return self._open_device(dev_id).details()
 
-    def _exists(self, dev_id: int) -> bool:
+    def has_device(self, dev_id: int) -> bool:
+        """True if thin device *dev_id* exists (committed or not)."""
         return dev_id in self._devices or \
             bt.lookup(self.details_info, self.details_root, [dev_id]) is not None
 
@@ -330,7 +333,7 @@ class ThinMetadata:
         """``__create_thin``: EEXIST if the id is used, EINVAL above 2^24-1."""
         self._writable()
         check_dev_id(dev_id)
-        if self._exists(dev_id):
+        if self.has_device(dev_id):
             raise DeviceExists(f"thin device {dev_id} already exists")
         dev_root = bt.empty(self.bl_info)
         self.root, _ = bt.insert(self.tl_info, self.root, [dev_id], dev_root)
@@ -341,7 +344,7 @@ class ThinMetadata:
         self._writable()
         check_dev_id(dev_id)
         check_dev_id(origin_id)
-        if self._exists(dev_id):
+        if self.has_device(dev_id):
             raise DeviceExists(f"thin device {dev_id} already exists")
         origin_root = bt.lookup(self.tl_info, self.root, [origin_id])
         if origin_root is None:

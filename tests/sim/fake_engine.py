@@ -67,6 +67,9 @@ class FakeMetadata:
     held_root = property(lambda self: self._s["held"])
     needs_check = property(lambda self: self._s["needs_check"])
 
+    def has_device(self, dev):
+        return dev in self._s["devs"]
+
     def device_ids(self):
         return sorted(self._s["devs"])
 

@@ -30,7 +30,8 @@ from typing import Callable, Iterator
 
 from ...errors import BlockNrMismatch, BTreeError, ChecksumError, MetadataError
 from ..checksum import BTREE_NODE
-from .node import HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, calc_max_entries, read_header
+from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, calc_max_entries, read_header,
+                   read_values)
 
 MAX_DEPTH = 16          # fan-out >= 84: 16 levels exceed 2^64 keys
 _POST = object()
@@ -258,20 +259,15 @@ class BTreeChecker:
                 if hi is not None and keys[-1] >= hi:
                     raise fail(KEY_RANGE, f"btree node {b}: key {keys[-1]} is not below "
                                           f"the parent's next key {hi}")
-            off = HEADER_SIZE + 8 * mx
             if not is_leaf:
-                children = struct.unpack_from(f"<{nr}Q", buf, off)
+                children = read_values(buf, nr, mx, 8)
                 if totals is not None:
                     stack.append((b, path, _POST, children))
                 for i in range(nr - 1, -1, -1):
                     c_hi = keys[i + 1] if i + 1 < nr else hi
                     stack.append((children[i], path + (children[i],), keys[i], c_hi))
                 continue
-            if vs == 8:
-                values = struct.unpack_from(f"<{nr}Q", buf, off)
-            else:
-                raw = bytes(buf[off:off + nr * vs])
-                values = [raw[i * vs:(i + 1) * vs] for i in range(nr)]
+            values = read_values(buf, nr, mx, vs)
             if totals is not None:
                 totals[b] = nr
             yield b, keys, values, path

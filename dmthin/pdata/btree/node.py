@@ -54,6 +54,16 @@ def read_u64_values(buf, nr: int, mx: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx)
 
 
+def read_values(buf, nr: int, mx: int, vs: int):
+    """The first *nr* values of a node: a tuple of ints for 8-byte values,
+    else a list of ``bytes``."""
+    off = HEADER_SIZE + 8 * mx
+    if vs == 8:
+        return struct.unpack_from(f"<{nr}Q", buf, off)
+    raw = bytes(buf[off:off + nr * vs])
+    return [raw[i * vs:(i + 1) * vs] for i in range(nr)]
+
+
 def value_offset(mx: int, vs: int, i: int) -> int:
     return HEADER_SIZE + 8 * mx + i * vs
 
@@ -95,13 +105,7 @@ class Node:
     def decode(cls, buf, blocknr: int = -1) -> "Node":
         flags, nr, mx, vs = check_header(buf, blocknr)
         keys = list(struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE))
-        off = HEADER_SIZE + 8 * mx
-        if vs == 8:
-            values = list(struct.unpack_from(f"<{nr}Q", buf, off))
-        else:
-            mv = bytes(buf[off:off + nr * vs])
-            values = [mv[i * vs:(i + 1) * vs] for i in range(nr)]
-        return cls(flags, mx, vs, keys, values)
+        return cls(flags, mx, vs, keys, list(read_values(buf, nr, mx, vs)))
 
     def encode_into(self, buf: bytearray) -> None:
         """Write the node into *buf* (csum and blocknr are the validator's)."""

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from ...errors import BTreeError
 from ..checksum import BTREE_NODE
-from .node import HEADER_SIZE, INTERNAL_NODE, check_header
+from .node import HEADER_SIZE, INTERNAL_NODE, check_header, read_values
 
 MAX_DEPTH = 16   # fan-out >= 84 (a third of 252): 16 levels far exceed 2^64 keys
 
@@ -28,17 +28,11 @@ def iter_leaves(bm, root: int) -> Iterator[tuple[int, tuple[int, ...], object]]:
         buf = bm.read(b, BTREE_NODE)
         flags, nr, mx, vs = check_header(buf, b)
         keys = struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE)
-        off = HEADER_SIZE + 8 * mx
         if flags & INTERNAL_NODE:
-            children = struct.unpack_from(f"<{nr}Q", buf, off)
+            children = read_values(buf, nr, mx, 8)
             stack.extend((c, depth + 1) for c in reversed(children))
             continue
-        if vs == 8:
-            values = struct.unpack_from(f"<{nr}Q", buf, off)
-        else:
-            raw = bytes(buf[off:off + nr * vs])
-            values = [raw[i * vs:(i + 1) * vs] for i in range(nr)]
-        yield b, keys, values
+        yield b, keys, read_values(buf, nr, mx, vs)
 
 
 def iter_items(bm, root: int) -> Iterator[tuple[int, object]]:
