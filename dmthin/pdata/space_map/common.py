@@ -15,6 +15,7 @@ in one block (metadata) or in a btree (data).
 from __future__ import annotations
 
 import struct
+from abc import ABC, abstractmethod
 
 from ...errors import MetadataError, NoSpace
 from ...units import ENTRIES_PER_BITMAP
@@ -142,7 +143,7 @@ def ref_count_info(tm) -> BTreeInfo:
     return BTreeInfo(tm, 1, ValueType(4))
 
 
-class LowLevel:
+class LowLevel(ABC):
     """``struct ll_disk``: counts over an index of bitmaps.
 
     Subclasses provide ``load_ie``, ``save_ie``, ``init_index``,
@@ -160,14 +161,29 @@ class LowLevel:
         self.rc_info = ref_count_info(tm)
 
     # -- subclass hooks ------------------------------------------------------
-    def load_ie(self, index: int) -> IndexEntry: raise NotImplementedError
+    @abstractmethod
+    def load_ie(self, index: int) -> IndexEntry:
+        """A copy of index entry *index*."""
+
     def peek_ie(self, index: int) -> IndexEntry:
         """The index entry, not to be modified (no copy)."""
         return self.load_ie(index)
-    def save_ie(self, index: int, ie: IndexEntry) -> None: raise NotImplementedError
-    def max_entries(self) -> int: raise NotImplementedError
-    def commit(self) -> None: raise NotImplementedError
-    def snapshot(self) -> "LowLevel": raise NotImplementedError
+
+    @abstractmethod
+    def save_ie(self, index: int, ie: IndexEntry) -> None:
+        """Store index entry *index*."""
+
+    @abstractmethod
+    def max_entries(self) -> int:
+        """The most bitmaps the index can hold."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Write the index (at the space map's commit)."""
+
+    @abstractmethod
+    def snapshot(self) -> "LowLevel":
+        """A copy of this state, for lookups in the last committed one."""
 
     # -- reading ---------------------------------------------------------------
     def lookup_bitmap(self, b: int) -> int:
