@@ -23,6 +23,9 @@ BACKENDS = {
     "kernel": "dmthin.dm.pool:KernelPoolBackend",
 }
 
+#: the backend of a new pool unless one is named (no root needed)
+DEFAULT_BACKEND = "sim"
+
 
 class ThinBackend(Protocol):
     """One active thin device."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from .backend import PoolBackend, ThinBackend, load_backend
+from .backend import DEFAULT_BACKEND, PoolBackend, ThinBackend, load_backend
 from .errors import Busy, DeviceNotFound, InvalidArgument, NoSpace, UsageError
 from .pooldir import PoolConfig, PoolDir
 from .target import PoolStatus, ThinStatus, parse_message
@@ -145,7 +145,7 @@ class Pool:
     def create(cls, path: str | os.PathLike, data_size: int | str = DEFAULT_DATA_SIZE,
                metadata_size: int | str = DEFAULT_METADATA_SIZE,
                block_size: int | str = DEFAULT_BLOCK_SIZE, low_water_mark: int | None = None,
-               features=(), backend: str = "sim") -> "Pool":
+               features=(), backend: str = DEFAULT_BACKEND) -> "Pool":
         """Create a pool directory and format a new pool in it.
 
         Raises :class:`~dmthin.errors.UsageError` for bad sizes or a directory

@@ -62,6 +62,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dmthin import Pool  # noqa: E402
+from dmthin.backend import BACKENDS, DEFAULT_BACKEND  # noqa: E402
+from dmthin.pool import DEFAULT_BLOCK_SIZE  # noqa: E402
 from dmthin.units import parse_size  # noqa: E402
 
 TRACES_DIR = REPO / "tests" / "traces"
@@ -134,17 +136,7 @@ def _snapshot(pool: Pool) -> dict:
     rec: dict = {}
     try:
         st = pool.status()
-        rec["status"] = {
-            "transaction_id": st.transaction_id,
-            "used_metadata_blocks": int(st.used_metadata_blocks),
-            "total_metadata_blocks": int(st.total_metadata_blocks),
-            "used_data_blocks": int(st.used_data_blocks),
-            "total_data_blocks": int(st.total_data_blocks),
-            "held_root": st.held_root, "mode": st.mode.value,
-            "discard": st.discard.value, "no_space_policy": st.no_space_policy.value,
-            "needs_check": st.needs_check,
-            "metadata_low_watermark": st.metadata_low_watermark,
-        }
+        rec["status"] = st.to_dict()
     except Exception as err:  # noqa: BLE001 - recorded and compared
         rec["status_errno"] = _errno(err)
     thins = {}
@@ -182,7 +174,7 @@ class Runner:
         self.pooldir.parent.mkdir(parents=True, exist_ok=True)
         self.pool = Pool.create(self.pooldir, data_size=p.get("data_size", "16M"),
                                 metadata_size=p.get("metadata_size", "4M"),
-                                block_size=p.get("block_size", "64K"),
+                                block_size=p.get("block_size", DEFAULT_BLOCK_SIZE),
                                 low_water_mark=p.get("low_water_mark"),
                                 features=tuple(p.get("features", ())), backend=self.backend)
 
@@ -347,7 +339,8 @@ def generate(seed: int, writes: int = 300, fill: bool = False) -> tuple[dict, li
         lwm = nblocks - rng.randrange(1, max(2, writes))    # crossed after that many
     header = {"name": f"gen-{seed}{'-fill' if fill else ''}", "seed": seed,
               "no_space_timeout": 2, "fill": fill,
-              "pool": {"data_size": nblocks * bs, "metadata_size": "4M", "block_size": "64K",
+              "pool": {"data_size": nblocks * bs, "metadata_size": "4M",
+                       "block_size": f"{bs >> 10}K",
                        "low_water_mark": lwm, "features": features}}
     if fill:
         header["timing_dependent"] = ["pool events", "errno of the step", "used data blocks",
@@ -637,7 +630,7 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="replay a trace on one backend")
     p.add_argument("trace")
-    p.add_argument("--backend", choices=("sim", "kernel"), default="sim")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default=DEFAULT_BACKEND)
     p.add_argument("--workdir", default="/tmp/dmthin-trace")
     p.add_argument("-o", "--output")
     p = sub.add_parser("gen", help="write a random trace")

@@ -2,22 +2,24 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from .common import add_command, add_group
 
 
-def register(subs) -> None:
-    p = subs.add_parser("dm", help="device-mapper diagnostics (kernel backend)",
-                        description="Show libdevmapper and kernel device-mapper versions, "
-                                    "or list dm devices, through dmthin's binding.")
-    sub = p.add_subparsers(dest="dm_command", metavar="SUBCOMMAND")
-    sub.required = True
-    v = sub.add_parser("version", help="library, driver and thin target versions")
-    v.set_defaults(func=_version)
-    ls = sub.add_parser("ls", help="list device-mapper devices (name and major:minor)")
+def register(subs: Any) -> None:
+    """Add the ``dm`` command group."""
+    dm = add_group(subs, "dm", "device-mapper diagnostics (kernel backend)",
+                   description="Show libdevmapper and kernel device-mapper versions, or list "
+                               "dm devices, through dmthin's binding.")
+    add_command(dm, "version", run_version, "library, driver and thin target versions")
+    ls = add_command(dm, "ls", run_ls, "list device-mapper devices (name and major:minor)")
     ls.add_argument("--dmthin", action="store_true", help="only devices made by dmthin")
-    ls.set_defaults(func=_ls)
 
 
-def _version(args: argparse.Namespace) -> int:
+def run_version(args: argparse.Namespace) -> int:
+    # Imported here: the binding loads cffi and libdevmapper, which no
+    # other command needs at startup.
     from ..dm import task
     print(f"Library version:   {task.library_version()}")
     print(f"Driver version:    {task.driver_version()}")
@@ -29,7 +31,8 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ls(args: argparse.Namespace) -> int:
+def run_ls(args: argparse.Namespace) -> int:
+    # Imported here: the binding loads cffi (see run_version).
     from ..dm import task
     devices = task.list_devices()
     if args.dmthin:

@@ -1,34 +1,35 @@
 """``dmthin graph``: inspect a Docker-style devicemapper graph root."""
 from __future__ import annotations
 
-import json
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..graph import DeviceSet, format_status
+from ..graph.store import MetadataStore
+from .common import add_backend_arg, add_command, add_group, emit_json
 
 
-def register(subs) -> None:
-    p = subs.add_parser("graph", help="Docker devicemapper graph driver roots",
-                        description="Inspect a graph-driver root made by dmthin.graph "
-                                    "(ROOT/devicemapper is its pool).")
-    gs = p.add_subparsers(dest="graph_command", metavar="SUBCOMMAND")
-    gs.required = True
-    s = gs.add_parser("status", help="Docker's 'docker info' storage section")
+def register(subs: Any) -> None:
+    """Add the ``graph`` command group."""
+    graph = add_group(subs, "graph", "Docker devicemapper graph driver roots",
+                      description="Inspect a graph-driver root made by dmthin.graph "
+                                  "(ROOT/devicemapper is its pool).")
+    s = add_command(graph, "status", run_status, "Docker's 'docker info' storage section")
     s.add_argument("root")
     s.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a dm.* storage option (repeatable)")
-    s.add_argument("--backend", choices=("sim", "kernel"), help="default: the pool's own")
-    s.set_defaults(func=status)
-    ls = gs.add_parser("ls", help="devices: hash, thin id, size, flags")
+    add_backend_arg(s)
+    ls = add_command(graph, "ls", run_ls, "devices: hash, thin id, size, flags")
     ls.add_argument("root")
     ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=list_devices)
 
 
-def status(args) -> int:
+def run_status(args: argparse.Namespace) -> int:
     """Open the root as the driver would (loop files keep their sizes unless
-    dm.loopdatasize/dm.loopmetadatasize say otherwise) and print Status()."""
-    from pathlib import Path
-
-    from ..errors import UsageError
-    from ..graph import DeviceSet, format_status
+    dm.loopdatasize/dm.loopmetadatasize say otherwise) and print Status().
+    Raises :class:`UsageError` if ROOT is not a graph root."""
     root = Path(args.root)
     if not (root / "metadata" / "base").is_file():
         raise UsageError(f"{root} is not a graph root (no metadata/base); "
@@ -48,19 +49,18 @@ def status(args) -> int:
     return 0
 
 
-def list_devices(args) -> int:
-    from ..graph.store import MetadataStore
-    from pathlib import Path
+def run_ls(args: argparse.Namespace) -> int:
+    """List the root's devices.  Raises :class:`UsageError` if ROOT is not a
+    graph root."""
     meta = Path(args.root) / "metadata"
     if not meta.is_dir():
-        from ..errors import UsageError
         raise UsageError(f"{args.root} is not a graph root (no metadata/ directory)")
     devices = MetadataStore(meta).load_devices()
     rows = [{"hash": h or "base", "device_id": i.device_id, "size": i.size,
              "transaction_id": i.transaction_id, "initialized": i.initialized,
              "deleted": i.deleted} for h, i in sorted(devices.items())]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        emit_json(rows)
     else:
         for r in rows:
             flags = ",".join(f for f in ("initialized", "deleted") if r[f]) or "-"

@@ -2,21 +2,28 @@
 through the graph driver (see :mod:`dmthin.graph.replay`)."""
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
+from typing import Any
 
+from ..backend import DEFAULT_BACKEND
 from ..errors import UsageError
+from ..graph.replay import Replay, plot
+from .common import add_backend_arg, add_command
+
+WORKLOADS = ("docker-article",)
 
 
-def register(subs) -> None:
-    p = subs.add_parser("replay", help="replay a recorded workload through the graph driver",
-                        description="Replay the Docker storage article (docs/seed-experiment.md): "
-                                    "pull ubuntu:14.10 and 12.10, run a container, write a "
-                                    "large file, replace it, commit, remove; print du and pool "
-                                    "status after each step beside the article's figures.")
-    p.add_argument("workload", choices=("docker-article",), help="the workload to replay")
-    p.add_argument("--backend", choices=("sim", "kernel"), default="sim",
-                   help="sim (no root; default) or kernel (device-mapper, root)")
+def register(subs: Any) -> None:
+    """Add the ``replay`` subcommand."""
+    p = add_command(subs, "replay", run, "replay a recorded workload through the graph driver",
+                    description="Replay the Docker storage article (docs/experiment.md): pull "
+                                "ubuntu:14.10 and 12.10, run a container, write a large "
+                                "file, replace it, commit, remove; print du and pool "
+                                "status after each step beside the article's figures.")
+    p.add_argument("workload", choices=WORKLOADS, help="the workload to replay")
+    add_backend_arg(p, DEFAULT_BACKEND)
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every size by F (e.g. 0.01 runs in seconds on the sim)")
     p.add_argument("--root", help="driver root directory (default: a temporary one, removed)")
@@ -24,11 +31,10 @@ def register(subs) -> None:
                    help="where to save the plot of data and metadata usage (needs matplotlib; "
                         "default: dmthin-replay-BACKEND.png in the current directory)")
     p.add_argument("--no-plot", action="store_true", help="do not save a plot")
-    p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..graph.replay import Replay, plot
+def run(args: argparse.Namespace) -> int:
+    """Replay the workload.  Raises :class:`UsageError` for a bad scale."""
     if not 0 < args.scale <= 1:
         raise UsageError(f"invalid --scale {args.scale}: use a number in (0, 1]")
     root = args.root or tempfile.mkdtemp(prefix="dmthin-replay-")

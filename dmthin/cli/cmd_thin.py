@@ -1,166 +1,63 @@
 """``dmthin thin``: thin devices of a pool -- create, snapshot, delete, write,
-read, discard, status, list.  Offsets and lengths take units (``64K``,
+read, discard, status, list (ls).  Offsets and lengths take units (``64K``,
 ``1M``, ``8s``); large reads and writes stream in chunks with a progress
-bar on stderr when it is a terminal."""
+bar on stderr when it is a terminal (:mod:`dmthin.cli.thin_io`)."""
 from __future__ import annotations
 
-import json
-import os
-import sys
+import argparse
+import functools
+from typing import Any
 
-from ..errors import UsageError
+from ..pool import Pool
 from ..units import format_size, parse_size
-from .cmd_pool import add_backend
-
-CHUNK = 4 << 20
-
-
-def _open(args):
-    from .. import Pool
-    return Pool.open(args.pooldir, backend=args.backend)
+from .common import (Handler, add_command, add_group, add_pool_args, emit_json, open_pool,
+                     parse_dev_id)
+from .thin_io import run_discard, run_read, run_write
 
 
-def _dev_id(text) -> int:
-    if isinstance(text, int):
-        return text
-    if not text.isdigit():
-        raise UsageError(f"invalid thin device id {text!r}: use a decimal number from 0 to "
-                         "16777215")
-    return int(text)
-
-
-def _sizes(args) -> None:
-    """Parse ids, offsets and lengths here, so a bad one is a one-line error
-    like every other (argparse would print its usage too)."""
-    for name in ("dev_id", "new_id", "origin_id"):
-        if getattr(args, name, None) is not None:
-            setattr(args, name, _dev_id(getattr(args, name)))
-    for name, what in (("offset", "offset"), ("length", "length"), ("size", "thin device size")):
-        value = getattr(args, name, None)
-        if isinstance(value, str):
-            setattr(args, name, parse_size(value, what))
-
-
-def _command(func):
-    def run(args):
-        _sizes(args)
-        return func(args)
+def _parsed(handler: Handler) -> Handler:
+    """*handler* after parsing ids, offsets and lengths, so a bad one is a
+    one-line error like every other (argparse would print its usage too)."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        for name in ("dev_id", "new_id", "origin_id"):
+            if getattr(args, name, None) is not None:
+                setattr(args, name, parse_dev_id(getattr(args, name)))
+        for name, what in (("offset", "offset"), ("length", "length"),
+                           ("size", "thin device size")):
+            value = getattr(args, name, None)
+            if isinstance(value, str):
+                setattr(args, name, parse_size(value, what))
+        return handler(args)
     return run
 
 
-def _progress(total: int | None, desc: str):
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                file=sys.stderr, leave=False)
-
-
-def cmd_create(args) -> int:
-    with _open(args) as pool:
+def run_create(args: argparse.Namespace) -> int:
+    with open_pool(args) as pool:
         pool.create_thin(args.dev_id, args.size)
     return 0
 
 
-def cmd_snapshot(args) -> int:
-    with _open(args) as pool:
+def run_snapshot(args: argparse.Namespace) -> int:
+    with open_pool(args) as pool:
         pool.create_snap(args.new_id, args.origin_id)
     return 0
 
 
-def cmd_delete(args) -> int:
-    with _open(args) as pool:
+def run_delete(args: argparse.Namespace) -> int:
+    with open_pool(args) as pool:
         pool.delete(args.dev_id)
     return 0
 
 
-def cmd_resize(args) -> int:
-    with _open(args) as pool:
+def run_resize(args: argparse.Namespace) -> int:
+    with open_pool(args) as pool:
         # The size lives in the table (pool.json), not in the kernel's metadata.
         pool.resize_thin(args.dev_id, args.size)
     return 0
 
 
-def cmd_write(args) -> int:
-    close = False
-    if args.input in (None, "-"):
-        src = sys.stdin.buffer
-    else:
-        src = open(args.input, "rb")
-        close = True
-    try:
-        with _open(args) as pool:
-            thin = pool.thin(args.dev_id)
-            known = None
-            try:
-                st = os.fstat(src.fileno())
-                if st.st_mode & 0o170000 == 0o100000:
-                    known = st.st_size - src.tell()
-            except (OSError, ValueError, AttributeError):
-                pass
-            if known is not None and args.offset + known > thin.size:
-                raise UsageError(f"input of {known} bytes at offset {args.offset} does not fit "
-                                 f"thin device {args.dev_id} ({format_size(thin.size)}, "
-                                 f"{thin.size} bytes)")
-            bar = _progress(known, f"write {args.dev_id}")
-            pos = args.offset
-            try:
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
-                    thin.write(pos, chunk)
-                    pos += len(chunk)
-                    if bar:
-                        bar.update(len(chunk))
-            finally:
-                if bar:
-                    bar.close()
-            thin.flush()
-    finally:
-        if close:
-            src.close()
-    return 0
-
-
-def cmd_read(args) -> int:
-    with _open(args) as pool:
-        thin = pool.thin(args.dev_id)
-        if args.offset > thin.size:
-            raise UsageError(f"offset {args.offset} is past the end of thin device "
-                             f"{args.dev_id} ({thin.size} bytes)")
-        end = thin.size if args.length is None else min(thin.size, args.offset + args.length)
-        out = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
-        bar = _progress(end - args.offset, f"read {args.dev_id}")
-        try:
-            pos = args.offset
-            while pos < end:
-                n = min(CHUNK, end - pos)
-                out.write(thin.read(pos, n))
-                pos += n
-                if bar:
-                    bar.update(n)
-            out.flush()
-        finally:
-            if bar:
-                bar.close()
-            if out is not sys.stdout.buffer:
-                out.close()
-    return 0
-
-
-def cmd_discard(args) -> int:
-    with _open(args) as pool:
-        thin = pool.thin(args.dev_id)
-        thin.discard(args.offset, args.length)
-        thin.flush()
-    return 0
-
-
-def _thin_doc(pool, dev_id: int) -> dict:
+def _thin_doc(pool: Pool, dev_id: int) -> dict[str, Any]:
     thin = pool.thin(dev_id)
     st = thin.status()
     return {"dev_id": dev_id, "size": thin.size, "status_line": st.to_line(),
@@ -171,12 +68,11 @@ def _thin_doc(pool, dev_id: int) -> dict:
             "table_line": thin.table_line()}
 
 
-def cmd_status(args) -> int:
-    with _open(args) as pool:
+def run_status(args: argparse.Namespace) -> int:
+    with open_pool(args) as pool:
         doc = _thin_doc(pool, args.dev_id)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        emit_json(doc)
     else:
         print(f"0 {doc['size'] // 512} thin {doc['status_line']}")
         print(f"Size: {format_size(doc['size'])} ({doc['size']} bytes)")
@@ -184,14 +80,15 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
-    with _open(args) as pool:
+def run_list(args: argparse.Namespace) -> int:
+    # The status of each device is read from its (activated) thin device;
+    # the facade has no status of an inactive thin.
+    with open_pool(args) as pool:
         docs = [_thin_doc(pool, i) if i in pool.config.thins else
                 {"dev_id": i, "size": None, "mapped_bytes": None, "status_line": None}
                 for i in pool.thin_ids()]
     if args.json:
-        json.dump(docs, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        emit_json(docs)
         return 0
     print(f"{'DEV':>8} {'SIZE':>10} {'MAPPED':>10}  STATUS")
     for d in docs:
@@ -201,51 +98,47 @@ def cmd_list(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser("thin", help="thin devices: create, snapshot, resize, delete, "
-                                           "write, read, discard, status, list",
-                              description="Thin devices of a pool directory.")
-    subs = p.add_subparsers(dest="thin_command", metavar="SUBCOMMAND")
-    subs.required = True
+_METAVARS = {"dev_id": "ID", "new_id": "NEW_ID", "origin_id": "ORIGIN_ID"}
 
-    def sub(name, func, help_text):
-        s = subs.add_parser(name, help=help_text, description=help_text)
-        s.add_argument("pooldir", metavar="POOLDIR")
-        add_backend(s)
-        s.set_defaults(func=_command(func))
+
+def register(subs: Any) -> None:
+    """Add the ``thin`` command group."""
+    thin = add_group(subs, "thin", "thin devices: create, snapshot, resize, delete, write, "
+                                   "read, discard, status, list",
+                     description="Thin devices of a pool directory.")
+
+    def sub(name: str, handler: Handler, help_text: str, *args: str,
+            aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        s = add_command(thin, name, _parsed(handler), help_text, aliases=aliases)
+        add_pool_args(s)
+        for arg in args:
+            s.add_argument(arg, metavar=_METAVARS[arg])
         return s
 
-    s = sub("create", cmd_create, "create a thin device (create_thin) with a size")
-    s.add_argument("dev_id", metavar="ID")
-    s.add_argument("--size", required=True,
-                   help="virtual size, e.g. 10G")
-    s = sub("snapshot", cmd_snapshot, "snapshot ORIGIN_ID as NEW_ID (create_snap)")
-    s.add_argument("new_id", metavar="NEW_ID")
-    s.add_argument("origin_id", metavar="ORIGIN_ID")
-    s = sub("resize", cmd_resize, "set a thin device's size (the table length; mappings "
-                                  "beyond a smaller size are kept but unreachable)")
-    s.add_argument("dev_id", metavar="ID")
-    s.add_argument("--size", required=True, help="new virtual size, e.g. 20G")
-    s = sub("delete", cmd_delete, "delete a thin device")
-    s.add_argument("dev_id", metavar="ID")
-    s = sub("write", cmd_write, "write a file (or stdin) into a thin device, then flush")
+    sub("create", run_create, "create a thin device (create_thin) with a size", "dev_id") \
+        .add_argument("--size", required=True, help="virtual size, e.g. 10G")
+    sub("snapshot", run_snapshot, "snapshot ORIGIN_ID as NEW_ID (create_snap)",
+        "new_id", "origin_id")
+    sub("resize", run_resize, "set a thin device's size (the table length; mappings beyond "
+        "a smaller size are kept but unreachable)", "dev_id") \
+        .add_argument("--size", required=True, help="new virtual size, e.g. 20G")
+    sub("delete", run_delete, "delete a thin device", "dev_id")
+    s = sub("write", run_write, "write a file (or stdin) into a thin device, then flush",
+            "dev_id")
     s.epilog = ("On a full pool with queue_if_no_space a write waits for space like the kernel "
                 "does, up to the no-space timeout (60 s; the simulator reads "
                 "DMTHIN_SIM_NO_SPACE_TIMEOUT), then fails with ENOSPC.")
-    s.add_argument("dev_id", metavar="ID")
     s.add_argument("--offset", default="0", help="byte offset (default 0)")
     s.add_argument("--input", metavar="FILE|-", help="input file (default: stdin)")
-    s = sub("read", cmd_read, "read from a thin device to a file (or stdout)")
-    s.add_argument("dev_id", metavar="ID")
+    s = sub("read", run_read, "read from a thin device to a file (or stdout)", "dev_id")
     s.add_argument("--offset", default="0", help="byte offset (default 0)")
     s.add_argument("--length", help="bytes to read (default: to the end)")
     s.add_argument("--output", metavar="FILE|-", help="output file (default: stdout)")
-    s = sub("discard", cmd_discard, "discard a byte range (whole blocks inside it are unmapped)")
-    s.add_argument("dev_id", metavar="ID")
+    s = sub("discard", run_discard, "discard a byte range (whole blocks inside it are "
+            "unmapped)", "dev_id")
     s.add_argument("--offset", required=True, help="byte offset")
     s.add_argument("--length", required=True, help="bytes")
-    s = sub("status", cmd_status, "a thin device's kernel status line and usage")
-    s.add_argument("dev_id", metavar="ID")
-    s.add_argument("--json", action="store_true", help="print JSON")
-    s = sub("list", cmd_list, "list the pool's thin devices")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    sub("status", run_status, "a thin device's kernel status line and usage", "dev_id") \
+        .add_argument("--json", action="store_true", help="print JSON")
+    sub("list", run_list, "list the pool's thin devices", aliases=("ls",)) \
+        .add_argument("--json", action="store_true", help="print JSON")

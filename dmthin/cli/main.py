@@ -6,70 +6,64 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import os
 import pkgutil
 import sys
 
 from .. import __version__
 from ..errors import DmThinError
+from .common import CommandParser
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    """The whole command line: every ``cmd_*`` module's ``register``."""
+    parser = CommandParser(
         prog="dmthin",
         description="Device-mapper thin provisioning: simulated and real thin pools, and "
                     "tools for the kernel's thin metadata (dump, restore, check, ls).")
     parser.add_argument("--version", action="version", version=f"dmthin {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and library log messages")
-    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-    subs.required = True
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     package = importlib.import_module(__package__)
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
             importlib.import_module(f"{__package__}.{info.name}").register(subs)
-    _name_commands(parser)
     return parser
 
 
-def _name_commands(parser: argparse.ArgumentParser) -> None:
-    """Record each (sub)command's full name, e.g. ``dmthin pool create``, for
-    error messages."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                sub.set_defaults(_prog=sub.prog)
-                _name_commands(sub)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dmthin`` with *argv* (default ``sys.argv[1:]``); return the exit
+    status.  A usage error exits (SystemExit) as argparse does, with 1 for
+    the commands mirroring thin-provisioning-tools."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    command: argparse.ArgumentParser = args.command_parser
+    if extras:
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     if args.debug:
-        import logging
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        return int(args.handler(args))
     except KeyboardInterrupt:
         print("dmthin: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `dmthin dump ... | head`): not an error.
         try:
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout until exit
         except OSError:
             pass
         return 0
     except (DmThinError, OSError) as err:
         if args.debug:
             raise
-        prog = getattr(args, "_prog", None) or f"dmthin {args.command}"
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        code = getattr(err, "exit_code", None)
-        return code if isinstance(code, int) else EXIT_ERROR
+        print(f"{command.prog}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def one_line(err: BaseException) -> str:

@@ -224,7 +224,7 @@ class capture:
 _HINTS = {
     _errno.EEXIST: "pick another name or id, or remove the existing one first",
     _errno.ENXIO: "no such device-mapper device; check the name with 'dmsetup ls'",
-    _errno.ENODATA: "no such thin device in the pool; list them with 'dmthin thin ls'",
+    _errno.ENODATA: "no such thin device in the pool; list them with 'dmthin thin ls POOLDIR'",
     _errno.EBUSY: "it is open, mounted or held by another device; close or unmount it first",
     _errno.EINVAL: "the kernel refused the arguments; see 'dmesg' for the target's reason",
     _errno.ENOSPC: "the pool is out of space; grow it or free blocks",

@@ -59,6 +59,19 @@ class PoolStatus:
     def free_metadata_blocks(self) -> int:
         return self.total_metadata_blocks - self.used_metadata_blocks
 
+    def to_dict(self) -> dict[str, int | str | bool | None]:
+        """The fields as JSON-ready values (numbers, enum values), in field
+        order."""
+        return {"transaction_id": self.transaction_id,
+                "used_metadata_blocks": int(self.used_metadata_blocks),
+                "total_metadata_blocks": int(self.total_metadata_blocks),
+                "used_data_blocks": int(self.used_data_blocks),
+                "total_data_blocks": int(self.total_data_blocks),
+                "held_root": self.held_root, "mode": self.mode.value,
+                "discard": self.discard.value, "no_space_policy": self.no_space_policy.value,
+                "needs_check": self.needs_check,
+                "metadata_low_watermark": self.metadata_low_watermark}
+
     def to_line(self) -> str:
         """The kernel's status text, exactly (with its trailing space)."""
         held = "-" if self.held_root is None else str(self.held_root)

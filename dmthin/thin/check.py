@@ -24,8 +24,9 @@ flags, a data block size no pool table can match, ``nr_allocated >
 nr_blocks``, a data-sm index whose keys are not 0, 1, 2, ... and a version
 outside 1..2 (a format dmthin does not know).
 
-Problems are collected in a :class:`Report`, one line each; the number of
-per-block count lines is capped.  Like thin_check 1.x, every problem makes
+Problems are collected in :class:`Findings`, one line each, and passed on
+as found to the caller's :class:`~dmthin.report.Report` (which also gets the
+progress); the number of per-block count lines is capped.  Like thin_check 1.x, every problem makes
 the check fail except leaked blocks, which only count as non-fatal
 (``ignore_non_fatal_errors`` then passes).
 """
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,6 +42,7 @@ from ..pdata.block import BlockManager
 from ..pdata.btree.check import BTreeChecker, NodeError, RefCounter, new_totals
 from ..pdata.checksum import SUPERBLOCK
 from ..pdata.space_map import check as smcheck
+from ..report import NullReport, Report
 from ..units import DATA_BLOCK_SIZE_MAX_SECTORS as MAX_DATA_BLOCK_SIZE
 from ..units import DATA_BLOCK_SIZE_MIN_SECTORS as MIN_DATA_BLOCK_SIZE
 from ..units import MAX_METADATA_BLOCKS
@@ -64,14 +65,13 @@ class CheckOptions:
     skip_mappings: bool = False
     ignore_non_fatal_errors: bool = False
     max_lines: int = DEFAULT_MAX_LINES
-    progress: bool = False           # a tqdm bar on stderr
 
 
 @dataclass
-class Report:
-    """Problems found, one line each.  ``emit`` (if set) is called with
-    each line as it is found."""
-    emit: Callable[[str], None] | None = None
+class Findings:
+    """Problems found, one line each, also passed on to *report* as they
+    are found."""
+    report: Report = field(default_factory=NullReport)
     fatal: list[str] = field(default_factory=list)
     non_fatal: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -79,20 +79,21 @@ class Report:
     def error(self, line: str) -> None:
         """A fatal problem."""
         self.fatal.append(line)
-        if self.emit:
-            self.emit(line)
+        self.report.fatal(line)
 
     def warning(self, line: str) -> None:
         """A non-fatal problem (a leak)."""
         self.non_fatal.append(line)
-        if self.emit:
-            self.emit(line)
+        self.report.warning(line)
 
     def note(self, line: str) -> None:
         """Information that does not change the verdict."""
         self.notes.append(line)
-        if self.emit:
-            self.emit(line)
+        self.report.info(line)
+
+    def progress(self, done: int, total: int) -> None:
+        """Pass progress on to the report."""
+        self.report.progress(done, total)
 
 
 @dataclass
@@ -100,7 +101,7 @@ class CheckResult:
     """The verdict.  ``ok`` is False if a fatal problem was found, or a
     non-fatal one without ``ignore_non_fatal_errors``."""
     ok: bool
-    report: Report
+    findings: Findings
     superblock: Superblock | None = None
     transaction_id: int | None = None
     metadata_free_blocks: int | None = None
@@ -110,7 +111,7 @@ class CheckResult:
     @property
     def problems(self) -> list[str]:
         """Every problem line, fatal ones first."""
-        return self.report.fatal + self.report.non_fatal
+        return self.findings.fatal + self.findings.non_fatal
 
 
 class _Capped:
@@ -130,13 +131,15 @@ class _Capped:
 
 
 def check_metadata(path: str | os.PathLike, options: CheckOptions | None = None,
-                   emit: Callable[[str], None] | None = None) -> CheckResult:
+                   report: Report | None = None) -> CheckResult:
     """Check the thin metadata in *path* (a file or block device).
 
     Never raises for bad metadata: every problem becomes a line of the
-    result's report.  Raises :class:`OSError` if *path* cannot be opened."""
+    result's findings, passed to *report* (fatal, warning or info) as it is
+    found; *report* also gets the progress in metadata blocks.  Raises
+    :class:`OSError` if *path* cannot be opened."""
     opts = options or CheckOptions()
-    report = Report(emit=emit)
+    report = Findings(report if report is not None else NullReport())
     bm = BlockManager(path, writable=False, cache_blocks=1024)
     try:
         return _Checker(bm, opts, report).run()
@@ -145,14 +148,14 @@ def check_metadata(path: str | os.PathLike, options: CheckOptions | None = None,
 
 
 class _Checker:
-    def __init__(self, bm: BlockManager, opts: CheckOptions, report: Report):
+    def __init__(self, bm: BlockManager, opts: CheckOptions, report: Findings):
         self.bm, self.opts, self.report = bm, opts, report
         self.sb: Superblock | None = None
         self.meta_ok = True        # metadata counts complete
         self.data_ok = True        # data counts complete
         self.nr_mappings = 0
         self.nr_devices = 0
-        self.bar = None
+        self.progress_total = 0    # metadata blocks expected to be walked
 
     # -- result --------------------------------------------------------------
     def _result(self) -> CheckResult:
@@ -181,9 +184,6 @@ class _Checker:
             # Garbage that slipped past the checks above: still one line.
             self.report.error(f"malformed metadata stopped the check: "
                               f"{type(e).__name__}: {e}")
-        finally:
-            if self.bar is not None:
-                self.bar.close()
         return self._result()
 
     # -- superblock ----------------------------------------------------------
@@ -271,8 +271,7 @@ class _Checker:
         self.totals = None if self.opts.skip_mappings else new_totals(nr_meta)
         self.bad_data = _Capped(self.report.error, self.opts.max_lines,
                                 "mappings to data blocks beyond the data device")
-        if self.opts.progress:
-            self._start_bar(msm.nr_allocated or nr_meta)
+        self.progress_total = msm.nr_allocated or nr_meta
         self.ck.count(0, "superblock")
 
         self._pool_trees(sb.device_details_root, sb.data_mapping_root, "")
@@ -300,19 +299,9 @@ class _Checker:
         self._metadata_snap(sb.held_root)
         self.bad_data.close()
 
-    def _start_bar(self, total: int) -> None:
-        try:
-            from tqdm import tqdm
-        except ImportError:       # pragma: no cover - tqdm is a dependency
-            return
-        self.bar = tqdm(total=total, unit="blk", desc="checking", leave=False,
-                        file=sys.stderr)
-
     def _tick(self) -> None:
-        if self.bar is not None:
-            n = self.ck.nodes_walked
-            if n > self.bar.n:
-                self.bar.update(n - self.bar.n)
+        if self.progress_total:
+            self.report.progress(self.ck.nodes_walked, self.progress_total)
 
     def _pool_trees(self, details_root: int, mapping_root: int, where: str) -> None:
         """Check one (details tree, mapping tree) pair: the live one or the
@@ -471,8 +460,8 @@ class _Checker:
         fatal = _Capped(r.error, self.opts.max_lines, f"{what} count problems")
         leaks = _Capped(r.warning, self.opts.max_lines, f"leaked {what} blocks")
 
-        def problem(line: str) -> None:
-            (leaks if " is leaked:" in line else fatal)(line)
+        def problem(kind: smcheck.CountProblem, line: str) -> None:
+            (leaks if kind is smcheck.CountProblem.LEAKED else fatal)(line)
 
         try:
             smcheck.compare_counts(self.bm, entries, root.nr_blocks, root.ref_count_root,

@@ -69,7 +69,7 @@ def test_accepts_help(tool):
 @pytest.mark.parametrize("tool", TOOLS)
 def test_rejects_bad_option(tool):
     p = dmthin(tool, "--no-such-option")
-    assert_clean_failure(p, 2)
+    assert_clean_failure(p, 1)
 
 
 @pytest.mark.parametrize("tool", TOOLS)

@@ -20,6 +20,7 @@ in key order, so memory stays bounded.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -92,6 +93,14 @@ def count_ref_count_tree(checker: BTreeChecker, root: int, what: str) -> int:
                             shareable=False)
 
 
+class CountProblem(enum.Enum):
+    """The kind of a difference found by :func:`compare_counts`."""
+    LEAKED = "leaked"            # on-disk > 0, computed 0 (non-fatal)
+    WRONG = "wrong"              # both > 0 but different, or ref-count tree disagrees
+    MISSING = "missing"          # on-disk 0, computed > 0 (in use but free)
+    UNREADABLE = "unreadable"    # a bitmap block cannot be read
+
+
 @dataclass
 class CountReport:
     """The outcome of :func:`compare_counts`."""
@@ -108,11 +117,11 @@ class CountReport:
 
 def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root: int,
                    computed: RefCounter, *, what: str,
-                   problem: Callable[[str], None],
+                   problem: Callable[[CountProblem, str], None],
                    progress: Callable[[int], None] | None = None) -> CountReport:
     """Compare the on-disk counts of blocks ``0..nr_blocks-1`` with
-    *computed*, calling *problem(line)* for each difference (the caller caps
-    the lines).  *what* is "metadata" or "data".  The ref-count tree must
+    *computed*, calling *problem(kind, line)* for each difference (the
+    caller caps the lines).  *what* is "metadata" or "data".  The ref-count tree must
     have been validated already (see :func:`count_ref_count_tree`).  Raises
     :class:`MetadataError` only if the ref-count tree cannot be read."""
     rep = CountReport()
@@ -126,7 +135,8 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
             disk = decode_bitmap_counts(bm.read(entry.blocknr, BITMAP))
         except MetadataError as e:
             rep.unreadable_bitmaps += 1
-            problem(f"{what} space map: bitmap {i} (block {entry.blocknr}) is unreadable: {e}")
+            problem(CountProblem.UNREADABLE,
+                    f"{what} space map: bitmap {i} (block {entry.blocknr}) is unreadable: {e}")
             overflow.skip_below(base + n)
             if progress:
                 progress(n)
@@ -146,7 +156,8 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
             b = base + pos
             for k, _v in overflow.skip_below(b):
                 rep.wrong += 1
-                problem(f"{what} space map: ref count tree has an entry for block {k} "
+                problem(CountProblem.WRONG,
+                        f"{what} space map: ref count tree has an entry for block {k} "
                         "whose bitmap count is below 3")
             item = overflow.peek()
             c = computed.get(b)
@@ -157,7 +168,8 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
                     _differ(rep, problem, what, b, d, c)
             else:
                 rep.wrong += 1
-                problem(f"{what} space map: block {b} has bitmap count 3+ but no entry in "
+                problem(CountProblem.WRONG,
+                        f"{what} space map: block {b} has bitmap count 3+ but no entry in "
                         f"the ref count tree (expected count {c})")
             pos = disk.find(3, pos + 1)
         if progress:
@@ -165,23 +177,26 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
     for k, _v in overflow.skip_below(1 << 64):
         if k < nr_blocks:
             rep.wrong += 1
-            problem(f"{what} space map: ref count tree has an entry for block {k} whose "
+            problem(CountProblem.WRONG,
+                    f"{what} space map: ref count tree has an entry for block {k} whose "
                     "bitmap count is below 3")
     return rep
 
 
-def _differ(rep: CountReport, problem, what: str, b: int, disk: int, computed: int) -> None:
+def _differ(rep: CountReport, problem: Callable[[CountProblem, str], None], what: str,
+            b: int, disk: int, computed: int) -> None:
     if computed == 0:
         rep.leaked += 1
-        problem(f"{what} space map: block {b} is leaked: count {disk} on disk but nothing "
-                "references it")
+        problem(CountProblem.LEAKED, f"{what} space map: block {b} is leaked: count {disk} "
+                "on disk but nothing references it")
     elif disk == 0:
         rep.missing += 1
-        problem(f"{what} space map: block {b} is in use ({computed} references) but "
-                "marked free")
+        problem(CountProblem.MISSING, f"{what} space map: block {b} is in use ({computed} "
+                "references) but marked free")
     else:
         rep.wrong += 1
-        problem(f"{what} space map: block {b} has count {disk} on disk, expected {computed}")
+        problem(CountProblem.WRONG,
+                f"{what} space map: block {b} has count {disk} on disk, expected {computed}")
 
 
 class _peekable:
