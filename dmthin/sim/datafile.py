@@ -18,6 +18,8 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeAlias
 
 from ..errors import IOFailure
 
@@ -26,10 +28,13 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 
 _ZERO_CHUNK = bytes(1 << 20)
 
-_libc = None
+#: a buffer written to or read from the data file
+Chunk: TypeAlias = bytes | bytearray | memoryview
+
+_libc: Callable[[int, int, int, int], int] | None = None
 
 
-def _fallocate():
+def _fallocate() -> Callable[[int, int, int, int], int]:
     global _libc
     if _libc is None:
         lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -64,7 +69,7 @@ class DataFile:
     read or written (e.g. the filesystem under it is full).
     """
 
-    def __init__(self, path: str | os.PathLike, block_bytes: int, writable: bool = True):
+    def __init__(self, path: str | os.PathLike[str], block_bytes: int, writable: bool = True):
         self.path = os.fspath(path)
         self.block_bytes = block_bytes
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
@@ -73,6 +78,7 @@ class DataFile:
         self.dirty = False
 
     def close(self) -> None:
+        """Close the file (a second call does nothing)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -82,6 +88,7 @@ class DataFile:
         return os.fstat(self.fd).st_size
 
     def nr_blocks(self) -> int:
+        """Whole data blocks the file holds."""
         return self.size() // self.block_bytes
 
     # -- I/O ------------------------------------------------------------------
@@ -102,7 +109,7 @@ class DataFile:
             raise IOFailure(f"reading data block {block} from {self.path} failed: "
                             f"{err.strerror}") from err
 
-    def write(self, block: int, offset: int, parts: list) -> None:
+    def write(self, block: int, offset: int, parts: Sequence[Chunk]) -> None:
         """Write the buffers *parts* back to back at data block *block*,
         byte *offset* within it."""
         pos = block * self.block_bytes + offset
@@ -145,7 +152,7 @@ class DataFile:
             self.write(block, offset + done, [memoryview(_ZERO_CHUNK)[:n]])
             done += n
 
-    def release(self, blocks) -> int:
+    def release(self, blocks: Iterable[int]) -> int:
         """Punch holes over the data blocks *blocks* (discard passdown).
 
         Consecutive blocks are punched as one range.  Returns the number of
@@ -155,7 +162,8 @@ class DataFile:
         if not self.can_punch:
             return 0
         count = 0
-        run_start = run_len = None
+        run_start: int | None = None
+        run_len = 0
         for b in sorted(blocks):
             if run_start is not None and b == run_start + run_len:
                 run_len += 1

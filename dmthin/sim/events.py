@@ -9,6 +9,7 @@ listeners, and a blocking wait.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from ..errors import TimedOut
 
@@ -16,19 +17,19 @@ from ..errors import TimedOut
 class EventSource:
     """An event counter guarded by a pool's condition variable."""
 
-    def __init__(self, cond: threading.Condition):
+    def __init__(self, cond: threading.Condition) -> None:
         self._event_cond = cond
         self._event_nr = 0
         #: every event so far: ``(event number, reason)``
         self.events: list[tuple[int, str]] = []
-        self._listeners: list = []
+        self._listeners: list[Callable[[str], None]] = []
 
     @property
     def event_nr(self) -> int:
         """The device's event counter (``dmsetup info``'s "Events")."""
         return self._event_nr
 
-    def add_event_listener(self, callback) -> None:
+    def add_event_listener(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` on each event; reasons: ``"low_water_mark"``,
         ``"metadata_low_water_mark"``, ``"mode:rw"``, ``"mode:ro"``,
         ``"mode:out_of_data_space"``, ``"error_if_no_space"`` (the no-space

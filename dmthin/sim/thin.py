@@ -29,35 +29,47 @@ already checked them against the device size.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..errors import DmThinError, IOFailure, MetadataError, NoSpace, NotSupported
 from ..target import ThinStatus
 from ..units import SECTOR_SIZE
+from .core import Chunk, SimCore
 
 _MAPPINGS_CHUNK = 4096
 
+#: ``(snapshotted time, {vblock: (data block, time)})`` of a block range
+_RangeMap = tuple[int, dict[int, tuple[int, int]]]
+
 
 class SimThin:
-    """One active thin device of a :class:`~dmthin.sim.pool.SimPoolBackend`."""
+    """One active thin device of a simulated pool.
+
+    *core* is the pool's :class:`~dmthin.sim.core.SimCore`; *on_deactivate*
+    is called with the device id once :meth:`deactivate` ran.
+    """
 
     path = None
 
-    def __init__(self, pool, dev_id: int, size: int):
-        self._pool = pool
+    def __init__(self, core: SimCore, dev_id: int, size: int,
+                 on_deactivate: Callable[[int], None]):
+        self._core = core
         self.dev_id = dev_id
         self.size = size
+        self._on_deactivate = on_deactivate
         self._active = True
 
     def __repr__(self) -> str:
-        return f"<SimThin {self.dev_id} of {self._pool!r}>"
+        return f"<SimThin {self.dev_id} of pool {self._core.name!r}>"
 
-    def _enter(self):
-        """Common checks with the pool lock held; returns the pool."""
-        pool = self._pool
+    def _enter(self) -> SimCore:
+        """Common checks with the pool lock held; returns the core."""
+        core = self._core
         if not self._active:
             raise IOFailure(f"thin device {self.dev_id} is not active")
-        pool._wait_resumed(self.dev_id)
-        pool._check_not_failed()
-        return pool
+        core.wait_resumed(self.dev_id)
+        core.check_not_failed()
+        return core
 
     # -- read ---------------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
@@ -69,39 +81,39 @@ class SimThin:
         view = memoryview(out)
         if not length:
             return b""
-        with self._pool._lock:
-            pool = self._enter()
-            bs = pool.block_bytes
+        with self._core.lock:
+            core = self._enter()
+            md = core.metadata
+            bs = core.block_bytes
             first = offset // bs
             last = (offset + length - 1) // bs
             try:
                 if first == last:
-                    hit = pool._md.lookup(self.dev_id, first)
+                    hit = md.lookup(self.dev_id, first)
                     mappings = [] if hit is None else [(first, hit[0])]
                 else:
-                    mappings = [(v, d) for v, d, _t in
-                                pool._md.mappings(self.dev_id, first, last + 1)]
+                    mappings = [(v, d) for v, d, _t in md.mappings(self.dev_id, first, last + 1)]
             except (MetadataError, OSError) as err:
                 raise IOFailure(f"reading the mappings of thin device {self.dev_id} failed: "
                                 f"{err}") from err
-            run = None          # [data file pos, view start, view end]
+            # one read per run of blocks adjacent in both the device and the data file
+            pos = vstart = vend = -1
             for vblock, dblock in mappings:
                 start = max(offset, vblock * bs)
                 end = min(offset + length, (vblock + 1) * bs)
-                pos = dblock * bs + (start - vblock * bs)
-                vstart = start - offset
-                if run is not None and run[0] + (run[2] - run[1]) == pos and run[2] == vstart:
-                    run[2] = end - offset
+                bpos = dblock * bs + (start - vblock * bs)
+                if vend >= 0 and pos + (vend - vstart) == bpos and vend == start - offset:
+                    vend = end - offset
                     continue
-                if run is not None:
-                    pool._data.read_into(0, run[0], view[run[1]:run[2]])
-                run = [pos, vstart, end - offset]
-            if run is not None:
-                pool._data.read_into(0, run[0], view[run[1]:run[2]])
+                if vend >= 0:
+                    core.data.read_into(0, pos, view[vstart:vend])
+                pos, vstart, vend = bpos, start - offset, end - offset
+            if vend >= 0:
+                core.data.read_into(0, pos, view[vstart:vend])
         return bytes(out)
 
     # -- write ---------------------------------------------------------------------------
-    def write(self, offset: int, data) -> int:
+    def write(self, offset: int, data: Chunk) -> int:
         """Write *data* at *offset*; returns ``len(data)``.
 
         Raises NoSpace (ENOSPC: out of data space under error_if_no_space, or
@@ -112,27 +124,24 @@ class SimThin:
         total = len(view)
         if not total:
             return 0
-        with self._pool._lock:
-            pool = self._enter()
-            pool._maybe_periodic_commit()
+        with self._core.lock:
+            core = self._enter()
+            core.maybe_periodic_commit()
             try:
-                self._write_locked(pool, offset, view)
+                self._write_locked(core, offset, view)
             finally:
-                try:
-                    pool._flush_run()
-                except IOFailure:
-                    pool._run = None
-                    raise
+                core.flush_writes()
         return total
 
-    def _write_locked(self, pool, offset: int, view: memoryview) -> None:
-        bs = pool.block_bytes
-        md = pool._md
+    def _write_locked(self, core: SimCore, offset: int, view: memoryview) -> None:
+        bs = core.block_bytes
+        md = core.metadata
         dev = self.dev_id
         total = len(view)
         last = (offset + total - 1) // bs
-        maps = self._mappings(pool, offset // bs, last) if last > offset // bs else None
-        failed = None
+        maps = self._mappings(core, offset // bs, last) if last > offset // bs else None
+        failed: DmThinError | None = None
+        hit: tuple[int, int, bool] | None
         i = 0
         while i < total:
             vblock, boff = divmod(offset + i, bs)
@@ -149,11 +158,11 @@ class SimThin:
                     raise IOFailure(f"looking up block {vblock} of thin device {dev} failed: "
                                     f"{err}") from err
             if hit is not None and not hit[2]:
-                pool._queue_write(hit[0], boff, part)
+                core.queue_write(hit[0], boff, part)
                 i += chunk
                 continue
             try:
-                new = pool._provision(f"write to thin device {dev}")
+                new = core.provision(f"write to thin device {dev}")
             except (NoSpace, IOFailure) as err:
                 # dm splits a bio per data block and each part completes on
                 # its own: the other blocks are still written (fidelity trace)
@@ -161,62 +170,51 @@ class SimThin:
                 i += chunk
                 continue
             if new is None:
-                pool._check_not_failed()
-                pool._wait_resumed(dev)
+                core.check_not_failed()
+                core.wait_resumed(dev)
                 if maps is not None:           # waited for space: look up again
-                    maps = self._mappings(pool, vblock, last)
+                    maps = self._mappings(core, vblock, last)
                 continue
             if hit is not None:                # break sharing
                 if whole:
-                    pool._queue_write(new, 0, part)
+                    core.queue_write(new, 0, part)
                 else:
-                    pool._flush_run()
+                    core.flush_writes()
                     buf = bytearray(bs)
-                    pool._data.read_into(hit[0], 0, memoryview(buf))
+                    core.data.read_into(hit[0], 0, memoryview(buf))
                     buf[boff:boff + chunk] = part
-                    pool._queue_write(new, 0, buf)
+                    core.queue_write(new, 0, buf)
             else:                              # provision
-                if not whole and pool.zero_new_blocks:
-                    pool._data.zero(new)
+                if not whole and core.zero_new_blocks:
+                    core.data.zero(new)
                 elif not whole:
-                    self._zero_sector_edges(pool, new, boff, chunk)
-                pool._queue_write(new, boff, part)
-            try:
-                md.insert(dev, vblock, new)
-            except NoSpace as err:
-                pool._metadata_failed("insert", err)
-                raise pool._ro_error(f"write to thin device {dev}") from err
-            except (MetadataError, OSError) as err:
-                if isinstance(err, DmThinError) and not isinstance(err, MetadataError):
-                    raise
-                pool._metadata_failed("insert", err)
-                raise IOFailure(f"write to thin device {dev}: metadata update failed: "
-                                f"{err}") from err
-            pool._dirty = True
+                    self._zero_sector_edges(core, new, boff, chunk)
+                core.queue_write(new, boff, part)
+            core.insert_mapping(dev, vblock, new)
             i += chunk
         if failed is not None:
             raise failed
 
     @staticmethod
-    def _zero_sector_edges(pool, block: int, boff: int, length: int) -> None:
+    def _zero_sector_edges(core: SimCore, block: int, boff: int, length: int) -> None:
         """Without zeroing, a write into a new block still fills the rest of
         the 512-byte sectors it touches with zeros: on a block device a
         byte-level write is a read-modify-write of whole sectors, and the
         read of an unprovisioned block returns zeros."""
         head = boff - boff % SECTOR_SIZE
         end = boff + length
-        tail = min(-(-end // SECTOR_SIZE) * SECTOR_SIZE, pool.block_bytes)
+        tail = min(-(-end // SECTOR_SIZE) * SECTOR_SIZE, core.block_bytes)
         if head < boff:
-            pool._data.zero(block, head, boff - head)
+            core.data.zero(block, head, boff - head)
         if end < tail:
-            pool._data.zero(block, end, tail - end)
+            core.data.zero(block, end, tail - end)
 
-    def _mappings(self, pool, first: int, last: int):
-        """(snapshotted time, {vblock: (data block, time)}) for a range: one
-        btree walk instead of a lookup per block.  Valid until the lock is
-        released; the write only changes blocks it has passed."""
+    def _mappings(self, core: SimCore, first: int, last: int) -> _RangeMap:
+        """The mappings of ``[first, last]``: one btree walk instead of a
+        lookup per block.  Valid until the lock is released; the write only
+        changes blocks it has passed."""
         try:
-            md = pool._md
+            md = core.metadata
             snap_time = md.details(self.dev_id).snapshotted_time
             return snap_time, {v: (d, t) for v, d, t in md.mappings(self.dev_id, first,
                                                                     last + 1)}
@@ -231,28 +229,28 @@ class SimThin:
         Raises NotSupported (EOPNOTSUPP) under ``ignore_discard``, IOFailure
         on a metadata failure.
         """
-        pool = self._pool
-        if not pool.discard_enabled:
+        core = self._core
+        if not core.discard_enabled:
             raise NotSupported(f"discard on thin device {self.dev_id}: the pool has "
                                "ignore_discard")
-        with pool._lock:
+        with core.lock:
             self._enter()
-            if pool._read_only():
+            if core.read_only:
                 return                         # process_bio_success
-            pool._maybe_periodic_commit()
-            bs = pool.block_bytes
+            core.maybe_periodic_commit()
+            bs = core.block_bytes
             begin = -(-offset // bs)
             end = (offset + length) // bs
-            md = pool._md
+            md = core.metadata
             while begin < end:
                 try:
-                    if not pool.discard_passdown:
+                    if not core.discard_passdown:
                         # process_prepared_discard_no_passdown: one remove_range
                         # over the whole range, mapped or not: it still shadows
                         # the top-level leaf and marks the details changed
                         # (+2 metadata blocks under a held metadata snapshot)
                         md.remove_range(self.dev_id, begin, end)
-                        pool._dirty = True
+                        core.mark_dirty()
                         break
                     # passdown (process_prepared_discard_passdown_pt1): a block
                     # the lookup calls shared is passed down only if no one
@@ -260,6 +258,7 @@ class SimThin:
                     # metadata snapshot still counts it (observed on 6.1)
                     snap_time = md.details(self.dev_id).snapshotted_time
                     batch = []
+                    last = begin
                     for v, d, t in md.mappings(self.dev_id, begin, end):
                         batch.append((d, snap_time > t))
                         last = v
@@ -268,69 +267,45 @@ class SimThin:
                     if not batch:
                         break
                     md.remove_range(self.dev_id, begin, last + 1)
-                    if pool.discard_passdown:
-                        pool._pending_release.update(
-                            d for d, shared in batch
-                            if not shared or md.data_block_count(d) == 0)
+                    core.release_on_commit(d for d, shared in batch
+                                           if not shared or md.data_block_count(d) == 0)
                 except (MetadataError, NoSpace, OSError) as err:
                     if isinstance(err, DmThinError) and not isinstance(err, (MetadataError,
                                                                               NoSpace)):
                         raise
-                    pool._metadata_failed("remove_range", err)
-                    raise pool._ro_error(f"discard on thin device {self.dev_id}") from err
-                pool._dirty = True
+                    core.fail_metadata("remove_range", err)
+                    raise core.ro_error(f"discard on thin device {self.dev_id}") from err
+                core.mark_dirty()
                 begin = last + 1
 
     # -- the rest ---------------------------------------------------------------------------
     def flush(self) -> None:
-        """Commit the pool's metadata if it changed (and sync the data file).
-
-        Raises IOFailure if the commit failed.  Out of data space, the
-        kernel treats the empty flush bio as a write to block 0
-        (``__process_bio_read_only``): with block 0 unmapped it fails with
-        ENOSPC under error_if_no_space (else waits like a write), and with
-        EIO on a read-only pool (the ENOSPC case observed on 6.1 with
-        tools/trace.py; the read-only case follows the same kernel path,
-        not yet observed).
-        """
-        from .pool import Mode
-        with self._pool._lock:
-            pool = self._enter()
-            pool._flush_run()
-            while pool._mode in (Mode.OUT_OF_DATA_SPACE, Mode.OUT_OF_METADATA_SPACE,
-                                 Mode.READ_ONLY) and pool._md.lookup(self.dev_id, 0) is None:
-                if pool._mode != Mode.OUT_OF_DATA_SPACE:
-                    raise pool._ro_error(f"flush of thin device {self.dev_id}")
-                if pool.error_if_no_space:
-                    raise NoSpace(f"flush of thin device {self.dev_id}: the pool is out of "
-                                  "data space and its block 0 is unmapped; delete or discard "
-                                  "data, or grow the pool")
-                pool._wait_for_space()
-            if pool._dirty and not pool._commit():
-                raise IOFailure(f"flush of thin device {self.dev_id}: the metadata commit "
-                                "failed; the pool is read-only")
-            pool._data.sync()
+        """Commit the pool's metadata if it changed (and sync the data file):
+        :meth:`~dmthin.sim.core.SimCore.flush_thin`, which also says how a
+        flush fails when the pool is out of space (NoSpace, IOFailure)."""
+        with self._core.lock:
+            self._enter().flush_thin(self.dev_id)
 
     def status(self) -> ThinStatus:
         """``<mapped sectors> <highest mapped sector|->``."""
-        with self._pool._lock:
-            pool = self._pool
-            pool._check_not_failed()
-            md = pool._md
+        with self._core.lock:
+            core = self._core
+            core.check_not_failed()
+            md = core.metadata
             return ThinStatus.from_blocks(md.details(self.dev_id).mapped_blocks,
                                           md.highest_mapped_block(self.dev_id),
-                                          pool.block_sectors)
+                                          core.block_sectors)
 
     def resize(self, size: int) -> None:
         """Change the size (the simulated table's length)."""
-        with self._pool._lock:
+        with self._core.lock:
             self.size = size
 
     def deactivate(self) -> None:
         """Deactivate the device (the pool commits)."""
         if self._active:
             self._active = False
-            self._pool._deactivate(self.dev_id)
+            self._on_deactivate(self.dev_id)
 
     def in_use(self) -> bool:
         """Nothing outside this process can open a simulated device."""

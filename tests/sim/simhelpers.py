@@ -4,8 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 from dmthin import Pool
+from dmthin.pooldir import PoolConfig, PoolDir
+from dmthin.sim.engine import MetadataEngineFactory
+from dmthin.sim.pool import SimPoolBackend
+from dmthin.thin.metadata import ThinMetadata
 
 THIN_DUMP = "/usr/sbin/thin_dump"
 THIN_CHECK = "/usr/sbin/thin_check"
@@ -16,6 +21,35 @@ def new_pool(path, data_size="8M", metadata_size="4M", block_size="64K", **kw) -
     """A sim pool; default 128 data blocks of 64K."""
     return Pool.create(path, data_size=data_size, metadata_size=metadata_size,
                        block_size=block_size, backend="sim", **kw)
+
+
+def _with_backend(path, build: Callable[[PoolDir, PoolConfig], SimPoolBackend]
+                  ) -> tuple[Pool, SimPoolBackend]:
+    pooldir = PoolDir(path)
+    config = pooldir.load_config()
+    pooldir.lock()
+    try:
+        impl = build(pooldir, config)
+    except BaseException:
+        pooldir.unlock()
+        raise
+    return Pool(pooldir, config, impl), impl
+
+
+def open_sim(path, engine: MetadataEngineFactory = ThinMetadata
+             ) -> tuple[Pool, SimPoolBackend]:
+    """Open the sim pool at *path* with its metadata in *engine*; returns the
+    pool and the backend serving it (for the simulator's own knobs: its
+    core's timeouts and events, resume, suspend)."""
+    return _with_backend(path, lambda d, c: SimPoolBackend.open(d, c, engine=engine))
+
+
+def sim_pool(path, engine: MetadataEngineFactory = ThinMetadata,
+             **kw) -> tuple[Pool, SimPoolBackend]:
+    """A new pool as :func:`new_pool` makes it, its metadata formatted by
+    *engine*, and the backend serving it."""
+    new_pool(path, **kw).close()
+    return _with_backend(path, lambda d, c: SimPoolBackend.create(d, c, engine=engine))
 
 
 def dump(metadata_path) -> tuple[dict, dict]:

@@ -37,7 +37,9 @@ if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(Path(__file__).parent))
 
-from dmthin import Pool  # noqa: E402
+from simhelpers import check_tools, dump, open_sim
+
+from dmthin import Pool
 
 BS = 64 << 10
 NBLOCKS = 16
@@ -177,7 +179,6 @@ def parse_log(log_path):
 
 
 def verify(path, log_path, thin_check_110):
-    from simhelpers import check_tools, dump
     check_tools(os.path.join(path, "metadata"), thin_check_110)
     _sb, devs = dump(os.path.join(path, "metadata"))
     got = {str(d): {str(v) for v in dv["map"]} for d, dv in devs.items()}
@@ -186,8 +187,8 @@ def verify(path, log_path, thin_check_110):
              if {d: set(m) for d, m in c["state"].items()} == got]
     assert match, (f"mapped blocks {got} match neither the last commit nor the one in "
                    f"flight: {[{d: sorted(m) for d, m in c['state'].items()} for c in candidates]}")
-    with Pool.open(path) as pool:
-        impl = pool._backend()
+    pool, impl = open_sim(path)
+    with pool:
         bad = []
         for c in match:
             bad = []

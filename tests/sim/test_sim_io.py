@@ -7,11 +7,18 @@ import os
 import stat
 
 import pytest
+from simhelpers import BS, check_tools, du_bytes, dump, new_pool, pattern, sim_pool
 
 from dmthin import Pool
-from dmthin.errors import (Busy, DeviceExists, DeviceNotFound, InvalidArgument, NoSpace,
-                           NotSupported, UsageError)
-from simhelpers import BS, check_tools, du_bytes, dump, new_pool, pattern
+from dmthin.errors import (
+    Busy,
+    DeviceExists,
+    DeviceNotFound,
+    InvalidArgument,
+    NoSpace,
+    NotSupported,
+    UsageError,
+)
 
 
 def test_files_modes_and_layout(tmp_path):
@@ -151,7 +158,8 @@ def test_no_discard_passdown_and_ignore_discard(tmp_path):
 
 def test_messages_and_errors(tmp_path):
     d = tmp_path / "p"
-    with new_pool(d) as pool:
+    pool, impl = sim_pool(d)
+    with pool:
         pool.create_thin(1, "1M")
         with pytest.raises(DeviceExists) as e:
             pool.message("create_thin 1")
@@ -167,7 +175,7 @@ def test_messages_and_errors(tmp_path):
             pool.set_transaction_id(5, 6)
         pool.set_transaction_id(0, 6)
         with pytest.raises(Busy):
-            pool._backend().message("delete 1")     # active in this pool
+            impl.message("delete 1")                # active in this pool
         pool.reserve_metadata_snap()
         held = pool.status().held_root
         assert held
@@ -188,9 +196,10 @@ def test_messages_and_errors(tmp_path):
 
 def test_metadata_reserve_in_used_count(tmp_path):
     # used = total - max(0, free - min(4096, total/10)) (__set_metadata_reserve)
-    with new_pool(tmp_path / "p", metadata_size="64M") as pool:
+    pool, impl = sim_pool(tmp_path / "p", metadata_size="64M")
+    with pool:
         st = pool.status()
-        md = pool._backend().metadata
+        md = impl.metadata
         reserve = min(4096, 16384 // 10)
         assert st.total_metadata_blocks == 16384
         assert st.used_metadata_blocks == 16384 - (md.nr_free_metadata_blocks() - reserve)

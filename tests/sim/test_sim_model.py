@@ -24,11 +24,12 @@ import shutil
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from simhelpers import BS, check_tools, dump, pattern
 
 from dmthin import Pool
 from dmthin.errors import DeviceExists, DeviceNotFound
-from simhelpers import BS, check_tools, dump, pattern
 
 NBLOCKS = 12                       # blocks per thin device
 SIZE = NBLOCKS * BS

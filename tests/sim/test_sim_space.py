@@ -5,19 +5,16 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from fake_engine import FakeMetadata
+from simhelpers import BS, check_tools, dump, new_pool, open_sim, pattern, sim_pool
 
 from dmthin import Pool
 from dmthin.errors import IOFailure, NoSpace, NotSupported
-from dmthin.sim.pool import Mode
-from simhelpers import BS, check_tools, dump, new_pool, pattern
-
-sys.path.insert(0, str(Path(__file__).parent))
+from dmthin.sim.core import Mode
 
 
 def fill(thin, nblocks, start=0):
@@ -48,9 +45,9 @@ def test_error_if_no_space_fails_at_once(tmp_path):
 
 
 def test_queue_times_out_then_errors(tmp_path):
-    with new_pool(tmp_path / "p", data_size="128K") as pool:
-        impl = pool._backend()
-        impl.no_space_timeout = 0.4
+    pool, impl = sim_pool(tmp_path / "p", data_size="128K")
+    with pool:
+        impl.core.no_space_timeout = 0.4
         thin = pool.create_thin(1, "1M")
         fill(thin, 2)
         t0 = time.monotonic()
@@ -64,14 +61,14 @@ def test_queue_times_out_then_errors(tmp_path):
         with pytest.raises(NoSpace):                   # now it fails at once
             thin.write(3 * BS, b"x")
         assert time.monotonic() - t0 < 0.3
-        reasons = [r for _n, r in impl.events]
+        reasons = [r for _n, r in impl.core.events]
         assert reasons == ["low_water_mark", "mode:out_of_data_space", "error_if_no_space"]
 
 
 def test_queued_writer_resumes_when_space_appears(tmp_path):
-    with new_pool(tmp_path / "p", data_size="256K") as pool:
-        impl = pool._backend()
-        impl.no_space_timeout = 30
+    pool, impl = sim_pool(tmp_path / "p", data_size="256K")
+    with pool:
+        impl.core.no_space_timeout = 30
         a = pool.create_thin(1, "1M")
         b = pool.create_thin(2, "1M")
         fill(a, 2)
@@ -103,9 +100,9 @@ def test_queued_writer_resumes_when_space_appears(tmp_path):
 
 def test_queued_writer_resumes_after_resize(tmp_path):
     d = tmp_path / "p"
-    with new_pool(d, data_size="128K") as pool:
-        impl = pool._backend()
-        impl.no_space_timeout = 30
+    pool, impl = sim_pool(d, data_size="128K")
+    with pool:
+        impl.core.no_space_timeout = 30
         a = pool.create_thin(1, "1M")
         fill(a, 2)
         done = {}
@@ -126,10 +123,10 @@ def test_queued_writer_resumes_after_resize(tmp_path):
 
 
 def test_low_water_mark_fires_once_and_rearms_on_resume(tmp_path):
-    with new_pool(tmp_path / "p", data_size="1M", low_water_mark=10) as pool:   # 16 blocks
-        impl = pool._backend()
+    pool, impl = sim_pool(tmp_path / "p", data_size="1M", low_water_mark=10)   # 16 blocks
+    with pool:
         seen = []
-        impl.add_event_listener(seen.append)
+        impl.core.add_event_listener(seen.append)
         thin = pool.create_thin(1, "2M")
         fill(thin, 6)                                  # free before each alloc: 16..11
         assert seen == []
@@ -146,12 +143,12 @@ def test_low_water_mark_fires_once_and_rearms_on_resume(tmp_path):
 
 def test_out_of_metadata_space_goes_read_only(tmp_path, thin_check_110):
     d = tmp_path / "p"
-    with new_pool(d, metadata_size="2M") as pool:      # 512 blocks, reserve 51
-        impl = pool._backend()
+    pool, impl = sim_pool(d, metadata_size="2M")      # 512 blocks, reserve 51
+    with pool:
         thin = pool.create_thin(1, "1M")
         thin.write(0, b"kept")
         seen = []
-        impl.add_event_listener(seen.append)
+        impl.core.add_event_listener(seen.append)
         created = 1
         with pytest.raises(NotSupported) as e:
             for i in range(2, 5000):
@@ -177,15 +174,12 @@ def test_out_of_metadata_space_goes_read_only(tmp_path, thin_check_110):
         assert pool.status().mode.value == "ro"
 
 
-def test_engine_nospace_aborts_sets_needs_check(tmp_path, monkeypatch):
+def test_engine_nospace_aborts_sets_needs_check(tmp_path):
     """metadata_operation_failed: NoSpace from the engine mid-transaction
     rolls back to the last commit, sets needs_check, goes read-only."""
-    import fake_engine
-    import dmthin.sim.pool as simpool
-    monkeypatch.setattr(simpool, "_engine", lambda: fake_engine.FakeMetadata)
     d = tmp_path / "p"
-    with new_pool(d) as pool:
-        impl = pool._backend()
+    pool, impl = sim_pool(d, engine=FakeMetadata)
+    with pool:
         a = pool.create_thin(1, "1M")
         a.write(0, b"committed")
         a.flush()
@@ -199,7 +193,8 @@ def test_engine_nospace_aborts_sets_needs_check(tmp_path, monkeypatch):
         assert a.read(BS, 4) == bytes(4)               # rolled back
         with pytest.raises(NotSupported):
             pool.message("create_thin 5")
-    with Pool.open(d) as pool:                         # needs_check: opens read-only
+    pool, _impl = open_sim(d, engine=FakeMetadata)
+    with pool:                                         # needs_check: opens read-only
         assert pool.status().mode.value == "ro"
         with pytest.raises(NotSupported):
             pool.message("create_thin 5")
@@ -207,13 +202,13 @@ def test_engine_nospace_aborts_sets_needs_check(tmp_path, monkeypatch):
 
 def test_commit_period_commits_without_flush(tmp_path):
     d = tmp_path / "p"
-    with new_pool(d) as pool:
-        impl = pool._backend()
+    pool, impl = sim_pool(d)
+    with pool:
         thin = pool.create_thin(1, "1M")
         thin.write(0, b"first")                        # not committed yet
         _, devs = dump(d / "metadata")
         assert devs[1]["map"] == {}
-        impl.commit_period = 0.05
+        impl.core.commit_period = 0.05
         time.sleep(0.1)
         thin.write(BS, b"second")                      # commits the first before it
         _, devs = dump(d / "metadata")
@@ -234,8 +229,8 @@ def test_open_takes_up_a_grown_data_file(tmp_path):
 
 
 def test_suspended_thin_io_waits_for_resume(tmp_path):
-    with new_pool(tmp_path / "p") as pool:
-        impl = pool._backend()
+    pool, impl = sim_pool(tmp_path / "p")
+    with pool:
         thin = pool.create_thin(1, "1M")
         impl.suspend_thin(1)
         done = threading.Event()
@@ -251,7 +246,6 @@ def test_suspended_thin_io_waits_for_resume(tmp_path):
 def test_grown_metadata_file_is_taken_up_on_reopen(tmp_path):
     """As maybe_resize_metadata_dev: a bigger metadata file grows the
     metadata space map at the next resume (here: the next open)."""
-    from dmthin import Pool
     pool = Pool.create(tmp_path / "p", data_size="64M", metadata_size="2M")
     total = pool.status().total_metadata_blocks
     pool.close()

@@ -15,9 +15,9 @@ from __future__ import annotations
 import errno
 
 import pytest
+from simhelpers import BS, dump, pattern
 
 from dmthin import Pool
-from simhelpers import BS, dump, pattern
 
 pytestmark = pytest.mark.real_dm
 
@@ -141,11 +141,11 @@ def test_status_lines_after_a_workload(tmp_path):
 
 
 def events(pool) -> int:
-    impl = pool._backend()
-    if impl.name == "sim":
-        return impl.event_nr
-    from dmthin.dm import task
-    return task.info(impl.pool_name).event_nr
+    """The pool's event counter; on the kernel, as ``dmsetup info`` reads it."""
+    if pool.backend == "sim":
+        return pool.event_nr
+    from dmthin.dm import task  # the binding: only where the kernel backend runs
+    return task.info(pool.device_name).event_nr
 
 
 def test_low_water_mark_and_mode_events(tmp_path):

@@ -1,0 +1,352 @@
+"""The simulated pool's core (:class:`SimCore`): what dm-thin.c's pool does
+between its thin devices' I/O and its metadata engine.
+
+* **Modes** (:class:`~dmthin.sim.mode.Mode`) change as ``set_pool_mode``
+  changes them; needs_check keeps a pool out of write mode.
+* **Commits** (:meth:`SimCore.commit`): the data file is fdatasync'ed first
+  (the kernel flushes the data device first); data blocks discarded with
+  passdown are released after it.  If :attr:`SimCore.commit_period` is set
+  (seconds; default off, env ``DMTHIN_SIM_COMMIT_PERIOD``), an I/O that
+  finds the last commit older than that commits first: the kernel commits
+  every second, the simulator has no background thread.
+* **Data allocation** (:meth:`SimCore.provision`): the low water mark event
+  fires once when the free count before an allocation is <= the mark.  No
+  free block: commit (blocks freed in the transaction become free), and if
+  still none, out_of_data_space.  There a write needing a block fails with
+  ENOSPC under ``error_if_no_space``; else it waits (the kernel queues it)
+  until space appears or :attr:`SimCore.no_space_timeout` passes (default
+  60 s like the module parameter, env ``DMTHIN_SIM_NO_SPACE_TIMEOUT``; 0 waits
+  for ever), after which the pool behaves as ``error_if_no_space``.
+* **Metadata space**: free metadata is counted less the reserve
+  (:func:`~dmthin.sim.params.metadata_reserve`); at 0 after a commit or an
+  allocation the pool goes out-of-metadata-space (``ro``).  When the engine
+  fails (NoSpace or I/O error from a mutating call) the transaction is
+  aborted, needs_check set and the pool goes read-only
+  (``metadata_operation_failed``: :meth:`SimCore.fail_metadata`).  The
+  threshold event fires when free metadata blocks fall to the threshold.
+* **Flush** of a thin device: :meth:`SimCore.flush_thin`.
+
+Thread safety: one lock (:attr:`SimCore.lock`) serialises everything; a
+writer waiting for space or for a suspended device releases it.  Methods
+in sections marked "lock held" must be called inside ``with core.lock``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from ..errors import DmThinError, IOFailure, MetadataError, NoSpace
+from ..units import SECTOR_SIZE
+from .datafile import Chunk, DataFile
+from .engine import MetadataEngine
+from .mode import Mode, PoolModes
+from .params import (
+    COMMIT_PERIOD,
+    COMMIT_PERIOD_ENV,
+    DEFAULT_NO_SPACE_TIMEOUT,
+    NO_SPACE_TIMEOUT_ENV,
+    env_seconds,
+    metadata_reserve,
+)
+from .writes import WriteQueue
+
+
+class _OutOfDataSpace(Exception):
+    """Internal: allocation found no free data block (mode switched)."""
+
+
+class SimCore(PoolModes):
+    """The pool state shared by :class:`~dmthin.sim.pool.SimPoolBackend` and
+    its :class:`~dmthin.sim.thin.SimThin` devices.
+
+    *name* names the pool in messages; *features*, *low_water_blocks*: the
+    pool table's; *threshold*: :func:`~dmthin.sim.params.metadata_threshold`.
+    The core owns *md* and *data* and closes them in :meth:`close`.
+
+    Raises :class:`~dmthin.errors.UsageError` for a bad
+    ``DMTHIN_SIM_NO_SPACE_TIMEOUT`` or ``DMTHIN_SIM_COMMIT_PERIOD``.
+    """
+
+    def __init__(self, name: str, md: MetadataEngine, data: DataFile, features: Iterable[str],
+                 low_water_blocks: int, threshold: int):
+        feats = set(features)
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        PoolModes.__init__(self, name, self.cond, md, "error_if_no_space" in feats,
+                           env_seconds(NO_SPACE_TIMEOUT_ENV, DEFAULT_NO_SPACE_TIMEOUT))
+        self.data = data
+        self.block_sectors = md.data_block_size
+        self.block_bytes = self.block_sectors * SECTOR_SIZE
+        self.zero_new_blocks = "skip_block_zeroing" not in feats
+        self.discard_enabled = "ignore_discard" not in feats
+        self.discard_passdown = self.discard_enabled and "no_discard_passdown" not in feats
+        #: the table's ``read_only`` feature: the files are open read-only
+        self.read_only_table = "read_only" in feats
+        self.low_water_blocks = low_water_blocks
+        self.metadata_threshold = threshold
+        self.commit_period = env_seconds(COMMIT_PERIOD_ENV, None)
+        self._lwm_triggered = False
+        self._meta_low = False
+        self._dirty = False
+        self._last_commit = time.monotonic()
+        self._pending_release: set[int] = set()
+        self._writes = WriteQueue(data)
+        self._suspended: set[int] = set()
+        with self.lock:
+            self.set_mode(Mode.READ_ONLY if self.read_only_table else Mode.WRITE, quiet=True)
+
+    # -- failures (lock held) ---------------------------------------------------------
+    def fail_metadata(self, op: str, err: BaseException) -> None:
+        """``metadata_operation_failed`` after *op* raised *err*: abort the
+        transaction, set needs_check, go read-only (or fail, if even the abort
+        failed)."""
+        self._writes.drop()
+        self._pending_release.clear()
+        self._dirty = False
+        try:
+            self.metadata.abort()
+        except (DmThinError, OSError):
+            self.set_mode(Mode.FAIL)
+            return
+        try:
+            self.metadata.set_needs_check()
+            self.metadata.commit()
+        except (DmThinError, OSError):
+            pass
+        self.set_mode(Mode.READ_ONLY)
+
+    # -- commit (lock held) -------------------------------------------------------------
+    def mark_dirty(self) -> None:
+        """Note an uncommitted metadata change."""
+        self._dirty = True
+
+    def release_on_commit(self, blocks: Iterable[int]) -> None:
+        """Punch the data *blocks* after the next commit (discard passdown)."""
+        self._pending_release.update(blocks)
+
+    def commit(self) -> bool:
+        """The kernel's ``commit()``: False if the pool is read-only or the
+        commit failed (the pool then went read-only)."""
+        if self._mode >= Mode.OUT_OF_METADATA_SPACE:
+            return False
+        try:
+            self._writes.flush()
+            if self._dirty:
+                self.data.sync()
+                self.metadata.commit()
+        except (DmThinError, OSError) as err:
+            self.fail_metadata("commit", err)
+            return False
+        self._dirty = False
+        self._last_commit = time.monotonic()
+        if self._pending_release:
+            # blocks freed in a transaction are not allocatable before its
+            # commit, so none of these can have been reallocated
+            blocks = sorted(self._pending_release)
+            self._pending_release.clear()
+            self.data.release(blocks)
+        self._check_metadata_space()
+        if self._mode == Mode.OUT_OF_DATA_SPACE and self.metadata.nr_free_data_blocks():
+            self.set_mode(Mode.WRITE)
+        return True
+
+    def maybe_periodic_commit(self) -> None:
+        """Commit if :attr:`commit_period` has passed since the last commit."""
+        if self.commit_period and self._dirty and \
+                time.monotonic() - self._last_commit >= self.commit_period:
+            self.commit()
+
+    def free_metadata_reported(self) -> int:
+        """Free metadata blocks less the reserve, as the status counts them."""
+        reserve = metadata_reserve(self.metadata.nr_metadata_blocks)
+        return max(0, self.metadata.nr_free_metadata_blocks() - reserve)
+
+    def _check_metadata_space(self) -> None:
+        if self.free_metadata_reported() == 0 and \
+                self._mode not in (Mode.OUT_OF_METADATA_SPACE, Mode.READ_ONLY):
+            self.set_mode(Mode.OUT_OF_METADATA_SPACE)
+        self._check_metadata_threshold()
+
+    def _check_metadata_threshold(self) -> None:
+        low = self.metadata.nr_free_metadata_blocks() <= self.metadata_threshold
+        if low and not self._meta_low:
+            self._event("metadata_low_water_mark")
+        self._meta_low = low
+
+    # -- data allocation (lock held) ---------------------------------------------------
+    def _alloc_data_block(self) -> int:
+        """``alloc_data_block``; raises _OutOfDataSpace (mode switched) or
+        IOFailure (metadata failure)."""
+        md = self.metadata
+        free = md.nr_free_data_blocks()
+        if free <= self.low_water_blocks and not self._lwm_triggered:
+            self._lwm_triggered = True
+            self._event("low_water_mark")
+        if not free:
+            if not self.commit():
+                raise _OutOfDataSpace()
+            if not md.nr_free_data_blocks():
+                self.set_mode(Mode.OUT_OF_DATA_SPACE)
+                raise _OutOfDataSpace()
+        try:
+            block = md.alloc_data_block()
+        except NoSpace as err:
+            # The kernel switches to out_of_data_space on any ENOSPC here, also
+            # when the only free blocks were freed in this transaction (not
+            # allocatable before a commit); its next commit switches back.
+            if md.nr_free_data_blocks() == 0 or md.nr_free_metadata_blocks() > 0:
+                self.set_mode(Mode.OUT_OF_DATA_SPACE)
+                raise _OutOfDataSpace() from None
+            self.fail_metadata("alloc_data_block", err)
+            raise self.ro_error("allocating a data block") from err
+        except (MetadataError, OSError) as err:
+            self.fail_metadata("alloc_data_block", err)
+            raise self.ro_error("allocating a data block") from err
+        self._dirty = True
+        self._check_metadata_threshold()
+        if self.free_metadata_reported() == 0:
+            self.commit()
+        return block
+
+    def provision(self, what: str) -> int | None:
+        """Allocate a data block for *what* (a write), honouring the mode.
+
+        Returns None after waiting for space (the caller must look the block
+        up again).  Raises NoSpace (error_if_no_space, or the queue timed
+        out) or IOFailure (read-only pool).
+        """
+        if self._mode == Mode.WRITE:
+            try:
+                return self._alloc_data_block()
+            except _OutOfDataSpace:
+                pass
+        if self._mode == Mode.OUT_OF_DATA_SPACE:
+            if self.error_if_no_space:
+                raise NoSpace(f"{what}: pool {self.name} is out of data space; delete "
+                              "or discard data, or grow the pool")
+            self._wait_for_space()
+            return None
+        if self._mode == Mode.WRITE:
+            return None
+        raise self.ro_error(what)
+
+    def _wait_for_space(self) -> None:
+        """Queue a writer while out of data space (``retry_on_resume``)."""
+        self._writes.flush()
+        while self._mode == Mode.OUT_OF_DATA_SPACE and not self.error_if_no_space \
+                and not self._closed:
+            wait = self.no_space_wait(COMMIT_PERIOD)
+            if wait is None:
+                break
+            self.cond.wait(wait)
+            if self._mode == Mode.OUT_OF_DATA_SPACE:
+                self.commit()                           # the kernel's periodic commit
+        self.check_open()
+
+    def insert_mapping(self, dev_id: int, vblock: int, block: int) -> None:
+        """Map *vblock* of *dev_id* to data *block*.  On a metadata failure
+        the pool goes read-only and this raises IOFailure."""
+        try:
+            self.metadata.insert(dev_id, vblock, block)
+        except NoSpace as err:
+            self.fail_metadata("insert", err)
+            raise self.ro_error(f"write to thin device {dev_id}") from err
+        except (MetadataError, OSError) as err:
+            if isinstance(err, DmThinError) and not isinstance(err, MetadataError):
+                raise
+            self.fail_metadata("insert", err)
+            raise IOFailure(f"write to thin device {dev_id}: metadata update failed: "
+                            f"{err}") from err
+        self._dirty = True
+
+    # -- data writes (lock held) -----------------------------------------------------------
+    def queue_write(self, block: int, offset: int, part: Chunk) -> None:
+        """Queue *part* for byte *offset* of data *block* (coalesced with its
+        neighbours; written by :meth:`flush_writes` or the next commit)."""
+        self._writes.queue(block * self.block_bytes + offset, part)
+
+    def flush_writes(self) -> None:
+        """Write the queued data (IOFailure if the data file fails)."""
+        self._writes.flush()
+
+    def flush_thin(self, dev_id: int) -> None:
+        """A flush (REQ_PREFLUSH) of thin *dev_id*: commit if anything changed.
+
+        Out of data space, the kernel treats the empty flush bio as a write to
+        block 0 (``__process_bio_read_only``): with block 0 unmapped it fails
+        with NoSpace under error_if_no_space (else waits like a write), and
+        with IOFailure on a read-only pool.  IOFailure also if the commit failed.
+        """
+        self._writes.flush()
+        while self._mode in (Mode.OUT_OF_DATA_SPACE, Mode.OUT_OF_METADATA_SPACE,
+                             Mode.READ_ONLY) and self.metadata.lookup(dev_id, 0) is None:
+            if self._mode != Mode.OUT_OF_DATA_SPACE:
+                raise self.ro_error(f"flush of thin device {dev_id}")
+            if self.error_if_no_space:
+                raise NoSpace(f"flush of thin device {dev_id}: the pool is out of data space "
+                              "and its block 0 is unmapped; delete or discard data, or grow "
+                              "the pool")
+            self._wait_for_space()
+        if self._dirty and not self.commit():
+            raise IOFailure(f"flush of thin device {dev_id}: the metadata commit failed; the "
+                            "pool is read-only")
+        self.data.sync()
+
+    # -- suspended devices (lock held) -----------------------------------------------------
+    def suspend(self, dev_id: int) -> None:
+        """Hold the I/O of thin *dev_id* until :meth:`unsuspend`."""
+        self._writes.flush()
+        self._suspended.add(dev_id)
+
+    def unsuspend(self, dev_id: int) -> None:
+        """Let the held I/O of thin *dev_id* proceed."""
+        self._suspended.discard(dev_id)
+        self.cond.notify_all()
+
+    def wait_resumed(self, dev_id: int) -> None:
+        """Wait while thin *dev_id* is suspended (and the pool open)."""
+        while dev_id in self._suspended and not self._closed:
+            self.cond.wait()
+
+    # -- resume, close (lock held) -------------------------------------------------------
+    def preresume(self) -> None:
+        """``pool_preresume``: take up a grown data or metadata file (the
+        metadata first, as ``maybe_resize_metadata_dev``), commit if so."""
+        md = self.metadata
+        if not self.read_only_table:
+            nr_meta = md.metadata_file_blocks()
+            if nr_meta > md.nr_metadata_blocks and not md.needs_check:
+                if self._mode == Mode.OUT_OF_METADATA_SPACE:
+                    self.set_mode(Mode.WRITE)
+                try:
+                    md.resize_metadata(nr_meta)
+                except (DmThinError, OSError) as err:
+                    self.fail_metadata("resize_metadata", err)
+                    return
+                self._dirty = True
+                self.commit()
+        nr_file = self.data.nr_blocks()
+        if nr_file > md.nr_data_blocks and not self.read_only and not md.needs_check:
+            try:
+                md.resize_data(nr_file)
+            except (DmThinError, OSError) as err:
+                self.fail_metadata("resize_data", err)
+                return
+            self._dirty = True
+            self.commit()
+
+    def rearm_low_water_mark(self) -> None:
+        """Let the low water mark event fire again (a resume re-arms it)."""
+        self._lwm_triggered = False
+
+    def close(self) -> None:
+        """Mark the pool closed, wake every waiter, close the files (without
+        committing: commit first)."""
+        self._closed = True
+        self.cond.notify_all()
+        self.metadata.close()
+        self.data.close()
+
+
+__all__ = ["Chunk", "Mode", "SimCore"]
