@@ -1,17 +1,21 @@
 """dmthin: device-mapper thin provisioning for Python.
 
-The libdevmapper binding (csrc/, cffi API mode) is optional: without
-libdevmapper's header the package installs with the simulator only, and the
-kernel backend explains how to get it.  DMTHIN_NO_EXT=1 skips it entirely.
+The libdevmapper binding and the libext2fs binding (csrc/, cffi API mode) are
+optional: without libdevmapper's header the package installs with the
+simulator only and the kernel backend explains how to get it; without
+libext2fs' (libext2fs-dev) the ext4 view (dmthin.extfs) says so.
+DMTHIN_NO_EXT=1 skips both.
 """
 import os
 
 from setuptools import find_packages, setup
 
 cffi_modules = []
-if not os.environ.get("DMTHIN_NO_EXT") and os.path.exists(
-        os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "build_dm.py")):
-    cffi_modules = ["csrc/build_dm.py:ffibuilder"]
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+if not os.environ.get("DMTHIN_NO_EXT"):
+    # libdevmapper (kernel backend) and libext2fs (the ext4 view, dmthin.extfs)
+    cffi_modules = [f"csrc/{name}.py:ffibuilder" for name in ("build_dm", "build_ext2fs")
+                    if os.path.exists(os.path.join(_CSRC, f"{name}.py"))]
 
 setup(
     name="dmthin",
@@ -25,7 +29,7 @@ setup(
     setup_requires=["cffi>=1.15"],
     cffi_modules=cffi_modules,
     install_requires=[
-        "cffi>=1.15",      # the libdevmapper binding (API mode)
+        "cffi>=1.15",      # the libdevmapper and libext2fs bindings (API mode)
         "crc32c>=2.3",     # C-backed (SSE4.2) CRC-32C: every metadata block is checksummed
         "psutil>=5.9",     # mounts and holders before removing a device
         "pyudev>=0.24",    # waiting for device nodes when udevd runs
