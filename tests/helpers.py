@@ -8,12 +8,16 @@ what is missing (Unavailable); :func:`skip_or_fail` turns a reason into a skip
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from dmthin.cli.main import main as dmthin_main
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
@@ -117,3 +121,56 @@ def thin_tools_090() -> dict[str, str]:
     if got != "0.9.0":
         raise Unavailable(f"{tools['thin_check']} --version gives {got!r}, not 0.9.0")
     return tools
+
+
+# -- running the dmthin command ------------------------------------------------------
+def _argv(args: tuple[object, ...]) -> list[str]:
+    return [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args]
+
+
+def run_dmthin(*args: object, input: bytes | None = None,
+               text: bool = False) -> subprocess.CompletedProcess:
+    """Run ``dmthin ARGS`` in this process (:func:`dmthin.cli.main.main`)
+    with *input* on stdin; return what ``subprocess.run(...,
+    capture_output=True, text=text)`` would: the exit status and
+    stdout/stderr as bytes, or as str if *text*.
+
+    A usage error or ``--help`` (SystemExit) gives its exit status; any other
+    exception propagates, failing the test (a real run would print a
+    traceback)."""
+    argv = _argv(args)
+    out, err = io.BytesIO(), io.BytesIO()
+    streams = (io.TextIOWrapper(io.BytesIO(input or b""), encoding="utf-8"),
+               io.TextIOWrapper(out, encoding="utf-8", write_through=True),
+               io.TextIOWrapper(err, encoding="utf-8", write_through=True))
+    saved = sys.stdin, sys.stdout, sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = streams
+    try:
+        try:
+            code = dmthin_main(argv)
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        result = subprocess.CompletedProcess(["dmthin", *argv], code, out.getvalue(),
+                                             err.getvalue())
+        if text:
+            result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    finally:
+        sys.stdin, sys.stdout, sys.stderr = saved
+    return result
+
+
+def run_dmthin_subprocess(*args: object, input: bytes | None = None,
+                          timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m dmthin ARGS`` from this checkout in a new process (for
+    the smoke tests of the entry point, and for tests that need a process of
+    their own); output as bytes."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "dmthin", *_argv(args)], cwd=REPO, env=env,
+                          input=input, capture_output=True, timeout=timeout)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dmthin import Pool
 from dmthin.pooldir import PoolDir
+from helpers import run_dmthin
 
 pytestmark = pytest.mark.real_dm
 
-REPO = Path(__file__).resolve().parents[2]
 BS = 64 << 10
 SIZE = 2 << 20          # 32 blocks per device
 
@@ -142,9 +141,8 @@ def test_restored_metadata_opens_on_both(tmp_path):
         xml.append("  </device>")
     xml.append("</superblock>")
     (tmp_path / "md.xml").write_text("\n".join(xml) + "\n")
-    p = subprocess.run([sys.executable, "-m", "dmthin", "restore", "-q", "-i",
-                        str(tmp_path / "md.xml"), "-o", str(pooldir / "metadata")],
-                       capture_output=True, text=True, cwd=REPO)
+    p = run_dmthin("restore", "-q", "-i", tmp_path / "md.xml", "-o", pooldir / "metadata",
+                   text=True)
     assert p.returncode == 0, p.stderr
     blocks = {d: rng.randbytes(BS) for rows in maps.values() for _v, d, _t in rows}
     with open(pooldir / "data", "r+b") as f:

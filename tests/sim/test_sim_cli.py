@@ -1,20 +1,19 @@
-"""``dmthin pool`` and ``dmthin thin`` on the simulator, through the CLI."""
+"""``dmthin pool`` and ``dmthin thin`` on the simulator, through the CLI
+(run in this process: helpers.run_dmthin)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, run_dmthin
 
 
 def dmthin(*args, input=None, ok=True):
-    p = subprocess.run([sys.executable, "-m", "dmthin", *map(str, args)], cwd=REPO,
-                       input=input, capture_output=True, timeout=120)
+    p = run_dmthin(*args, input=input)
     if ok:
         assert p.returncode == 0, p.stderr.decode()
     return p
@@ -35,7 +34,7 @@ def assert_one_line_error(p, *words):
     ["thin", "snapshot", "--help"], ["thin", "delete", "--help"], ["thin", "resize", "--help"],
     ["thin", "write", "--help"],
     ["thin", "read", "--help"], ["thin", "discard", "--help"], ["thin", "status", "--help"],
-    ["thin", "list", "--help"]])
+    ["thin", "list", "--help"], ["thin", "ls", "--help"]])
 def test_help(argv):
     p = dmthin(*argv)
     assert p.stdout.decode().startswith("usage: dmthin")
@@ -68,6 +67,9 @@ def test_pool_and_thin_lifecycle(tmp_path):
     listing = dmthin("thin", "list", d).stdout.decode().splitlines()
     assert listing[0].split() == ["DEV", "SIZE", "MAPPED", "STATUS"]
     assert [line.split()[0] for line in listing[1:]] == ["1", "2"]
+    assert dmthin("thin", "ls", d).stdout.decode().splitlines() == listing
+    docs = json.loads(dmthin("thin", "list", d, "--json").stdout)
+    assert [(x["dev_id"], x["mapped_sectors"]) for x in docs] == [(1, 384), (2, 640)]
     lines = dmthin("pool", "status", d).stdout.decode().splitlines()
     assert lines[0].startswith("0 32768 thin-pool 0 ")
     assert lines[0].split()[5] == "5/256"

@@ -16,7 +16,6 @@ import random
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,8 @@ from dmthin.pdata.checksum import BITMAP, BTREE_NODE, INDEX, SUPERBLOCK, block_c
 from dmthin.pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, read_header
 from dmthin.thin.check import check_metadata
 from dmthin.thin.superblock import Superblock
+from helpers import run_dmthin
 
-REPO = Path(__file__).resolve().parents[2]
 THIN_CHECK_090 = "/usr/sbin/thin_check"
 THIN_RESTORE_090 = "/usr/sbin/thin_restore"
 THIN_DUMP_090 = "/usr/sbin/thin_dump"
@@ -56,10 +55,9 @@ def check110(tools, path) -> int:
 
 
 def ours(path, *opts):
-    """Run ``dmthin check`` as a user would; assert it never tracebacks."""
-    p = _run([sys.executable, "-m", "dmthin", "check", *opts, os.fspath(path)], cwd=REPO)
-    assert "Traceback" not in p.stderr, p.stderr
-    return p
+    """Run ``dmthin check`` as a user would (in this process: an exception
+    fails the test instead of a traceback)."""
+    return run_dmthin("check", *opts, path, text=True)
 
 
 def restore(xml: str, path: Path, *, size: int = 8 * MiB, tools=None) -> Path:
@@ -491,8 +489,7 @@ def test_dump_fails_cleanly(fault, base_md, tmp_path):
     p = tmp_path / f"{fault}.md"
     shutil.copy(base_md, p)
     FAULTS[fault](p, Layout(base_md))
-    r = _run([sys.executable, "-m", "dmthin", "dump", str(p)], cwd=REPO)
-    assert "Traceback" not in r.stderr
+    r = run_dmthin("dump", p, text=True)
     assert r.returncode != 0
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
@@ -826,7 +823,7 @@ def test_sim_pool_directory_through_the_cli(tmp_path, tools110):
     data.write_bytes(random.Random(1).randbytes(3_000_000))
 
     def dmthin(*argv):
-        r = _run([sys.executable, "-m", "dmthin", *map(str, argv)], cwd=REPO)
+        r = run_dmthin(*argv, text=True)
         assert r.returncode == 0, r.stderr
         return r
 

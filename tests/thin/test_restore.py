@@ -4,9 +4,6 @@ as ``thin_restore``'s result); bad input is rejected before any write."""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -14,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dmthin.errors import UsageError
 from dmthin.thin.restore import restore
 from dmthin.thin.xml import XmlError
-from thin_xmlgen import (MiB, REPO, THIN_CHECK, THIN_DUMP, THIN_RESTORE, blank, dmthin,
+from thin_xmlgen import (MiB, THIN_CHECK, THIN_DUMP, THIN_RESTORE, blank, dmthin,
                          gen_metadata, mappings_of, run, to_xml, tools110)  # noqa: F401 (fixture)
 
 SETTINGS = dict(max_examples=10, deadline=None,
@@ -249,9 +246,7 @@ def test_restore_from_stdin_and_a_three_level_device(tmp_path, tools110):
            f'  <device dev_id="7" mapped_blocks="{n}" transaction="0" creation_time="0" '
            'snap_time="0">\n' + singles + "  </device>\n</superblock>\n")
     out = blank(tmp_path / "md", 16 * MiB)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "dmthin", "restore", "-i", "-", "-o", str(out)],
-                       input=xml.encode(), capture_output=True, env=env, cwd=REPO)
+    r = dmthin("restore", "-i", "-", "-o", out, input=xml.encode())
     assert r.returncode == 0, r.stderr
     checks_pass(out, tools110)
     dumped = parse_dump(run([THIN_DUMP, out]).stdout)

@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import helpers
 
-REPO = Path(__file__).resolve().parents[2]
 THIN_DUMP = "/usr/sbin/thin_dump"
 THIN_RESTORE = "/usr/sbin/thin_restore"
 THIN_CHECK = "/usr/sbin/thin_check"
@@ -29,9 +27,8 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([os.fspath(a) for a in argv], capture_output=True, timeout=600, **kw)
 
 
-def dmthin(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return run([sys.executable, "-m", "dmthin", *args], env=env, cwd=REPO)
+#: ``dmthin ARGS`` in this process; bytes out, as :func:`run`
+dmthin = helpers.run_dmthin
 
 
 @pytest.fixture(scope="session")
