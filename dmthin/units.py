@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import re
 
-from .errors import UsageError
+from .errors import InvalidArgument, UsageError
 
 SECTOR_SIZE = 512                        # SECTOR_SHIFT = 9
 METADATA_BLOCK_SIZE = 4096               # THIN_METADATA_BLOCK_SIZE (8 sectors)
 METADATA_BLOCK_SECTORS = METADATA_BLOCK_SIZE // SECTOR_SIZE
-ENTRIES_PER_BITMAP = (METADATA_BLOCK_SIZE - 16) * 4   # 16320, dm-space-map-common.h
-MAX_METADATA_BITMAPS = 255                            # dm-space-map-metadata.h
+MAX_METADATA_BITMAPS = 255               # dm-space-map-metadata.h: one index block's entries
 MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ((1 << 14) - 64)  # DM_SM_METADATA_MAX_BLOCKS
 MAX_METADATA_SECTORS = MAX_METADATA_BLOCKS * METADATA_BLOCK_SECTORS  # THIN_METADATA_MAX_SECTORS
 MAX_DEV_ID = (1 << 24) - 1               # dm-thin.c MAX_DEV_ID
-MAX_DATA_BLOCK = (1 << 40) - 1           # 24-bit shift in pack_block_time
-MAX_TIME = (1 << 24) - 1
 DATA_BLOCK_SIZE_MIN_SECTORS = 128        # DATA_DEV_BLOCK_SIZE_MIN_SECTORS (64 KiB)
 DATA_BLOCK_SIZE_MAX_SECTORS = 2097152    # DATA_DEV_BLOCK_SIZE_MAX_SECTORS (1 GiB)
 MAX_NAME_LEN = 127                       # DM_NAME_LEN - 1
+# The most data blocks a pool can address (a mapping holds a 40-bit block
+# number) is thin.format.MAX_DATA_BLOCKS.
 
 
 class Sectors(int):
@@ -125,14 +124,31 @@ def human_size_decimal(nbytes: float) -> str:
     return f"{size:.4g}{units[i]}"
 
 
+def is_valid_data_block_sectors(sectors: int) -> bool:
+    """The kernel's rule for a data block size (``pool_ctr``): 64 KiB to
+    1 GiB in multiples of 64 KiB, i.e. 128 to 2097152 sectors in multiples
+    of 128."""
+    return (DATA_BLOCK_SIZE_MIN_SECTORS <= sectors <= DATA_BLOCK_SIZE_MAX_SECTORS
+            and sectors % DATA_BLOCK_SIZE_MIN_SECTORS == 0)
+
+
+def check_data_block_sectors(sectors: int) -> int:
+    """Validate a data block size in sectors; return it.  Raises
+    :class:`~dmthin.errors.InvalidArgument` (EINVAL) for sizes the kernel
+    refuses (see :func:`is_valid_data_block_sectors`)."""
+    if not is_valid_data_block_sectors(sectors):
+        lo, hi = DATA_BLOCK_SIZE_MIN_SECTORS, DATA_BLOCK_SIZE_MAX_SECTORS
+        raise InvalidArgument(f"invalid data block size {sectors} sectors: "
+                              f"use a multiple of {lo} between {lo} and {hi}")
+    return sectors
+
+
 def check_data_block_size(nbytes: int) -> int:
     """Validate a data block size in bytes; return it in sectors.
 
     The kernel accepts 64 KiB to 1 GiB in multiples of 64 KiB (``pool_ctr``).
     """
-    if nbytes % SECTOR_SIZE or not (DATA_BLOCK_SIZE_MIN_SECTORS
-                                    <= nbytes // SECTOR_SIZE <= DATA_BLOCK_SIZE_MAX_SECTORS) \
-            or (nbytes // SECTOR_SIZE) % DATA_BLOCK_SIZE_MIN_SECTORS:
+    if nbytes % SECTOR_SIZE or not is_valid_data_block_sectors(nbytes // SECTOR_SIZE):
         raise UsageError(f"invalid data block size {format_size(nbytes)}: "
                          "use a multiple of 64K between 64K and 1G")
     return nbytes // SECTOR_SIZE
@@ -140,7 +156,6 @@ def check_data_block_size(nbytes: int) -> int:
 
 def check_dev_id(dev_id: int) -> int:
     """Validate a thin device id (0 .. 2^24-1); raise EINVAL otherwise."""
-    from .errors import InvalidArgument
     if isinstance(dev_id, bool) or not isinstance(dev_id, int) or not 0 <= dev_id <= MAX_DEV_ID:
         raise InvalidArgument(f"invalid thin device id {dev_id!r}: "
                               f"use an integer from 0 to {MAX_DEV_ID}")

@@ -152,6 +152,12 @@ class BlockManager:
             entry.dirty = True
             entry.validator = validator
 
+    def holds_dirty_node(self, b: int, node: object) -> bool:
+        """True if *node* is the cached, dirty, authoritative content of
+        block *b* (not written out or replaced since :meth:`write_node`)."""
+        entry = self._cache.get(b)
+        return entry is not None and entry.node is node and entry.dirty
+
     def read_uncached(self, b: int) -> bytes:
         """Read block *b* from the file, bypassing the cache (for checkers)."""
         return self._read_raw(b)

@@ -9,28 +9,45 @@ already shadowed in this transaction, and not shared, is written in place.
 Commit is two-phase, as the kernel's: :meth:`pre_commit` commits the space
 map and writes every dirty block, then syncs; :meth:`commit` writes the
 superblock last and syncs again.
+
+Btree nodes are cached decoded: the transaction manager reads, copies and
+writes them through a :class:`NodeCodec` it is given (the btree module's),
+so it needs no knowledge of the node format.
 """
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from .block import BlockManager
-from .btree.node import Node
-from .checksum import BTREE_NODE, Validator
+from .checksum import Validator
+from .space_map.interface import SpaceMap
 
 
-def _decode_node(buf, b):
-    return Node.decode(buf, b)
+class NodeCodec(Protocol):
+    """Decoding and copying of the decoded btree nodes the block manager
+    caches (:data:`dmthin.pdata.btree.node.NODE_CODEC`)."""
+
+    validator: Validator
+
+    def decode(self, buf: bytes | bytearray, blocknr: int) -> Any: ...
+
+    def copy(self, node: Any) -> Any: ...
 
 
 class TransactionManager:
     """Shadowing and reference counting over a :class:`BlockManager`.
 
-    ``sm`` is the metadata space map; it is attached after construction
-    because the space map itself needs the transaction manager.
+    *nodes* decodes and copies btree nodes.  ``sm`` is the metadata space
+    map; it attaches itself after construction because it needs the
+    transaction manager.
     """
 
-    def __init__(self, bm: BlockManager):
+    sm: SpaceMap
+
+    def __init__(self, bm: BlockManager, nodes: NodeCodec):
         self.bm = bm
-        self.sm = None
+        self.nodes = nodes
+        self._node_validator = nodes.validator
         self._shadows: set[int] = set()
         # Shadows known to have exactly one reference: their count needs no
         # space-map lookup when they are shadowed again.  Any increment of a
@@ -41,9 +58,9 @@ class TransactionManager:
     def read(self, b: int, validator: Validator):
         return self.bm.read(b, validator)
 
-    def read_node(self, b: int) -> Node:
+    def read_node(self, b: int) -> Any:
         """A btree node, read-only (do not modify the result)."""
-        return self.bm.read_node(b, BTREE_NODE, _decode_node)
+        return self.bm.read_node(b, self._node_validator, self.nodes.decode)
 
     # -- new blocks ----------------------------------------------------------
     def new_block(self, validator: Validator) -> tuple[int, bytearray]:
@@ -54,11 +71,11 @@ class TransactionManager:
         self._single.add(b)
         return b, buf
 
-    def new_node(self, node: Node) -> int:
+    def new_node(self, node: Any) -> int:
         """Allocate a block for btree *node* (which stays live and is
         written at flush or eviction)."""
         b = self.sm.new_block()
-        self.bm.write_node(b, BTREE_NODE, node)
+        self.bm.write_node(b, self._node_validator, node)
         self._shadows.add(b)
         self._single.add(b)
         return b
@@ -88,17 +105,17 @@ class TransactionManager:
         self._single.add(new)
         return new, buf, inc
 
-    def shadow_node(self, orig: int) -> tuple[int, Node, bool]:
-        """Shadow a btree node: ``(block, live Node, inc_children)``."""
+    def shadow_node(self, orig: int) -> tuple[int, Any, bool]:
+        """Shadow a btree node: ``(block, live node, inc_children)``."""
         copy, inc = self._must_copy(orig)
         if not copy:
             node = self.read_node(orig)
-            self.bm.write_node(orig, BTREE_NODE, node)
+            self.bm.write_node(orig, self._node_validator, node)
             return orig, node, False
         src = self.read_node(orig)
         new = self._copy_location(orig)
-        node = Node(src.flags, src.max_entries, src.value_size, list(src.keys), list(src.values))
-        self.bm.write_node(new, BTREE_NODE, node)
+        node = self.nodes.copy(src)
+        self.bm.write_node(new, self._node_validator, node)
         self._shadows.add(new)
         self._single.add(new)
         return new, node, inc
@@ -106,17 +123,29 @@ class TransactionManager:
     def is_shadow(self, b: int) -> bool:
         return b in self._shadows
 
+    def is_live_unshared_node(self, b: int, node: Any) -> bool:
+        """True if *node* is still the live, dirty content of block *b* and
+        *b* is a shadow of this transaction with a single reference: then
+        shadowing it again changes nothing, and *node* may be modified in
+        place (see :mod:`dmthin.pdata.btree.hint`)."""
+        return b in self._single and self.bm.holds_dirty_node(b, node)
+
     # -- reference counts ------------------------------------------------------------
     def inc(self, b: int) -> None:
         self._single.discard(b)
         self.sm.inc(b)
 
     def inc_range(self, b: int, e: int) -> None:
+        self.forget_unshared(b, e)
+        self.sm.inc(b, e)
+
+    def forget_unshared(self, b: int, e: int) -> None:
+        """Blocks [b, e) gain a reference (the space map calls this for
+        increments made behind the transaction manager's back)."""
         single = self._single
         if single:
             for x in range(b, e):
                 single.discard(x)
-        self.sm.inc(b, e)
 
     def dec(self, b: int) -> None:
         self.sm.dec(b)

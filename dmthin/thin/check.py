@@ -39,22 +39,20 @@ from typing import Callable
 
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
 from ..pdata.block import BlockManager
-from ..pdata.btree.check import BTreeChecker, NodeError, RefCounter, new_totals
+from ..pdata.btree.check import BTreeChecker, NodeError, new_totals
 from ..pdata.checksum import SUPERBLOCK
+from ..pdata.refcounts import RefCounts
 from ..pdata.space_map import check as smcheck
+from ..pdata.space_map.format import SpaceMapRoot
 from ..report import NullReport, Report
 from ..units import DATA_BLOCK_SIZE_MAX_SECTORS as MAX_DATA_BLOCK_SIZE
 from ..units import DATA_BLOCK_SIZE_MIN_SECTORS as MIN_DATA_BLOCK_SIZE
-from ..units import MAX_METADATA_BLOCKS
-from .superblock import (INCOMPAT_SUPP, THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION,
-                         SMRoot, Superblock)
+from ..units import MAX_METADATA_BLOCKS, is_valid_data_block_sectors
+from .format import (INCOMPAT_SUPP, MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, METADATA_BLOCK_SECTORS,
+                     THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION, TIME_BITS,
+                     DeviceDetails, Superblock, superblock_magic)
 
-DETAILS_VALUE_SIZE = 24
-MAPPING_VALUE_SIZE = 8
-MAX_DATA_BLOCKS = 1 << 40            # 24-bit shift in the block_time value
 DEFAULT_MAX_LINES = 20               # per kind of per-block problem
-
-_DETAILS = struct.Struct("<QQII")
 
 
 @dataclass
@@ -204,7 +202,7 @@ class _Checker:
         if not any(buf):
             err("superblock is all zeroes: this metadata has not been formatted")
             return False
-        magic = struct.unpack_from("<Q", buf, 32)[0]
+        magic = superblock_magic(buf)
         if magic != THIN_SUPERBLOCK_MAGIC:
             if _looks_like_xml(buf[:64]):
                 err(_XML_HINT)
@@ -227,13 +225,12 @@ class _Checker:
             err(f"superblock has unsupported incompatible feature flags "
                 f"{sb.incompat_flags:#x}")
             ok = False
-        if sb.metadata_block_size != 8:
+        if sb.metadata_block_size != METADATA_BLOCK_SECTORS:
             err(f"superblock metadata_block_size is {sb.metadata_block_size} sectors, "
-                "expected 8")
+                f"expected {METADATA_BLOCK_SECTORS}")
             ok = False
         dbs = sb.data_block_size
-        if not (MIN_DATA_BLOCK_SIZE <= dbs <= MAX_DATA_BLOCK_SIZE
-                and dbs % MIN_DATA_BLOCK_SIZE == 0):
+        if not is_valid_data_block_sectors(dbs):
             err(f"superblock data_block_size {dbs} sectors is invalid (a multiple of 128 "
                 f"in {MIN_DATA_BLOCK_SIZE}..{MAX_DATA_BLOCK_SIZE})")
             ok = False
@@ -265,8 +262,8 @@ class _Checker:
         sb = self.sb
         msm, dsm = sb.metadata_sm, sb.data_sm
         nr_meta = msm.nr_blocks
-        self.meta_counts = RefCounter(nr_meta)
-        self.data_counts = RefCounter(dsm.nr_blocks)
+        self.meta_counts = RefCounts(nr_meta)
+        self.data_counts = RefCounts(dsm.nr_blocks)
         self.ck = BTreeChecker(self.bm, nr_meta, self.meta_counts)
         self.totals = None if self.opts.skip_mappings else new_totals(nr_meta)
         self.bad_data = _Capped(self.report.error, self.opts.max_lines,
@@ -291,7 +288,7 @@ class _Checker:
             return
         nr_meta = sb.metadata_sm.nr_blocks
         self.meta_counts = None
-        self.data_counts = RefCounter(sb.data_sm.nr_blocks)
+        self.data_counts = RefCounts(sb.data_sm.nr_blocks)
         self.ck = BTreeChecker(self.bm, nr_meta, None)
         self.totals = None if self.opts.skip_mappings else new_totals(nr_meta)
         self.bad_data = _Capped(self.report.error, self.opts.max_lines,
@@ -307,13 +304,13 @@ class _Checker:
         """Check one (details tree, mapping tree) pair: the live one or the
         metadata snapshot's (*where* prefixes the messages)."""
         err = self.report.error
-        details: dict[int, tuple[int, int, int, int]] = {}
+        details: dict[int, DeviceDetails] | None = {}
         try:
-            for _b, keys, values, _p in self.ck.walk(details_root, DETAILS_VALUE_SIZE,
+            for _b, keys, values, _p in self.ck.walk(details_root, DeviceDetails.SIZE,
                                                     tree=f"{where}device details tree",
                                                     tree_kind="device details"):
                 for k, v in zip(keys, values):
-                    details[k] = _DETAILS.unpack(v)
+                    details[k] = DeviceDetails.unpack(v)
                 self._tick()
         except MetadataError as e:
             err(str(e))
@@ -351,7 +348,7 @@ class _Checker:
             n = self._device(dev_id, roots[dev_id], where)
             if n is None or details is None or dev_id not in details:
                 continue
-            mapped = details[dev_id][0]
+            mapped = details[dev_id].mapped_blocks
             if mapped != n:
                 err(f"{where}device {dev_id}: mapped_blocks is {mapped} but it has {n} "
                     "mappings")
@@ -362,7 +359,7 @@ class _Checker:
         """Walk one device's mapping subtree; return its number of mappings
         (None if the subtree is damaged)."""
         nr_data = self.sb.data_sm.nr_blocks
-        inc = self.data_counts.inc
+        inc_blocks = self.data_counts.inc_blocks
         bad = self.bad_data
         totals = self.totals
         try:
@@ -370,18 +367,14 @@ class _Checker:
                                                     tree=f"{where}mapping tree of device "
                                                          f"{dev_id}",
                                                     tree_kind="mapping", totals=totals):
-                small = self.data_counts.small
-                for k, v in zip(keys, values):
-                    data = v >> 24
-                    if data >= nr_data:
-                        bad(f"{where}device {dev_id}: block {k} maps to data block {data}, "
-                            f"beyond the data device ({nr_data} blocks)")
-                        continue
-                    c = small[data]
-                    if c < 254:
-                        small[data] = c + 1      # the common case, inlined
-                    else:
-                        inc(data)
+                blocks = [v >> TIME_BITS for v in values]
+                if blocks and max(blocks) >= nr_data:
+                    for k, data in zip(keys, blocks):
+                        if data >= nr_data:
+                            bad(f"{where}device {dev_id}: block {k} maps to data block "
+                                f"{data}, beyond the data device ({nr_data} blocks)")
+                    blocks = [data for data in blocks if data < nr_data]
+                inc_blocks(blocks)
                 self._tick()
         except MetadataError as e:
             self.report.error(str(e))
@@ -399,7 +392,7 @@ class _Checker:
             if self.ck.counts is not None:
                 self.ck.count(held, "metadata snapshot")
             buf = self.bm.read_uncached(held)
-            magic = struct.unpack_from("<Q", buf, 32)[0]
+            magic = superblock_magic(buf)
             if magic != THIN_SUPERBLOCK_MAGIC:
                 raise MetadataError(f"metadata snapshot at block {held}: bad superblock "
                                     f"magic {magic}")
@@ -413,7 +406,7 @@ class _Checker:
                          f"metadata snapshot (block {held}): ")
 
     # -- space maps ----------------------------------------------------------
-    def _space_maps(self, msm: SMRoot, dsm: SMRoot) -> None:
+    def _space_maps(self, msm: SpaceMapRoot, dsm: SpaceMapRoot) -> None:
         err = self.report.error
         meta_entries = data_entries = None
         try:
@@ -455,7 +448,7 @@ class _Checker:
             self.meta_ok = False
             return False
 
-    def _compare(self, entries, root: SMRoot, computed: RefCounter, what: str) -> None:
+    def _compare(self, entries, root: SpaceMapRoot, computed: RefCounts, what: str) -> None:
         r = self.report
         fatal = _Capped(r.error, self.opts.max_lines, f"{what} count problems")
         leaks = _Capped(r.warning, self.opts.max_lines, f"leaked {what} blocks")

@@ -11,81 +11,13 @@ is never emitted.
 """
 from __future__ import annotations
 
-import os
-import stat
-import struct
+from ..errors import MetadataError
+from ..pdata.btree.walk import iter_items
+from .ir import RunBuilder, Superblock, to_map
+from .reader import iter_mapping_leaves, open_block_manager, read_details, select_superblock
 
-from ..errors import BTreeError, MetadataError
-from ..pdata.block import BlockManager
-from ..pdata.btree.walk import iter_items, iter_leaves
-from .ir import Device, RunBuilder, Superblock, to_map
-from .superblock import Superblock as DiskSuperblock, read_superblock
-
-_DETAILS = struct.Struct("<QQII")
-
-
-def open_block_manager(path, cache_blocks: int = 1024) -> BlockManager:
-    """Open a metadata file or device read-only.  Raises
-    :class:`~dmthin.errors.MetadataError` if it is too small to hold a
-    superblock, ``OSError`` if it cannot be opened."""
-    bm = BlockManager(path, writable=False, cache_blocks=cache_blocks)
-    if stat.S_ISBLK(os.fstat(bm.fd).st_mode):
-        # A live pool's metadata device is written by the kernel behind the
-        # page cache (dm-bufio): drop cached pages so reads see the device.
-        os.posix_fadvise(bm.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    if bm.file_blocks < 1:
-        bm.close()
-        raise MetadataError(f"{os.fspath(path)}: too small to hold thin metadata "
-                            "(less than one 4 KiB block)")
-    return bm
-
-
-def select_superblock(bm, metadata_snap: bool | int | None = None) -> DiskSuperblock:
-    """The superblock to dump: the live one (``metadata_snap`` None/False),
-    the held metadata snapshot (True), or the copy at block *metadata_snap*.
-    Raises :class:`~dmthin.errors.MetadataError` (incl. ``BadSuperblock``)."""
-    sb = read_superblock(bm)
-    if metadata_snap is None or metadata_snap is False:
-        return sb
-    if metadata_snap is True:
-        if not sb.held_root:
-            raise MetadataError("no metadata snapshot is held (superblock held_root is 0): "
-                                "reserve one first, or run without -m")
-        block = sb.held_root
-    else:
-        block = int(metadata_snap)
-    if block == 0:
-        raise MetadataError("block 0 is the live superblock, not a metadata snapshot")
-    return read_superblock(bm, block)
-
-
-def read_details(bm, root: int) -> dict[int, Device]:
-    """Decode the device-details tree into ``{dev_id: Device}``.  Raises
-    :class:`~dmthin.errors.MetadataError` on damage."""
-    devs: dict[int, Device] = {}
-    for _b, keys, values in iter_leaves(bm, root):
-        for k, v in zip(keys, values):
-            if isinstance(v, int) or len(v) != _DETAILS.size:
-                raise BTreeError(f"device details tree: leaf {_b} has values of the wrong "
-                                 f"size (expected {_DETAILS.size} bytes)", _b)
-            mapped, trans, ctime, stime = _DETAILS.unpack(v)
-            devs[k] = Device(k, mapped, trans, ctime, stime)
-    return devs
-
-
-def iter_mapping_leaves(bm, root: int):
-    """Yield ``(keys, packed_values)`` for each leaf of one device's mapping
-    subtree, checking value size and key order across leaves."""
-    last = -1
-    for b, keys, values in iter_leaves(bm, root):
-        if not keys:
-            continue
-        if not isinstance(values, tuple):
-            raise BTreeError(f"mapping leaf {b} does not hold 8-byte block_time values", b)
-        if keys[0] <= last:
-            raise BTreeError(f"mapping leaf {b}: keys out of order ({keys[0]} after {last})", b)
-        last = keys[-1]
-        yield keys, values
+__all__ = ["dump", "total_mapped", "open_block_manager", "select_superblock", "read_details",
+           "iter_mapping_leaves"]
 
 
 def dump(bm, visitor, *, metadata_snap: bool | int | None = None,

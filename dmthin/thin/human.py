@@ -1,6 +1,7 @@
 """``thin_dump -f human_readable`` (0.9.0), byte for byte, as a visitor."""
 from __future__ import annotations
 
+from .format import TIME_BITS, TIME_MASK
 from .ir import Device, Map, Superblock
 
 
@@ -46,8 +47,9 @@ class HumanReadableWriter:
     def map_runs(self, runs) -> None:
         """Fast path: raw ``(thin_begin, packed_value, length)`` runs."""
         self.write("".join([
-            f"    {t} -> {v >> 24}, {v & 0xFFFFFF}\n" if n == 1 else
-            f"    ({t}..{t + n - 1}) -> ({v >> 24}..{(v >> 24) + n - 1}), {v & 0xFFFFFF}\n"
+            f"    {t} -> {v >> TIME_BITS}, {v & TIME_MASK}\n" if n == 1 else
+            f"    ({t}..{t + n - 1}) -> ({v >> TIME_BITS}..{(v >> TIME_BITS) + n - 1}), "
+            f"{v & TIME_MASK}\n"
             for t, v, n in runs]))
 
     def ref_shared(self, name: str) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from .format import TIME_BITS, TIME_MASK
+
 
 @dataclass(frozen=True)
 class Superblock:
@@ -65,15 +67,15 @@ class MetadataVisitor(Protocol):
     def eof(self) -> None: ...
 
 
-S24 = 1 << 24
-MASK24 = S24 - 1
+_NEXT = 1 << TIME_BITS      # the packed value of the next data block, same time
 
 
 class RunBuilder:
     """Groups ``(vblock, packed block_time)`` mappings, given in vblock order,
     into runs exactly as ``thin_dump`` does: a run continues while both the
     virtual and the data block advance by one and the time is equal (i.e.
-    the packed value advances by exactly 2^24).  Runs span btree leaves.
+    the packed value advances by exactly ``1 << TIME_BITS``).  Runs span btree
+    leaves.
 
     :meth:`add_leaf` returns the runs completed so far as raw
     ``(thin_begin, packed_first_value, length)`` tuples (fast path for
@@ -94,11 +96,11 @@ class RunBuilder:
         for k, v in zip(keys, values):
             if k == nk and v == nv:
                 nk += 1
-                nv += S24
+                nv += _NEXT
             else:
                 if t0 >= 0:
                     append((t0, v0, nk - t0))
-                t0, v0, nk, nv = k, v, k + 1, v + S24
+                t0, v0, nk, nv = k, v, k + 1, v + _NEXT
         self.t0, self.v0, self.nk, self.nv = t0, v0, nk, nv
         return out
 
@@ -114,4 +116,4 @@ class RunBuilder:
 def to_map(run: tuple[int, int, int]) -> Map:
     """A raw ``(thin_begin, packed_value, length)`` run as a :class:`Map`."""
     t, v, n = run
-    return Map(t, v >> 24, v & MASK24, n)
+    return Map(t, v >> TIME_BITS, v & TIME_MASK, n)

@@ -18,9 +18,10 @@ from itertools import repeat
 from operator import rshift
 
 from ..errors import MetadataError, UsageError
-from ..units import SECTOR_SIZE
-from .dump import iter_mapping_leaves, read_details, select_superblock
 from ..pdata.btree.walk import lookup
+from ..units import SECTOR_SIZE
+from .format import TIME_BITS
+from .reader import iter_mapping_leaves, read_details, select_superblock
 
 FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS",
           "MAPPED_SECTORS", "EXCLUSIVE_SECTORS", "SHARED_SECTORS",
@@ -59,7 +60,7 @@ def format_disk_unit(sectors: int) -> str:
 
 
 CACHE_ENTRIES = 16 << 20     # keep up to 16M data block numbers (128 MiB) between passes
-_R24 = repeat(24)
+_DATA_BLOCK_SHIFT = repeat(TIME_BITS)
 
 
 def _subtree_root(bm, sb, dev_id: int) -> int:
@@ -74,7 +75,7 @@ def _blocks(bm, root: int) -> array:
     """The data block of every mapping under *root*, in vblock order."""
     out = array("Q")
     for _keys, values in iter_mapping_leaves(bm, root):
-        out.extend(map(rshift, values, _R24))
+        out.extend(map(rshift, values, _DATA_BLOCK_SHIFT))
     return out
 
 

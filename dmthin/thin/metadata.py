@@ -6,11 +6,7 @@ their block times, transaction ids, metadata snapshots, data allocation and
 commit.  It writes the kernel's format byte for byte, so ``thin_check``,
 ``thin_dump`` and a real kernel accept its files.
 
-Layout of the trees (dm-thin-metadata.c ``__setup_btree_details``):
-
-- mapping tree, two levels: dev_id -> subtree root; vblock ->
-  ``(data_block << 24) | time``;
-- device details tree: dev_id -> ``disk_device_details`` (24 bytes).
+The trees and records are described in :mod:`dmthin.thin.format`.
 
 Changed device details are kept in memory and written at commit, as the
 kernel does.  Any mutating call may raise
@@ -20,59 +16,35 @@ caller must then :meth:`abort`.
 from __future__ import annotations
 
 import os
-import struct
-from bisect import bisect_left
 from typing import Iterator, NamedTuple
 
 from ..errors import (BadSuperblock, Busy, DeviceExists, DeviceNotFound, InvalidArgument,
                       MetadataError, NotSupported)
 from ..pdata.block import DEFAULT_CACHE_BLOCKS, BlockManager
-from ..pdata.btree import insert as bt
+from ..pdata.btree import ops as bt
 from ..pdata.btree import remove as bt_remove
 from ..pdata.btree.cursor import iter_range
-from ..pdata.btree.spine import BTreeInfo, ValueType
-from ..pdata.checksum import SUPERBLOCK
+from ..pdata.btree.hint import InsertHint
+from ..pdata.btree.node import NODE_CODEC
+from ..pdata.btree.spine import BTreeInfo, ValueType, runs
+from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
 from ..pdata.space_map.disk import DiskSpaceMap
 from ..pdata.space_map.metadata import MetadataSpaceMap
 from ..pdata.transaction import TransactionManager
-from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, MAX_DATA_BLOCK,
-                     MAX_METADATA_BLOCKS, check_dev_id)
-from .superblock import (SUPERBLOCK_LOCATION, NEEDS_CHECK_FLAG, SMRoot, Superblock,
-                         read_superblock)
+from ..units import MAX_METADATA_BLOCKS, check_data_block_sectors, check_dev_id
+from .format import (MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION,
+                     TIME_BITS, TIME_MASK, DeviceDetails, Superblock, clear_space_map_roots,
+                     pack_block_time, pack_sm_root)
+from .superblock import read_superblock
 
-DETAILS = struct.Struct("<QQII")    # mapped_blocks transaction_id creation_time snapshotted_time
-TIME_MASK = (1 << 24) - 1
-
-
-class DeviceDetails(NamedTuple):
-    mapped_blocks: int
-    transaction_id: int
-    creation_time: int
-    snapshotted_time: int
+__all__ = ["ThinMetadata", "DeviceDetails", "Lookup"]
 
 
 class Lookup(NamedTuple):
+    """A mapping as :meth:`ThinMetadata.lookup` finds it."""
     data_block: int
     time: int
     shared: bool
-
-
-def pack_block_time(block: int, time: int) -> int:
-    return (block << 24) | (time & TIME_MASK)
-
-
-class _Device:
-    """``struct dm_thin_device``: details held in memory until commit."""
-    __slots__ = ("dev_id", "mapped_blocks", "transaction_id", "creation_time",
-                 "snapshotted_time", "changed")
-
-    def __init__(self, dev_id, mapped, trans, ctime, stime, changed):
-        self.dev_id, self.mapped_blocks, self.transaction_id = dev_id, mapped, trans
-        self.creation_time, self.snapshotted_time, self.changed = ctime, stime, changed
-
-    def details(self) -> DeviceDetails:
-        return DeviceDetails(self.mapped_blocks, self.transaction_id, self.creation_time,
-                             self.snapshotted_time)
 
 
 class ThinMetadata:
@@ -82,27 +54,27 @@ class ThinMetadata:
     def __init__(self, bm: BlockManager, read_only: bool):
         self.bm = bm
         self.read_only = read_only
-        self.tm = TransactionManager(bm)
+        self.tm = TransactionManager(bm, NODE_CODEC)
         self._setup_infos()
-        self._devices: dict[int, _Device] = {}
+        # ``struct dm_thin_device``: details held in memory until commit,
+        # and the ids whose details changed.
+        self._devices: dict[int, DeviceDetails] = {}
+        self._changed: set[int] = set()
         self.superblock: Superblock | None = None
-        self._gen = 0            # bumped by every operation that may reshape a tree
-        self._fast = None        # the last insert's path (see _fast_insert)
 
     # -- construction ----------------------------------------------------------------
     def _setup_infos(self) -> None:
         tm = self.tm
 
         def data_inc(values):
-            self._data_runs(values, self.data_sm.inc)
+            for b, e in runs([v >> TIME_BITS for v in values]):
+                self.data_sm.inc(b, e)
 
         def data_dec(values):
-            self._data_runs(values, self.data_sm.dec)
+            for b, e in runs([v >> TIME_BITS for v in values]):
+                self.data_sm.dec(b, e)
 
-        def data_equal(a, b):
-            return a == b
-
-        data_vt = ValueType(8, data_inc, data_dec, data_equal)
+        data_vt = ValueType(MAPPING_VALUE_SIZE, data_inc, data_dec, lambda a, b: a == b)
 
         def subtree_inc(values):
             for v in values:
@@ -116,19 +88,9 @@ class ThinMetadata:
         self.bl_info = BTreeInfo(tm, 1, data_vt)
         self.tl_info = BTreeInfo(tm, 1, ValueType(8, subtree_inc, subtree_dec,
                                                   lambda a, b: a == b))
-        self.details_info = BTreeInfo(tm, 1, ValueType(DETAILS.size))
-
-    @staticmethod
-    def _data_runs(values, fn) -> None:
-        blocks = [v >> 24 for v in values]
-        i, n = 0, len(blocks)
-        while i < n:
-            b = blocks[i]
-            j = i + 1
-            while j < n and blocks[j] == b + (j - i):
-                j += 1
-            fn(b, b + (j - i))
-            i = j
+        self.details_info = BTreeInfo(tm, 1, ValueType(DeviceDetails.SIZE))
+        # The last mapping insert's path (pdata.btree.hint); see _mutating.
+        self._hint = InsertHint(self.info)
 
     @classmethod
     def format(cls, path: str | os.PathLike, data_block_size: int, nr_data_blocks: int,
@@ -139,11 +101,8 @@ class ThinMetadata:
         *data_block_size* is in 512-byte sectors.  Raises
         :class:`InvalidArgument` for sizes the kernel refuses.
         """
-        lo, hi = DATA_BLOCK_SIZE_MIN_SECTORS, DATA_BLOCK_SIZE_MAX_SECTORS
-        if not lo <= data_block_size <= hi or data_block_size % lo:
-            raise InvalidArgument(f"invalid data block size {data_block_size} sectors: "
-                                  f"use a multiple of {lo} between {lo} and {hi}")
-        if not 0 <= nr_data_blocks <= MAX_DATA_BLOCK + 1:
+        check_data_block_sectors(data_block_size)
+        if not 0 <= nr_data_blocks <= MAX_DATA_BLOCKS:
             raise InvalidArgument(f"invalid number of data blocks {nr_data_blocks}")
         bm = BlockManager(path, writable=True, cache_blocks=cache_blocks)
         if bm.file_blocks < 16:
@@ -176,9 +135,9 @@ class ThinMetadata:
              cache_blocks: int = DEFAULT_CACHE_BLOCKS,
              superblock_location: int = SUPERBLOCK_LOCATION) -> "ThinMetadata":
         """Open formatted metadata.  Raises :class:`BadSuperblock` (wrong
-        magic, unsupported version or feature flags), checksum errors, or
-        :class:`NotSupported` for read-write opening of metadata with
-        compat_ro flags."""
+        magic, unsupported version or feature flags, and for read-write
+        opening of metadata with compat_ro flags), checksum errors, or
+        :class:`MetadataError` if the file is smaller than its space map."""
         bm = BlockManager(path, writable=not read_only, cache_blocks=cache_blocks)
         try:
             sb = read_superblock(bm, superblock_location)
@@ -199,7 +158,7 @@ class ThinMetadata:
             raise MetadataError(f"metadata space map covers {msm.nr_blocks} blocks but "
                                 f"{bm.path} holds only {bm.file_blocks}")
         bm.nr_blocks = msm.nr_blocks
-        self.tm = TransactionManager(bm)
+        self.tm = TransactionManager(bm, NODE_CODEC)
         self._setup_infos()
         self.metadata_sm = MetadataSpaceMap.open(self.tm, msm.nr_blocks, msm.nr_allocated,
                                                  msm.bitmap_root, msm.ref_count_root)
@@ -216,16 +175,16 @@ class ThinMetadata:
         self._sb_template = sb
         self.superblock = sb
         self._devices = {}
-        self._fast = None
+        self._changed = set()
 
     def close(self) -> None:
         """Close without committing (uncommitted changes are lost)."""
         self.bm.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "ThinMetadata":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- properties -----------------------------------------------------------------------
@@ -254,34 +213,39 @@ class ThinMetadata:
     def data_block_count(self, b: int) -> int:
         return self.data_sm.get_count(b)
 
-    def _writable(self) -> None:
+    def _check_writable(self) -> None:
+        """Raise :class:`NotSupported` if the metadata is open read-only."""
         if self.read_only:
             raise NotSupported("metadata is open read-only")
-        self._gen += 1
+
+    def _mutating(self) -> None:
+        """:meth:`_check_writable`; then, as the trees are about to change
+        other than by a mapping insert, forget the insert hint."""
+        self._check_writable()
+        self._hint.forget()
 
     # -- commit / abort ----------------------------------------------------------------------
     def _write_changed_details(self) -> None:
-        for td in reversed(list(self._devices.values())):
-            if td.changed:
-                raw = DETAILS.pack(td.mapped_blocks, td.transaction_id, td.creation_time,
-                                   td.snapshotted_time)
+        changed = self._changed
+        for dev_id in reversed(list(self._devices)):
+            if dev_id in changed:
                 self.details_root, _ = bt.insert(self.details_info, self.details_root,
-                                                 [td.dev_id], raw)
-                td.changed = False
+                                                 [dev_id], self._devices[dev_id].pack())
+        changed.clear()
 
     def commit(self) -> None:
         """``__commit_transaction``: details, data space map, metadata space
         map and every dirty block, then the superblock last."""
-        self._writable()
+        self._mutating()
         self._write_changed_details()
         self.data_sm.commit()
         self.tm.pre_commit()
         sb = self._sb_template.replace(
             flags=self.flags, time=self.time, trans_id=self.trans_id, held_root=self.held_root,
             data_mapping_root=self.root, device_details_root=self.details_root,
-            data_sm_root=SMRoot(*self.data_sm.root()).pack(),
-            metadata_sm_root=SMRoot(*self.metadata_sm.root()).pack())
-        buf = bytearray(4096)
+            data_sm_root=pack_sm_root(self.data_sm.root()),
+            metadata_sm_root=pack_sm_root(self.metadata_sm.root()))
+        buf = bytearray(BLOCK_SIZE)
         sb.pack_into(buf)
         self.tm.commit(SUPERBLOCK_LOCATION, buf, SUPERBLOCK)
         self.superblock = sb
@@ -289,31 +253,27 @@ class ThinMetadata:
 
     def abort(self) -> None:
         """Drop every uncommitted change: back to the last commit."""
-        self._gen += 1
+        self._hint.forget()
         self.tm.abort()
         self._load(read_superblock(self.bm, SUPERBLOCK_LOCATION))
 
     # -- devices -------------------------------------------------------------------------------
-    def _lookup_details(self, dev_id: int) -> _Device | None:
-        raw = bt.lookup(self.details_info, self.details_root, [dev_id])
-        if raw is None:
-            return None
-        return _Device(dev_id, *DETAILS.unpack(raw), False)
-
-    def _open_device(self, dev_id: int, create: bool = False) -> _Device:
+    def _open_device(self, dev_id: int, create: bool = False) -> DeviceDetails:
+        """*dev_id*'s details (kept until commit); new ones if *create*."""
         td = self._devices.get(dev_id)
-        if td is not None:
-            if create:
-                raise DeviceExists(f"thin device {dev_id} already exists")
-            return td
-        td = self._lookup_details(dev_id)
         if td is None:
-            if not create:
+            raw = bt.lookup(self.details_info, self.details_root, [dev_id])
+            if raw is not None:
+                td = DeviceDetails.unpack(raw)
+            elif create:
+                td = DeviceDetails(0, self.trans_id, self.time, self.time)
+                self._changed.add(dev_id)
+                create = False
+            else:
                 raise DeviceNotFound(f"no thin device {dev_id}")
-            td = _Device(dev_id, 0, self.trans_id, self.time, self.time, True)
-        elif create:
+            self._devices[dev_id] = td
+        if create:
             raise DeviceExists(f"thin device {dev_id} already exists")
-        self._devices[dev_id] = td
         return td
 
     def device_ids(self) -> list[int]:
@@ -321,8 +281,9 @@ class ThinMetadata:
         return [k for k, _v in iter_range(self.tm, self.root)]
 
     def details(self, dev_id: int) -> DeviceDetails:
-        """Raises :class:`DeviceNotFound` (ENODATA)."""
-        return self._open_device(dev_id).details()
+        """A copy of device *dev_id*'s details.  Raises
+        :class:`DeviceNotFound` (ENODATA)."""
+        return self._open_device(dev_id).copy()
 
     def has_device(self, dev_id: int) -> bool:
         """True if thin device *dev_id* exists (committed or not)."""
@@ -331,7 +292,7 @@ class ThinMetadata:
 
     def create_thin(self, dev_id: int) -> None:
         """``__create_thin``: EEXIST if the id is used, EINVAL above 2^24-1."""
-        self._writable()
+        self._mutating()
         check_dev_id(dev_id)
         if self.has_device(dev_id):
             raise DeviceExists(f"thin device {dev_id} already exists")
@@ -341,7 +302,7 @@ class ThinMetadata:
 
     def create_snap(self, dev_id: int, origin_id: int) -> None:
         """``__create_snap``: share the origin's subtree, bump the time."""
-        self._writable()
+        self._mutating()
         check_dev_id(dev_id)
         check_dev_id(origin_id)
         if self.has_device(dev_id):
@@ -354,17 +315,18 @@ class ThinMetadata:
         self.time += 1
         snap = self._open_device(dev_id, create=True)
         origin = self._open_device(origin_id)
-        origin.changed = True
+        self._changed.add(origin_id)
         origin.snapshotted_time = self.time
         snap.mapped_blocks = origin.mapped_blocks
         snap.snapshotted_time = self.time
 
     def delete(self, dev_id: int) -> None:
         """``__delete_device``: drop the details and the mapping subtree."""
-        self._writable()
+        self._mutating()
         check_dev_id(dev_id)
         self._open_device(dev_id)
         del self._devices[dev_id]
+        self._changed.discard(dev_id)
         self.details_root, _ = bt_remove.remove(self.details_info, self.details_root, [dev_id])
         self.root, removed = bt_remove.remove(self.tl_info, self.root, [dev_id])
         if not removed:
@@ -372,21 +334,21 @@ class ThinMetadata:
 
     def set_transaction_id(self, old: int, new: int) -> None:
         """Compare and swap; :class:`InvalidArgument` on mismatch."""
-        self._writable()
+        self._mutating()
         if self.trans_id != old:
             raise InvalidArgument(f"mismatched transaction id: the pool's is {self.trans_id}, "
                                   f"not {old}")
         self.trans_id = new
 
     def set_needs_check(self) -> None:
-        self._writable()
+        self._mutating()
         self.flags |= NEEDS_CHECK_FLAG
 
     # -- metadata snapshots ------------------------------------------------------------------
     def reserve_metadata_snap(self) -> int:
         """Commit, then copy the superblock to a held block; return it.
         :class:`Busy` (EBUSY) if a snapshot is already held."""
-        self._writable()
+        self._mutating()
         if self.held_root:
             raise Busy(f"a metadata snapshot is already held at block {self.held_root}: "
                        "release it first")
@@ -395,7 +357,7 @@ class ThinMetadata:
         self.metadata_sm.inc(SUPERBLOCK_LOCATION)
         held, buf, _inc = tm.shadow_block(SUPERBLOCK_LOCATION, SUPERBLOCK)
         copy = Superblock.unpack(buf)
-        buf[64:320] = bytes(256)          # the copy's space maps are not published
+        clear_space_map_roots(buf)        # the copy's space maps are not published
         tm.inc(copy.data_mapping_root)
         tm.inc(copy.device_details_root)
         self.held_root = held
@@ -403,7 +365,7 @@ class ThinMetadata:
 
     def release_metadata_snap(self) -> None:
         """:class:`InvalidArgument` (EINVAL) if no snapshot is held."""
-        self._writable()
+        self._mutating()
         held, self.held_root = self.held_root, 0
         if not held:
             raise InvalidArgument("no pool metadata snapshot found: nothing to release")
@@ -427,110 +389,38 @@ class ThinMetadata:
         if v is None:
             return None
         time = v & TIME_MASK
-        return Lookup(v >> 24, time, td.snapshotted_time > time)
+        return Lookup(v >> TIME_BITS, time, td.snapshotted_time > time)
 
     def insert(self, dev_id: int, vblock: int, data_block: int) -> None:
         """Map *vblock* to *data_block* with the current time.  The caller
         owns one reference to *data_block*; a replaced mapping's block is
         released."""
-        if self.read_only:
-            raise NotSupported("metadata is open read-only")
+        self._check_writable()
         td = self._open_device(dev_id)
         if not 0 <= data_block < self.data_sm.nr_blocks:
             raise InvalidArgument(f"data block {data_block} is outside the pool "
                                   f"({self.data_sm.nr_blocks} blocks)")
-        value = pack_block_time(data_block, self.time)
-        if self._fast_insert(dev_id, vblock, value):
-            td.mapped_blocks += 1
-            td.changed = True
-            return
-        self._gen += 1
-        self.root, inserted = bt.insert(self.info, self.root, [dev_id, vblock], value)
+        self.root, inserted = self._hint.insert(self.root, [dev_id, vblock],
+                                                pack_block_time(data_block, self.time))
         if inserted:
             td.mapped_blocks += 1
-        td.changed = True
-        self._remember_path(dev_id, vblock)
-
-    # The kernel inserts one mapping at a time, shadowing the path from the
-    # root and making room in every full node on it.  When the last insert's
-    # path is still live in this transaction (every node a fresh, unshared
-    # shadow, in the cache, with a free slot) and the next key routes to the
-    # same leaf without lowering a bound, all the kernel does is put the key
-    # into that leaf; _fast_insert does exactly that.  tests/thin/
-    # test_metadata.py checks that the files come out byte for byte the same.
-    def _remember_path(self, dev_id: int, key: int) -> None:
-        self._fast = None
-        tm = self.tm
-        single = tm._single
-        nodes = []
-        b = self.root
-        for level in (0, 1):
-            k = dev_id if level == 0 else key
-            lo, hi = 0, None
-            while True:
-                node = tm.read_node(b)
-                if b not in single or len(node.keys) >= node.max_entries and \
-                        not (level == 0 and node.flags & 2):
-                    return
-                nodes.append((b, node))
-                i = bt.lower_bound(node.keys, k)
-                if i < 0:
-                    return
-                if node.flags & 2:              # leaf
-                    break
-                if level == 1:
-                    lo = max(lo, node.keys[i])
-                    if i + 1 < len(node.keys):
-                        nxt = node.keys[i + 1]
-                        hi = nxt if hi is None else min(hi, nxt)
-                b = node.values[i]
-            if level == 0:
-                if node.keys[i] != dev_id:
-                    return
-                b = node.values[i]
-        self._fast = (self._gen, dev_id, nodes, lo, hi)
-
-    def _fast_insert(self, dev_id: int, key: int, value: int) -> bool:
-        f = self._fast
-        if f is None or f[0] != self._gen or f[1] != dev_id:
-            return False
-        _gen, _dev, nodes, lo, hi = f
-        if key < lo or (hi is not None and key >= hi):
-            return False
-        single = self.tm._single
-        cache = self.bm._cache
-        for b, node in nodes:
-            if b not in single:
-                return False
-            entry = cache.get(b)
-            if entry is None or entry.node is not node or not entry.dirty:
-                return False
-        leaf = nodes[-1][1]
-        keys = leaf.keys
-        if len(keys) >= leaf.max_entries:
-            return False
-        i = bisect_left(keys, key)
-        if i < len(keys) and keys[i] == key:
-            return False                  # an overwrite: the slow path releases the old block
-        keys.insert(i, key)
-        leaf.values.insert(i, value)
-        return True
+        self._changed.add(dev_id)
 
     def remove(self, dev_id: int, vblock: int) -> bool:
         """Unmap *vblock*; return False if it was not mapped."""
-        self._writable()
+        self._mutating()
         td = self._open_device(dev_id)
         if bt.lookup(self.info, self.root, [dev_id, vblock]) is None:
             return False
         self.root, removed = bt_remove.remove(self.info, self.root, [dev_id, vblock])
         if removed:
             td.mapped_blocks -= 1
-            td.changed = True
+            self._changed.add(dev_id)
         return removed
 
     def remove_range(self, dev_id: int, begin: int, end: int) -> int:
         """``__remove_range``: unmap [begin, end); return how many."""
-        self._writable()
+        self._mutating()
         td = self._open_device(dev_id)
         mapping_root = self._subtree(dev_id)
         self.tm.inc(mapping_root)
@@ -548,7 +438,7 @@ class ThinMetadata:
             if not count:
                 break
         td.mapped_blocks -= total
-        td.changed = True
+        self._changed.add(dev_id)
         self.root, _ = bt.insert(self.tl_info, self.root, [dev_id], mapping_root)
         return total
 
@@ -557,7 +447,7 @@ class ThinMetadata:
         """Yield ``(vblock, data_block, time)`` in order.  Do not modify the
         metadata while iterating."""
         for k, v in iter_range(self.tm, self._subtree(dev_id), begin, end):
-            yield k, v >> 24, v & TIME_MASK
+            yield k, v >> TIME_BITS, v & TIME_MASK
 
     def highest_mapped_block(self, dev_id: int) -> int | None:
         return bt.find_highest_key(self.bl_info, self._subtree(dev_id))
@@ -565,8 +455,7 @@ class ThinMetadata:
     # -- data space ------------------------------------------------------------------------------
     def alloc_data_block(self) -> int:
         """Allocate a data block in the kernel's order; :class:`NoSpace`."""
-        if self.read_only:
-            raise NotSupported("metadata is open read-only")
+        self._check_writable()
         return self.data_sm.new_block()
 
     def metadata_file_blocks(self) -> int:
@@ -581,7 +470,7 @@ class ThinMetadata:
         file's size, capped at the kernel's maximum.  Returns the new size in
         blocks.  Raises :class:`InvalidArgument` if the file is smaller than
         the space map."""
-        self._writable()
+        self._mutating()
         self.bm.refresh_size()
         if nr_blocks is None:
             nr_blocks = self.bm.file_blocks
@@ -600,7 +489,7 @@ class ThinMetadata:
 
     def resize_data(self, nr_blocks: int) -> None:
         """Grow the data space map (``dm_pool_resize_data_dev``)."""
-        self._writable()
+        self._mutating()
         old = self.data_sm.nr_blocks
         if nr_blocks < old:
             raise InvalidArgument(f"cannot reduce the data space from {old} to {nr_blocks} blocks")

@@ -20,7 +20,8 @@ import os
 from xml.parsers import expat
 
 from ..errors import UsageError
-from ..units import MAX_DATA_BLOCK, MAX_DEV_ID, MAX_TIME
+from ..units import MAX_DEV_ID
+from .format import MAX_DATA_BLOCK, MAX_TIME, TIME_BITS, TIME_MASK
 from .ir import Device, Map, Superblock
 
 U32 = (1 << 32) - 1
@@ -100,10 +101,10 @@ class XmlWriter:
         """Fast path: raw ``(thin_begin, packed_value, length)`` runs."""
         ind = self._ind
         self.write("".join([
-            f'{ind}<single_mapping origin_block="{t}" data_block="{v >> 24}" '
-            f'time="{v & 0xFFFFFF}"/>\n' if n == 1 else
-            f'{ind}<range_mapping origin_begin="{t}" data_begin="{v >> 24}" length="{n}" '
-            f'time="{v & 0xFFFFFF}"/>\n' for t, v, n in runs]))
+            f'{ind}<single_mapping origin_block="{t}" data_block="{v >> TIME_BITS}" '
+            f'time="{v & TIME_MASK}"/>\n' if n == 1 else
+            f'{ind}<range_mapping origin_begin="{t}" data_begin="{v >> TIME_BITS}" '
+            f'length="{n}" time="{v & TIME_MASK}"/>\n' for t, v, n in runs]))
 
     def ref_shared(self, name: str) -> None:
         self.write(f'{self._ind}<ref name="{_esc(name)}"/>\n')

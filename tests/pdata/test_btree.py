@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dmthin.pdata.block import BlockManager
-from dmthin.pdata.btree import insert as bt
+from dmthin.pdata.btree import ops as bt
 from dmthin.pdata.btree import remove as btr
 from dmthin.pdata.btree.cursor import iter_range
-from dmthin.pdata.btree.node import LEAF_NODE
+from dmthin.pdata.btree.node import LEAF_NODE, NODE_CODEC
 from dmthin.pdata.btree.spine import BTreeInfo, ValueType
 from dmthin.pdata.space_map.metadata import MetadataSpaceMap
 from dmthin.pdata.transaction import TransactionManager
@@ -26,7 +26,7 @@ def tm(tmp_path):
     with open(path, "wb") as f:
         f.truncate(32 << 20)
     bm = BlockManager(path, writable=True, cache_blocks=32)
-    tm = TransactionManager(bm)
+    tm = TransactionManager(bm, NODE_CODEC)
     MetadataSpaceMap.create(tm, bm.file_blocks)
     yield tm
     bm.close()
@@ -84,7 +84,7 @@ def test_random_inserts_and_removes_keep_shape(tmp_path_factory, seed):
     with open(path, "wb") as f:
         f.truncate(32 << 20)
     bm = BlockManager(path, writable=True, cache_blocks=32)
-    tm = TransactionManager(bm)
+    tm = TransactionManager(bm, NODE_CODEC)
     sm = MetadataSpaceMap.create(tm, bm.file_blocks)
     info = BTreeInfo(tm, 1, ValueType(8))
     root = bt.empty(info)

@@ -8,7 +8,8 @@ import random
 from dmthin.pdata.block import BlockManager
 from dmthin.pdata.checksum import (BITMAP, BTREE_NODE, INDEX, SUPERBLOCK, block_checksum,
                                    block_kind, check_crc32c)
-from dmthin.pdata.space_map.common import bitmap_find_free, bitmap_get, bitmap_set
+from dmthin.pdata.btree.node import NODE_CODEC
+from dmthin.pdata.space_map.format import bitmap_find_free, bitmap_get, bitmap_set
 from dmthin.pdata.space_map.disk import DiskSpaceMap
 from dmthin.pdata.space_map.metadata import MetadataSpaceMap
 from dmthin.pdata.transaction import TransactionManager
@@ -50,7 +51,7 @@ def test_data_space_map_counts_overflow_and_free(tmp_path):
     with open(path, "wb") as f:
         f.truncate(16 << 20)
     bm = BlockManager(path, writable=True, cache_blocks=16)
-    tm = TransactionManager(bm)
+    tm = TransactionManager(bm, NODE_CODEC)
     MetadataSpaceMap.create(tm, bm.file_blocks)
     nr = 40000                                   # three bitmaps, the last partial
     sm = DiskSpaceMap.create(tm, nr)
@@ -80,7 +81,7 @@ def test_metadata_space_map_free_count_and_recursion(tmp_path):
     with open(path, "wb") as f:
         f.truncate(8 << 20)
     bm = BlockManager(path, writable=True, cache_blocks=16)
-    tm = TransactionManager(bm)
+    tm = TransactionManager(bm, NODE_CODEC)
     sm = MetadataSpaceMap.create(tm, bm.file_blocks)
     allocated = sm.ll.nr_allocated
     blocks = [sm.new_block() for _ in range(50)]

@@ -494,17 +494,6 @@ def test_dump_fails_cleanly(fault, base_md, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_ref_counter_saturates_into_a_dict():
-    from dmthin.pdata.btree.check import RefCounter
-    rc = RefCounter(4)
-    for _ in range(300):
-        rc.inc(2)
-    rc.inc(1, 254)
-    rc.inc(1)
-    assert (rc.get(0), rc.get(1), rc.get(2)) == (0, 255, 300)
-    assert rc.small[2] == 255 and rc.big == {1: 255, 2: 300}
-
-
 def test_messages_name_path_and_keys(base_md, tmp_path):
     p = tmp_path / "m.md"
     shutil.copy(base_md, p)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dmthin.errors import UsageError
-from dmthin.thin.dump import open_block_manager
+from dmthin.thin.reader import open_block_manager
 from dmthin.thin.ls import FIELDS, format_disk_unit, parse_fields, thin_ls
 from thin_xmlgen import (THIN_LS, THIN_RESTORE, add_fake_metadata_snap, blank, dmthin,
                          gen_metadata, run, to_xml, tools110)  # noqa: F401 (fixture)

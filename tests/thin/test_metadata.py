@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmthin.errors import Busy, DeviceExists, DeviceNotFound, InvalidArgument, NoSpace
+from dmthin.pdata.btree.hint import InsertHint
 from dmthin.thin.metadata import ThinMetadata
 
 from thin_model import ThinModel
@@ -278,14 +279,21 @@ def test_metadata_grows_onto_a_bigger_file(tmp_path, thin_check_110):
 
 @pytest.mark.parametrize("seed", [3, 17])
 def test_fast_insert_path_writes_the_same_bytes_as_the_kernel_walk(tmp_path, monkeypatch, seed):
-    """ThinMetadata's fast insert path must leave metadata byte-identical to
-    the step-by-step kernel algorithm."""
+    """ThinMetadata's fast insert path (InsertHint) must leave metadata
+    byte-identical to the step-by-step kernel algorithm."""
     files = []
+    fast_inserts = []
+    real_fast = InsertHint._fast
+
+    def counting_fast(self, *a):
+        done = real_fast(self, *a)
+        fast_inserts.append(done)
+        return done
+
     for fast in (True, False):
         d = tmp_path / ("fast" if fast else "slow")
         d.mkdir()
-        if not fast:
-            monkeypatch.setattr(ThinMetadata, "_fast_insert", lambda *a: False)
+        monkeypatch.setattr(InsertHint, "_fast", counting_fast if fast else lambda *a: False)
         path, md = new_metadata(d)
         rng = random.Random(seed)
         md.create_thin(0)
@@ -308,3 +316,4 @@ def test_fast_insert_path_writes_the_same_bytes_as_the_kernel_walk(tmp_path, mon
         md.close()
         files.append(path.read_bytes())
     assert files[0] == files[1]
+    assert sum(fast_inserts) > len(fast_inserts) // 5     # the fast path was taken

@@ -22,9 +22,9 @@ import sys
 from array import array
 
 from ..checksum import BLOCK_SIZE, BTREE_NODE, Validator
-from .node import HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, calc_max_entries
+from .node import (HEADER_FIELDS, HEADER_FIELDS_OFFSET, HEADER_SIZE, INTERNAL_NODE, LEAF_NODE,
+                   calc_max_entries)
 
-_HDR = struct.Struct("<IQIII")          # flags, blocknr, nr_entries, max_entries, value_size
 _LITTLE = sys.byteorder == "little"
 _ZERO = bytes(BLOCK_SIZE)
 
@@ -127,7 +127,7 @@ def _write_node(w: BlockWriter, flags: int, keys_b: bytes, values_b: bytes, nr: 
     b = w.alloc(BTREE_NODE)
     off = w.offset(b)
     buf = w.buf
-    _HDR.pack_into(buf, off + 4, flags, b, nr, mx, vs)
+    HEADER_FIELDS.pack_into(buf, off + HEADER_FIELDS_OFFSET, flags, b, nr, mx, vs)
     buf[off + HEADER_SIZE:off + HEADER_SIZE + len(keys_b)] = keys_b
     voff = off + HEADER_SIZE + 8 * mx
     buf[voff:voff + len(values_b)] = values_b

@@ -13,11 +13,12 @@ validating every node it reaches:
 * every non-root node at least ``max_entries / 3`` full;
 * cycles (a child that is one of its own ancestors) and a depth bound.
 
-It counts references to metadata blocks in a :class:`RefCounter`: each node
-is counted once per parent pointer; a node reached again (a shared subtree
-after a snapshot) is counted again but not walked again, as the tools'
-``visit_again`` does.  Trees whose nodes must not be shared (the space-map
-trees) are walked with ``shareable=False``: a second reference is an error.
+It counts references to metadata blocks in a
+:class:`~dmthin.pdata.refcounts.RefCounts`: each node is counted once per
+parent pointer; a node reached again (a shared subtree after a snapshot) is
+counted again but not walked again, as the tools' ``visit_again`` does.
+Trees whose nodes must not be shared (the space-map trees) are walked with
+``shareable=False``: a second reference is an error.
 
 Problems raise :class:`NodeError` (a :class:`~dmthin.errors.BTreeError`)
 carrying the node path (block numbers from the root) and the key range.
@@ -30,10 +31,10 @@ from typing import Callable, Iterator
 
 from ...errors import BlockNrMismatch, BTreeError, ChecksumError, MetadataError
 from ..checksum import BTREE_NODE
-from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, calc_max_entries, read_header,
-                   read_values)
+from ..refcounts import RefCounts
+from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, WALK_MAX_DEPTH, calc_max_entries,
+                   read_header, read_values)
 
-MAX_DEPTH = 16          # fan-out >= 84: 16 levels exceed 2^64 keys
 _POST = object()
 
 # What went wrong with a node (NodeError.kind).
@@ -75,46 +76,15 @@ class NodeError(BTreeError):
         return f"{self.tree}: {self.reason} (path {where}{rng})"
 
 
-class RefCounter:
-    """Reference counts for blocks ``0..size-1`` in a bytearray (one byte
-    each) with a dict for the rare counts above 254: bounded memory for
-    millions of data blocks."""
-
-    __slots__ = ("size", "small", "big")
-    _SAT = 255
-
-    def __init__(self, size: int):
-        self.size = size
-        self.small = bytearray(size)
-        self.big: dict[int, int] = {}
-
-    def inc(self, b: int, n: int = 1) -> None:
-        """Add *n* to block *b* (IndexError if *b* is out of range)."""
-        small = self.small
-        c = small[b]
-        if c == self._SAT:
-            self.big[b] += n
-        elif c + n >= self._SAT:
-            small[b] = self._SAT
-            self.big[b] = c + n
-        else:
-            small[b] = c + n
-
-    def get(self, b: int) -> int:
-        """The count of block *b* (IndexError if out of range)."""
-        c = self.small[b]
-        return self.big[b] if c == self._SAT else c
-
-
 class BTreeChecker:
     """Validate btrees of one metadata device and count their nodes.
 
     *bm* is a :class:`~dmthin.pdata.block.BlockManager`; *nr_blocks* the
     number of metadata blocks the space map covers (children beyond it are
-    errors); *counts* a :class:`RefCounter` of that size (or None).
+    errors); *counts* a :class:`RefCounts` of that size (or None).
     """
 
-    def __init__(self, bm, nr_blocks: int, counts: RefCounter | None = None):
+    def __init__(self, bm, nr_blocks: int, counts: RefCounts | None = None):
         self.bm = bm
         self.nr_blocks = nr_blocks
         self.counts = counts
@@ -160,8 +130,9 @@ class BTreeChecker:
         reached again (shared).  If *totals* (an ``array('Q')`` indexed by
         block, see :func:`new_totals`) is given, ``totals[b]`` is set to the
         number of leaf entries under each node walked, so the entries under a
-        shared subtree are known without walking it again.  Raises :class:`NodeError` at the first bad
-        node; the caller decides whether to go on with another tree.
+        shared subtree are known without walking it again.  Raises
+        :class:`NodeError` at the first bad node; the caller decides whether
+        to go on with another tree.
         """
         tag = self._tag(tree_kind or tree)
         counts = self.counts
@@ -186,8 +157,8 @@ class BTreeChecker:
                                          f"({self.nr_blocks} blocks)")
             if b in path[:-1]:
                 raise fail(CYCLE, f"btree node {b} points back to its ancestor {b} (a cycle)")
-            if depth > MAX_DEPTH:
-                raise fail(DEPTH, f"btree is deeper than {MAX_DEPTH} levels (a cycle?)")
+            if depth > WALK_MAX_DEPTH:
+                raise fail(DEPTH, f"btree is deeper than {WALK_MAX_DEPTH} levels (a cycle?)")
             if counts is not None:
                 counts.inc(b)
             if seen[b]:

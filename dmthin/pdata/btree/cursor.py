@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ...errors import BTreeError
-from .insert import MAX_DEPTH, lower_bound
-from .node import LEAF_NODE
+from .node import LEAF_NODE, MAX_SPINE_DEPTH, lower_bound
 
 
 def iter_range(tm, root: int, begin: int = 0, end: int | None = None
@@ -15,7 +14,7 @@ def iter_range(tm, root: int, begin: int = 0, end: int | None = None
     stack = [(root, 0)]
     while stack:
         b, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        if depth > MAX_SPINE_DEPTH:
             raise BTreeError(f"btree under block {root} exceeds max depth (a cycle?)", b)
         node = tm.read_node(b)
         keys = node.keys

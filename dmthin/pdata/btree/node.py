@@ -8,17 +8,26 @@ are zero.  Internal nodes have value_size 8 (child block numbers).
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left, bisect_right
+from typing import Sequence
 
 from ...errors import BTreeError
-from ..checksum import BLOCK_SIZE
+from ..checksum import BLOCK_SIZE, BTREE_NODE, Validator
 
 INTERNAL_NODE = 1
 LEAF_NODE = 2
 HEADER_SIZE = 32
+# The header after the checksum: flags, blocknr, nr_entries, max_entries,
+# value_size (then 4 bytes of padding up to HEADER_SIZE).
+HEADER_FIELDS_OFFSET = 4
+HEADER_FIELDS = struct.Struct("<IQIII")
 
-_HEADER = struct.Struct("<IIQIIII")   # csum flags blocknr nr_entries max_entries value_size pad
-_HEAD_FIELDS = struct.Struct("<IQIII")    # flags at 4, blocknr 8, nr 16, max 20, vs 24
-_U64 = struct.Struct("<Q")
+# Bounds on the depth of a tree, as cycle guards.  dm-btree.c bounds a path
+# being modified (and its deletion stack) at 64 nodes; read-only walkers
+# stop at 16 levels, which with a fan-out of at least 84 (a third of the
+# smallest max_entries, 252) covers far more than 2^64 keys.
+MAX_SPINE_DEPTH = 64
+WALK_MAX_DEPTH = 16
 
 
 def calc_max_entries(value_size: int) -> int:
@@ -28,7 +37,7 @@ def calc_max_entries(value_size: int) -> int:
 
 def read_header(buf) -> tuple[int, int, int, int]:
     """Return ``(flags, nr_entries, max_entries, value_size)``."""
-    flags, _nr, nr, mx, vs = _HEAD_FIELDS.unpack_from(buf, 4)
+    flags, _blocknr, nr, mx, vs = HEADER_FIELDS.unpack_from(buf, HEADER_FIELDS_OFFSET)
     return flags, nr, mx, vs
 
 
@@ -44,6 +53,18 @@ def check_header(buf, blocknr: int) -> tuple[int, int, int, int]:
         raise BTreeError(f"btree node {blocknr}: neither internal nor leaf (flags {flags})",
                          blocknr)
     return flags, nr, mx, vs
+
+
+def lower_bound(keys: Sequence[int], key: int) -> int:
+    """The kernel's ``lower_bound``: index of *key*, else of the last key
+    below it, else -1.  *keys* ascend strictly, as in every valid node."""
+    return bisect_right(keys, key) - 1
+
+
+def upper_bound(keys: Sequence[int], key: int) -> int:
+    """The kernel's ``upper_bound``: index of *key*, else of the first key
+    above it (``len(keys)`` if none)."""
+    return bisect_left(keys, key)
 
 
 def read_keys(buf, nr: int) -> tuple[int, ...]:
@@ -114,10 +135,29 @@ class Node:
         if nr > mx:
             raise BTreeError(f"node overflow: {nr} entries > max {mx}")
         buf[4:BLOCK_SIZE] = bytes(BLOCK_SIZE - 4)
-        _HEAD_FIELDS.pack_into(buf, 4, self.flags, 0, nr, mx, vs)
+        HEADER_FIELDS.pack_into(buf, HEADER_FIELDS_OFFSET, self.flags, 0, nr, mx, vs)
         struct.pack_into(f"<{nr}Q", buf, HEADER_SIZE, *self.keys)
         off = HEADER_SIZE + 8 * mx
         if vs == 8:
             struct.pack_into(f"<{nr}Q", buf, off, *self.values)
         elif nr:
             buf[off:off + nr * vs] = b"".join(self.values)
+
+
+class NodeCodec:
+    """How the transaction manager decodes and copies btree nodes (its hook
+    into this module: it caches decoded nodes without importing btrees)."""
+
+    validator: Validator = BTREE_NODE
+
+    @staticmethod
+    def decode(buf, blocknr: int) -> Node:
+        return Node.decode(buf, blocknr)
+
+    @staticmethod
+    def copy(node: Node) -> Node:
+        return Node(node.flags, node.max_entries, node.value_size, list(node.keys),
+                    list(node.values))
+
+
+NODE_CODEC = NodeCodec()

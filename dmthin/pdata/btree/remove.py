@@ -8,8 +8,7 @@ a third full; a root left with a single child absorbs it.
 from __future__ import annotations
 
 from ...errors import BTreeError
-from .insert import MAX_DEPTH, lower_bound
-from .node import LEAF_NODE, Node
+from .node import LEAF_NODE, MAX_SPINE_DEPTH, Node, lower_bound
 from .spine import BTreeInfo, ShadowSpine, ValueType, inc_children, le64_type
 
 
@@ -47,19 +46,19 @@ class _Child:
         self.index, self.block, self.node = index, b, node
 
 
-def _rebalance2_nodes(info, parent: Node, l: _Child, r: _Child) -> None:
-    left, right = l.node, r.node
+def _rebalance2_nodes(info, parent: Node, lc: _Child, rc: _Child) -> None:
+    left, right = lc.node, rc.node
     nr_left, nr_right = len(left.keys), len(right.keys)
     if nr_left + nr_right < 2 * _merge_threshold(left) + 1:
         left.keys.extend(right.keys)
         left.values.extend(right.values)
-        del parent.keys[r.index], parent.values[r.index]
+        del parent.keys[rc.index], parent.values[rc.index]
         # The right block goes, its children stay referenced by left.
-        info.tm.dec(r.block)
+        info.tm.dec(rc.block)
     else:
         target_left = (nr_left + nr_right) // 2
         _shift(left, right, nr_left - target_left)
-        parent.keys[r.index] = right.keys[0]
+        parent.keys[rc.index] = right.keys[0]
 
 
 def _rebalance2(info, s: ShadowSpine, vt, left_index: int) -> None:
@@ -69,8 +68,8 @@ def _rebalance2(info, s: ShadowSpine, vt, left_index: int) -> None:
     _rebalance2_nodes(info, parent, left, right)
 
 
-def _delete_center_node(info, parent, l, c, r) -> None:
-    left, center, right = l.node, c.node, r.node
+def _delete_center_node(info, parent, lc, cc, rc) -> None:
+    left, center, right = lc.node, cc.node, rc.node
     nr_left, nr_center = len(left.keys), len(center.keys)
     shift = min(left.max_entries - nr_left, nr_center)
     left.keys.extend(center.keys[:shift])
@@ -78,15 +77,15 @@ def _delete_center_node(info, parent, l, c, r) -> None:
     if shift != nr_center:
         right.keys[:0] = center.keys[shift:]
         right.values[:0] = center.values[shift:]
-    parent.keys[r.index] = right.keys[0]
-    del parent.keys[c.index], parent.values[c.index]
-    r.index -= 1
-    info.tm.dec(c.block)
-    _rebalance2_nodes(info, parent, l, r)
+    parent.keys[rc.index] = right.keys[0]
+    del parent.keys[cc.index], parent.values[cc.index]
+    rc.index -= 1
+    info.tm.dec(cc.block)
+    _rebalance2_nodes(info, parent, lc, rc)
 
 
-def _redistribute3(parent, l, c, r) -> None:
-    left, center, right = l.node, c.node, r.node
+def _redistribute3(parent, lc, cc, rc) -> None:
+    left, center, right = lc.node, cc.node, rc.node
     nr_left, nr_center, nr_right = len(left.keys), len(center.keys), len(right.keys)
     total = nr_left + nr_center + nr_right
     target_right = total // 3
@@ -112,22 +111,22 @@ def _redistribute3(parent, l, c, r) -> None:
         else:
             _shift(center, right, s)
         _shift(left, center, nr_left - target_left)
-    parent.keys[c.index] = center.keys[0]
-    parent.keys[r.index] = right.keys[0]
+    parent.keys[cc.index] = center.keys[0]
+    parent.keys[rc.index] = right.keys[0]
 
 
 def _rebalance3(info, s: ShadowSpine, vt, left_index: int) -> None:
     parent = s.current[1]
-    l = _Child(info, vt, parent, left_index)
-    c = _Child(info, vt, parent, left_index + 1)
-    r = _Child(info, vt, parent, left_index + 2)
-    if not (l.node.max_entries == c.node.max_entries == r.node.max_entries):
+    lc = _Child(info, vt, parent, left_index)
+    cc = _Child(info, vt, parent, left_index + 1)
+    rc = _Child(info, vt, parent, left_index + 2)
+    if not (lc.node.max_entries == cc.node.max_entries == rc.node.max_entries):
         raise BTreeError("bad btree metadata, max_entries differ")
-    total = len(l.node.keys) + len(c.node.keys) + len(r.node.keys)
-    if total < _merge_threshold(l.node) * 4 + 1:
-        _delete_center_node(info, parent, l, c, r)
+    total = len(lc.node.keys) + len(cc.node.keys) + len(rc.node.keys)
+    if total < _merge_threshold(lc.node) * 4 + 1:
+        _delete_center_node(info, parent, lc, cc, rc)
     else:
-        _redistribute3(parent, l, c, r)
+        _redistribute3(parent, lc, cc, rc)
 
 
 def _rebalance_children(info, s: ShadowSpine, vt, key: int) -> None:
@@ -162,7 +161,7 @@ def _do_leaf(n: Node, key: int) -> int:
 
 
 def _remove_raw(info, s: ShadowSpine, vt, root: int, key: int, i: int, nearest=False) -> int:
-    for _depth in range(MAX_DEPTH):
+    for _depth in range(MAX_SPINE_DEPTH):
         s.step(root, vt)
         if s.has_parent():
             s.parent[1].values[i] = s.current[0]
@@ -253,7 +252,7 @@ def delete(info: BTreeInfo, root: int) -> None:
     stack: list[list] = []   # [block, node, level, next_child]
 
     def push(b: int, level: int) -> None:
-        if len(stack) >= MAX_DEPTH - 1:
+        if len(stack) >= MAX_SPINE_DEPTH - 1:
             raise BTreeError("btree deletion stack out of memory (a cycle?)", b)
         if tm.ref(b) > 1:
             tm.dec(b)      # shared: just drop our reference

@@ -6,6 +6,8 @@ shadowed, when a value is overwritten, removed, or its tree deleted.
 """
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 from ..transaction import TransactionManager
 from .node import Node, calc_max_entries
 
@@ -48,19 +50,25 @@ def le64_type(tm: TransactionManager) -> ValueType:
     return ValueType(8, inc, dec, lambda a, b: a == b)
 
 
+def runs(values: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """The maximal runs ``[b, e)`` of consecutive numbers in *values*, in
+    order (as ``dm_tm_with_runs`` groups block numbers)."""
+    i, n = 0, len(values)
+    while i < n:
+        b = values[i]
+        j = i + 1
+        while j < n and values[j] == b + (j - i):
+            j += 1
+        yield b, b + (j - i)
+        i = j
+
+
 def inc_children(tm: TransactionManager, node: Node, vt: ValueType) -> None:
     """After shadowing a shared node: take a reference on each child (an
     internal node's child blocks, or a leaf's values through *vt*)."""
     if not node.is_leaf:
-        values = node.values
-        i, n = 0, len(values)
-        while i < n:              # runs, as dm_tm_with_runs
-            b = values[i]
-            j = i + 1
-            while j < n and values[j] == b + (j - i):
-                j += 1
-            tm.inc_range(b, b + (j - i))
-            i = j
+        for b, e in runs(node.values):
+            tm.inc_range(b, e)
     elif vt.inc is not None and node.values:
         vt.inc(node.values)
 

@@ -11,9 +11,7 @@ from typing import Iterator
 
 from ...errors import BTreeError
 from ..checksum import BTREE_NODE
-from .node import HEADER_SIZE, INTERNAL_NODE, check_header, read_values
-
-MAX_DEPTH = 16   # fan-out >= 84 (a third of 252): 16 levels far exceed 2^64 keys
+from .node import HEADER_SIZE, INTERNAL_NODE, WALK_MAX_DEPTH, check_header, lower_bound, read_values
 
 
 def iter_leaves(bm, root: int) -> Iterator[tuple[int, tuple[int, ...], object]]:
@@ -22,8 +20,8 @@ def iter_leaves(bm, root: int) -> Iterator[tuple[int, tuple[int, ...], object]]:
     stack: list[tuple[int, int]] = [(root, 0)]
     while stack:
         b, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise BTreeError(f"btree under block {root} is deeper than {MAX_DEPTH} levels "
+        if depth > WALK_MAX_DEPTH:
+            raise BTreeError(f"btree under block {root} is deeper than {WALK_MAX_DEPTH} levels "
                              "(a cycle?)", b)
         buf = bm.read(b, BTREE_NODE)
         flags, nr, mx, vs = check_header(buf, b)
@@ -44,11 +42,11 @@ def iter_items(bm, root: int) -> Iterator[tuple[int, object]]:
 def lookup(bm, root: int, key: int):
     """Return the value stored for *key* under *root*, or None."""
     b = root
-    for _depth in range(MAX_DEPTH + 1):
+    for _depth in range(WALK_MAX_DEPTH + 1):
         buf = bm.read(b, BTREE_NODE)
         flags, nr, mx, vs = check_header(buf, b)
         keys = struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE)
-        i = _upper_index(keys, key)
+        i = lower_bound(keys, key)
         off = HEADER_SIZE + 8 * mx
         if flags & INTERNAL_NODE:
             if i < 0:
@@ -60,16 +58,6 @@ def lookup(bm, root: int, key: int):
         if vs == 8:
             return struct.unpack_from("<Q", buf, off + 8 * i)[0]
         return bytes(buf[off + i * vs:off + (i + 1) * vs])
-    raise BTreeError(f"btree under block {root} is deeper than {MAX_DEPTH} levels (a cycle?)", b)
+    raise BTreeError(f"btree under block {root} is deeper than {WALK_MAX_DEPTH} levels "
+                     "(a cycle?)", b)
 
-
-def _upper_index(keys, key: int) -> int:
-    """Index of the last key <= *key*, or -1 (the kernel's lower_bound)."""
-    lo, hi = -1, len(keys)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if keys[mid] <= key:
-            lo = mid
-        else:
-            hi = mid
-    return lo

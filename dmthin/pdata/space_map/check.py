@@ -2,21 +2,10 @@
 reference counts with the counts a checker computed from the trees
 (dm-space-map-common.{c,h}, dm-space-map-metadata.c, dm-space-map-disk.c).
 
-* Bitmap blocks (BITMAP validator): a 16-byte header, then 2-bit entries,
-  16320 per bitmap.  Entry *e* is in byte ``e // 4`` at bits ``2*(e % 4)``;
-  the field decodes as 0 -> 0, 2 -> 1, 1 -> 2, 3 -> "3 or more: see the
-  ref-count tree" (the kernel reads bit 2i as the high bit).
-* The ref-count ("overflow") tree: key block -> ``le32`` count (value_size 4)
-  for counts of 3 and more.
-* Metadata sm: ``bitmap_root`` is one index block (INDEX validator) with up
-  to 255 ``disk_index_entry`` (blocknr, nr_free, none_free_before) at 16.
-* Data sm: ``bitmap_root`` is a btree of index entries (value_size 16) keyed
-  0, 1, 2, ...
-
-The codecs (bitmap decoding, index entries) are the engine's, in
-:mod:`dmthin.pdata.space_map.common`.  Comparison streams one bitmap at a time against a
-:class:`~dmthin.pdata.btree.check.RefCounter` and merges the ref-count tree
-in key order, so memory stays bounded.
+The records (bitmaps, index entries, the ref-count tree) are described and
+decoded in :mod:`dmthin.pdata.space_map.format`.  Comparison streams one
+bitmap at a time against a :class:`~dmthin.pdata.refcounts.RefCounts` and
+merges the ref-count tree in key order, so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -25,24 +14,13 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ...errors import MetadataError
-from ...units import ENTRIES_PER_BITMAP
-from ..btree.check import BTreeChecker, RefCounter
+from ...units import MAX_METADATA_BITMAPS
+from ..btree.check import BTreeChecker
 from ..btree.walk import iter_items
 from ..checksum import BITMAP, INDEX
-from .common import REF_COUNT, IndexEntry, decode_bitmap_counts
-
-MAX_METADATA_BITMAPS = 255
-INDEX_ENTRY_SIZE = 16
-INDEX_ENTRIES_OFFSET = 16
-REF_COUNT_VALUE_SIZE = 4
-INDEX_VALUE_SIZE = 16
-
-_CAP3 = bytes(min(c, 3) for c in range(256))
-
-
-def nr_bitmaps(nr_blocks: int) -> int:
-    """Bitmaps needed for *nr_blocks* entries."""
-    return -(-nr_blocks // ENTRIES_PER_BITMAP)
+from ..refcounts import RefCounts
+from .format import (CAP3, ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, REF_COUNT, REF_COUNT_SIZE,
+                     IndexEntry, decode_bitmap_counts, metadata_index_entry_offset, nr_bitmaps)
 
 
 def read_metadata_index(checker: BTreeChecker, bitmap_root: int,
@@ -56,8 +34,7 @@ def read_metadata_index(checker: BTreeChecker, bitmap_root: int,
                             f"more than the index block holds ({MAX_METADATA_BITMAPS})")
     checker.count(bitmap_root, "metadata space map index block")
     buf = checker.bm.read(bitmap_root, INDEX)
-    entries = [IndexEntry.unpack(buf, INDEX_ENTRIES_OFFSET + i * INDEX_ENTRY_SIZE)
-               for i in range(n)]
+    entries = [IndexEntry.unpack(buf, metadata_index_entry_offset(i)) for i in range(n)]
     for i, e in enumerate(entries):
         checker.count(e.blocknr, f"metadata space map index entry {i}")
     return entries
@@ -70,7 +47,7 @@ def read_data_index(checker: BTreeChecker, bitmap_root: int,
     (including btree :class:`~dmthin.pdata.btree.check.NodeError`)."""
     n = nr_bitmaps(nr_blocks)
     entries: list[IndexEntry] = []
-    for _b, keys, values, _path in checker.walk(bitmap_root, INDEX_VALUE_SIZE,
+    for _b, keys, values, _path in checker.walk(bitmap_root, INDEX_ENTRY_SIZE,
                                                 tree="data space map index",
                                                 shareable=False):
         for k, v in zip(keys, values):
@@ -89,7 +66,7 @@ def read_data_index(checker: BTreeChecker, bitmap_root: int,
 def count_ref_count_tree(checker: BTreeChecker, root: int, what: str) -> int:
     """Walk a ref-count tree (value_size 4) for its checks and node counts;
     return its number of entries.  Raises :class:`MetadataError`."""
-    return checker.walk_all(root, REF_COUNT_VALUE_SIZE, tree=f"{what} ref count tree",
+    return checker.walk_all(root, REF_COUNT_SIZE, tree=f"{what} ref count tree",
                             shareable=False)
 
 
@@ -116,7 +93,7 @@ class CountReport:
 
 
 def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root: int,
-                   computed: RefCounter, *, what: str,
+                   computed: RefCounts, *, what: str,
                    problem: Callable[[CountProblem, str], None],
                    progress: Callable[[int], None] | None = None) -> CountReport:
     """Compare the on-disk counts of blocks ``0..nr_blocks-1`` with
@@ -143,7 +120,8 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
             continue
         disk = disk[:n]
         rep.allocated += n - disk.count(0)
-        want = computed.small[base:base + n].translate(_CAP3)
+        chunk = computed.bitmap(i)
+        want = bytes(n) if chunk is None else chunk[:n].translate(CAP3)
         if disk != want:
             for j in range(n):
                 d = disk[j]

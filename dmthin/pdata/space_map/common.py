@@ -1,101 +1,22 @@
-"""The on-disk space-map format shared by both space maps
-(dm-space-map-common.c).
+"""The space-map machinery both space maps share (dm-space-map-common.c).
 
-Counts are kept 2 bits per block in bitmap blocks (16320 entries each);
-count 3 means "look in the overflow ref-count btree".  Bit order: within
-each little-endian 64-bit word, entry *i* uses bits 2i (the HIGH bit of the
-count) and 2i+1 (the LOW bit).  So the raw field ``(byte >> 2*(e%4)) & 3``
-decodes 0->0, 2->1, 1->2, 3->3.
-
-An index entry (16 bytes) names a bitmap block and keeps ``nr_free`` and the
-``none_free_before`` search hint.  :class:`LowLevel` implements lookup,
-find-free, inc/dec and extend over an index; its subclasses keep the index
-in one block (metadata) or in a btree (data).
+:class:`LowLevel` implements lookup, find-free, inc/dec and extend over an
+index of bitmaps (the records are in :mod:`.format`); its subclasses keep
+the index in one block (metadata) or in a btree (data).
 """
 from __future__ import annotations
 
-import struct
 from abc import ABC, abstractmethod
+from typing import TypeVar
 
 from ...errors import MetadataError, NoSpace
-from ...units import ENTRIES_PER_BITMAP
-from ..btree import insert as bt_insert
+from ..btree import ops as bt_ops
 from ..btree import remove as bt_remove
 from ..btree.spine import BTreeInfo, ValueType
-from ..checksum import BITMAP, BLOCK_SIZE
-
-BITMAP_HEADER = 16
-INDEX_ENTRY = struct.Struct("<QII")     # blocknr nr_free none_free_before
-REF_COUNT = struct.Struct("<I")
-
-# raw 2-bit field -> count, and count -> raw field
-FIELD_TO_COUNT = (0, 2, 1, 3)
-COUNT_TO_FIELD = (0, 2, 1, 3)
-
-
-def _make_free_table() -> bytes:
-    """byte -> 1 if any of its four 2-bit fields is 0 (a free entry)."""
-    return bytes(1 if any(((v >> (2 * i)) & 3) == 0 for i in range(4)) else 0
-                 for v in range(256))
-
-
-HAS_FREE = _make_free_table()
-
-
-def bitmap_get(buf, e: int) -> int:
-    """The count field (0..3) of entry *e* of a bitmap block."""
-    return FIELD_TO_COUNT[(buf[BITMAP_HEADER + (e >> 2)] >> ((e & 3) << 1)) & 3]
-
-
-def bitmap_set(buf: bytearray, e: int, count: int) -> None:
-    i = BITMAP_HEADER + (e >> 2)
-    shift = (e & 3) << 1
-    buf[i] = (buf[i] & ~(3 << shift) & 0xFF) | (COUNT_TO_FIELD[count] << shift)
-
-
-def bitmap_find_free(buf, begin: int, end: int) -> int | None:
-    """First entry in [begin, end) with count 0, or None."""
-    e = begin
-    stop = min(end, (begin | 3) + 5)      # the cursor usually points at a free entry
-    while e < stop:
-        if not (buf[BITMAP_HEADER + (e >> 2)] >> ((e & 3) << 1)) & 3:
-            return e
-        e += 1
-    if e >= end:
-        return None
-    while e < end and e & 3:
-        if bitmap_get(buf, e) == 0:
-            return e
-        e += 1
-    if e >= end:
-        return None
-    first_byte = BITMAP_HEADER + (e >> 2)
-    last_byte = BITMAP_HEADER + ((end + 3) >> 2)
-    flags = bytes(buf[first_byte:last_byte]).translate(HAS_FREE)
-    pos = flags.find(1)
-    while pos >= 0:
-        base = (first_byte + pos - BITMAP_HEADER) << 2
-        for k in range(4):
-            cand = base + k
-            if cand >= end:
-                return None
-            if cand >= begin and bitmap_get(buf, cand) == 0:
-                return cand
-        pos = flags.find(1, pos + 1)
-    return None
-
-
-def decode_bitmap_counts(buf) -> bytes:
-    """All 16320 counts (0..3) of a bitmap block, as a bytes object."""
-    out = bytearray(ENTRIES_PER_BITMAP)
-    data = memoryview(buf)[BITMAP_HEADER:BLOCK_SIZE]
-    for shift, k in ((0, 0), (2, 1), (4, 2), (6, 3)):
-        out[k::4] = bytes(data).translate(_FIELD_TABLES[shift])
-    return bytes(out)
-
-
-_FIELD_TABLES = {shift: bytes(FIELD_TO_COUNT[(v >> shift) & 3] for v in range(256))
-                 for shift in (0, 2, 4, 6)}
+from ..checksum import BITMAP
+from .format import (BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, FIELD_TO_COUNT, REF_COUNT,
+                     REF_COUNT_SIZE, IndexEntry, SpaceMapRoot, bitmap_find_free, bitmap_get,
+                     bitmap_set, nr_bitmaps)
 
 
 def find_common_free_block(old_ll: "LowLevel", ll: "LowLevel", begin: int) -> int | None:
@@ -114,33 +35,9 @@ def find_common_free_block(old_ll: "LowLevel", ll: "LowLevel", begin: int) -> in
     return None
 
 
-class IndexEntry:
-    """``struct disk_index_entry``."""
-
-    __slots__ = ("blocknr", "nr_free", "none_free_before")
-
-    def __init__(self, blocknr: int = 0, nr_free: int = 0, none_free_before: int = 0):
-        self.blocknr = blocknr
-        self.nr_free = nr_free
-        self.none_free_before = none_free_before
-
-    def copy(self) -> "IndexEntry":
-        return IndexEntry(self.blocknr, self.nr_free, self.none_free_before)
-
-    def pack(self) -> bytes:
-        return INDEX_ENTRY.pack(self.blocknr, self.nr_free, self.none_free_before)
-
-    @classmethod
-    def unpack(cls, raw, offset: int = 0) -> "IndexEntry":
-        return cls(*INDEX_ENTRY.unpack_from(raw, offset))
-
-    def __repr__(self) -> str:
-        return f"IndexEntry({self.blocknr}, free={self.nr_free}, nfb={self.none_free_before})"
-
-
 def ref_count_info(tm) -> BTreeInfo:
     """The overflow tree: block -> le32 count (only counts >= 3)."""
-    return BTreeInfo(tm, 1, ValueType(4))
+    return BTreeInfo(tm, 1, ValueType(REF_COUNT_SIZE))
 
 
 class LowLevel(ABC):
@@ -189,10 +86,10 @@ class LowLevel(ABC):
     def lookup_bitmap(self, b: int) -> int:
         index, bit = divmod(b, self.entries_per_block)
         buf = self.tm.bm.read(self.peek_ie(index).blocknr, BITMAP)
-        return FIELD_TO_COUNT[(buf[BITMAP_HEADER + (bit >> 2)] >> ((bit & 3) << 1)) & 3]
+        return FIELD_TO_COUNT[(buf[BITMAP_HEADER_SIZE + (bit >> 2)] >> ((bit & 3) << 1)) & 3]
 
     def lookup_big(self, b: int) -> int:
-        raw = bt_insert.lookup(self.rc_info, self.ref_count_root, [b])
+        raw = bt_ops.lookup(self.rc_info, self.ref_count_root, [b])
         if raw is None:
             raise MetadataError(f"space map: block {b} has count 3+ but no overflow entry")
         return REF_COUNT.unpack(raw)[0]
@@ -256,7 +153,7 @@ class LowLevel(ABC):
                     buf = tm.shadow_block(ie.blocknr, BITMAP)[1]
             else:
                 bitmap_set(buf, k, 3)
-                self.ref_count_root, _ = bt_insert.insert(self.rc_info, self.ref_count_root,
+                self.ref_count_root, _ = bt_ops.insert(self.rc_info, self.ref_count_root,
                                                           [blk], REF_COUNT.pack(new))
                 # the btree work may have evicted or touched the bitmap: re-lock it
                 buf = tm.shadow_block(ie.blocknr, BITMAP)[1]
@@ -283,8 +180,8 @@ class LowLevel(ABC):
         """``sm_ll_extend``: add bitmaps for *extra_blocks* more blocks."""
         epb = self.entries_per_block
         nr_blocks = self.nr_blocks + extra_blocks
-        old_bitmaps = -(-self.nr_blocks // epb)
-        bitmaps = -(-nr_blocks // epb)
+        old_bitmaps = nr_bitmaps(self.nr_blocks)
+        bitmaps = nr_bitmaps(nr_blocks)
         if bitmaps > self.max_entries():
             raise NoSpace(f"space map too large: {nr_blocks} blocks need {bitmaps} bitmaps, "
                           f"the maximum is {self.max_entries()}")
@@ -292,3 +189,53 @@ class LowLevel(ABC):
         for i in range(old_bitmaps, bitmaps):
             b, _buf = self.tm.new_block(BITMAP)
             self.save_ie(i, IndexEntry(b, epb, 0))
+
+
+_SM = TypeVar("_SM", bound="SpaceMapBase")
+
+
+class SpaceMapBase:
+    """The state both space maps keep: a :class:`LowLevel` and its copy as
+    of the last commit, the allocation cursor and the count of blocks
+    allocated in this transaction."""
+
+    ll: LowLevel
+    old_ll: LowLevel
+
+    def __init__(self, tm) -> None:
+        self.tm = tm
+        self.begin = 0
+        self.allocated_this_transaction = 0
+
+    @classmethod
+    def open(cls: type[_SM], tm, nr_blocks: int, nr_allocated: int, bitmap_root: int,
+             ref_count_root: int) -> _SM:
+        """Open the space map a superblock's space-map root describes
+        (``dm_sm_disk_open``, ``dm_sm_metadata_open``)."""
+        sm = cls(tm)
+        ll = sm.ll
+        ll.nr_blocks, ll.nr_allocated = nr_blocks, nr_allocated
+        ll.bitmap_root, ll.ref_count_root = bitmap_root, ref_count_root
+        sm._opened()
+        return sm
+
+    def _opened(self) -> None:
+        """Finish :meth:`open` once the root is in place."""
+
+    def root(self) -> SpaceMapRoot:
+        """Where this space map lives, for the superblock."""
+        ll = self.ll
+        return SpaceMapRoot(ll.nr_blocks, ll.nr_allocated, ll.bitmap_root, ll.ref_count_root)
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.ll.nr_blocks
+
+    def nr_free(self) -> int:
+        old = self.old_ll
+        return old.nr_blocks - old.nr_allocated - self.allocated_this_transaction
+
+    def commit(self) -> None:
+        self.ll.commit()
+        self.old_ll = self.ll.snapshot()
+        self.allocated_this_transaction = 0

@@ -10,13 +10,15 @@ not reused before commit.
 from __future__ import annotations
 
 from ...errors import MetadataError, NoSpace
-from ..btree import insert as bt_insert
+from ..btree import ops as bt_ops
 from ..btree.spine import BTreeInfo, ValueType
-from .common import IndexEntry, LowLevel, find_common_free_block
+from .common import LowLevel, SpaceMapBase, find_common_free_block
+from .format import INDEX_ENTRY_SIZE, IndexEntry
 
 
 def index_info(tm) -> BTreeInfo:
-    return BTreeInfo(tm, 1, ValueType(16))
+    """The data space map's index: bitmap number -> index entry."""
+    return BTreeInfo(tm, 1, ValueType(INDEX_ENTRY_SIZE))
 
 
 class DiskLowLevel(LowLevel):
@@ -38,7 +40,7 @@ class DiskLowLevel(LowLevel):
     def load_ie(self, index: int) -> IndexEntry:
         ie = self._ie_cache.get(index)
         if ie is None:
-            raw = bt_insert.lookup(self.ie_info, self.bitmap_root, [index])
+            raw = bt_ops.lookup(self.ie_info, self.bitmap_root, [index])
             if raw is None:
                 raise MetadataError(f"data space map: no index entry for bitmap {index}")
             ie = IndexEntry.unpack(raw)
@@ -63,24 +65,22 @@ class DiskLowLevel(LowLevel):
         return 1 << 62
 
     def init_index(self) -> None:
-        self.bitmap_root = bt_insert.empty(self.ie_info)
+        self.bitmap_root = bt_ops.empty(self.ie_info)
 
     def commit(self) -> None:
         for i in sorted(self._dirty):
-            self.bitmap_root, _ = bt_insert.insert(self.ie_info, self.bitmap_root, [i],
-                                                   self._ie_cache[i].pack())
+            self.bitmap_root, _ = bt_ops.insert(self.ie_info, self.bitmap_root, [i],
+                                                self._ie_cache[i].pack())
         self._dirty.clear()
 
 
-class DiskSpaceMap:
+class DiskSpaceMap(SpaceMapBase):
     """The data space map."""
 
     def __init__(self, tm):
-        self.tm = tm
+        super().__init__(tm)
         self.ll = DiskLowLevel(tm)
         self.old_ll = self.ll.snapshot()
-        self.begin = 0
-        self.allocated_this_transaction = 0
 
     @classmethod
     def create(cls, tm, nr_blocks: int) -> "DiskSpaceMap":
@@ -88,32 +88,13 @@ class DiskSpaceMap:
         sm = cls(tm)
         ll = sm.ll
         ll.init_index()
-        ll.ref_count_root = bt_insert.empty(ll.rc_info)
+        ll.ref_count_root = bt_ops.empty(ll.rc_info)
         ll.extend(nr_blocks)
         sm.commit()
         return sm
 
-    @classmethod
-    def open(cls, tm, nr_blocks: int, nr_allocated: int, bitmap_root: int,
-             ref_count_root: int) -> "DiskSpaceMap":
-        sm = cls(tm)
-        ll = sm.ll
-        ll.nr_blocks, ll.nr_allocated = nr_blocks, nr_allocated
-        ll.bitmap_root, ll.ref_count_root = bitmap_root, ref_count_root
-        sm.commit()
-        return sm
-
-    def root(self) -> tuple[int, int, int, int]:
-        ll = self.ll
-        return ll.nr_blocks, ll.nr_allocated, ll.bitmap_root, ll.ref_count_root
-
-    @property
-    def nr_blocks(self) -> int:
-        return self.ll.nr_blocks
-
-    def nr_free(self) -> int:
-        old = self.old_ll
-        return old.nr_blocks - old.nr_allocated - self.allocated_this_transaction
+    def _opened(self) -> None:
+        self.commit()
 
     def get_count(self, b: int) -> int:
         return self.ll.lookup(b)
@@ -135,11 +116,6 @@ class DiskSpaceMap:
         self.begin = b + 1
         self.inc(b)
         return b
-
-    def commit(self) -> None:
-        self.ll.commit()
-        self.old_ll = self.ll.snapshot()
-        self.allocated_this_transaction = 0
 
     def extend(self, extra_blocks: int) -> None:
         self.ll.extend(extra_blocks)

@@ -14,12 +14,12 @@ from collections import deque
 
 from ...errors import NoSpace
 from ...units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
-from ..btree import insert as bt_insert
+from ..btree import ops as bt_ops
 from ..checksum import INDEX
-from .common import IndexEntry, LowLevel, find_common_free_block
+from .common import LowLevel, SpaceMapBase, find_common_free_block
+from .format import METADATA_INDEX_OFFSET, IndexEntry, metadata_index_entry_offset
 
 MAX_RECURSIVE_ALLOCATIONS = 1024
-INDEX_OFFSET = 16
 
 
 class MetadataLowLevel(LowLevel):
@@ -50,7 +50,7 @@ class MetadataLowLevel(LowLevel):
         return MAX_METADATA_BITMAPS
 
     def _pack_index(self, buf: bytearray) -> None:
-        buf[INDEX_OFFSET:] = b"".join(ie.pack() for ie in self.mi)
+        buf[METADATA_INDEX_OFFSET:] = b"".join(ie.pack() for ie in self.mi)
 
     def init_index(self) -> None:
         b, buf = self.tm.new_block(INDEX)
@@ -59,7 +59,7 @@ class MetadataLowLevel(LowLevel):
 
     def open_index(self) -> None:
         buf = self.tm.read(self.bitmap_root, INDEX)
-        self.mi = [IndexEntry.unpack(buf, INDEX_OFFSET + 16 * i)
+        self.mi = [IndexEntry.unpack(buf, metadata_index_entry_offset(i))
                    for i in range(MAX_METADATA_BITMAPS)]
 
     def commit(self) -> None:
@@ -71,16 +71,16 @@ class MetadataLowLevel(LowLevel):
         self.index_changed = False
 
 
-class MetadataSpaceMap:
-    """The metadata space map, with the kernel's recursion handling."""
+class MetadataSpaceMap(SpaceMapBase):
+    """The metadata space map, with the kernel's recursion handling.  It
+    attaches itself to its transaction manager (``tm.sm``)."""
 
     def __init__(self, tm):
-        self.tm = tm
+        super().__init__(tm)
+        tm.sm = self
         self.ll = MetadataLowLevel(tm)
         self.old_ll = self.ll
-        self.begin = 0
         self.recursion_count = 0
-        self.allocated_this_transaction = 0
         self.uncommitted: deque = deque()
         self.bootstrap = False
         self.threshold = None          # (value, callback)
@@ -91,13 +91,12 @@ class MetadataSpaceMap:
     def create(cls, tm, nr_blocks: int, superblock: int = 0) -> "MetadataSpaceMap":
         """``dm_sm_metadata_create``: format a space map for *nr_blocks*."""
         sm = cls(tm)
-        tm.sm = sm
         sm.begin = superblock + 1
         sm.bootstrap = True
         try:
             ll = sm.ll
             ll.init_index()
-            ll.ref_count_root = bt_insert.empty(ll.rc_info)
+            ll.ref_count_root = bt_ops.empty(ll.rc_info)
             ll.extend(min(nr_blocks, MAX_METADATA_BLOCKS))
         finally:
             sm.bootstrap = False
@@ -106,22 +105,9 @@ class MetadataSpaceMap:
         sm.commit()
         return sm
 
-    @classmethod
-    def open(cls, tm, nr_blocks: int, nr_allocated: int, bitmap_root: int,
-             ref_count_root: int) -> "MetadataSpaceMap":
-        """``dm_sm_metadata_open`` from a superblock's space-map root."""
-        sm = cls(tm)
-        tm.sm = sm
-        ll = sm.ll
-        ll.nr_blocks, ll.nr_allocated = nr_blocks, nr_allocated
-        ll.bitmap_root, ll.ref_count_root = bitmap_root, ref_count_root
-        ll.open_index()
-        sm.old_ll = ll.snapshot()
-        return sm
-
-    def root(self) -> tuple[int, int, int, int]:
-        ll = self.ll
-        return ll.nr_blocks, ll.nr_allocated, ll.bitmap_root, ll.ref_count_root
+    def _opened(self) -> None:
+        self.ll.open_index()
+        self.old_ll = self.ll.snapshot()
 
     # -- block ops -------------------------------------------------------------------
     def _add_bop(self, delta: int, b: int, e: int) -> None:
@@ -161,15 +147,10 @@ class MetadataSpaceMap:
         return adj
 
     # -- the space map interface ---------------------------------------------------------
-    @property
-    def nr_blocks(self) -> int:
-        return self.ll.nr_blocks
-
     def nr_free(self) -> int:
         if self.bootstrap:
             return self.ll.nr_blocks - self.begin
-        old = self.old_ll
-        return old.nr_blocks - old.nr_allocated - self.allocated_this_transaction
+        return super().nr_free()
 
     def get_count(self, b: int) -> int:
         if self.bootstrap:
@@ -188,10 +169,7 @@ class MetadataSpaceMap:
     def inc(self, b: int, e: int | None = None) -> None:
         # Blocks incremented behind the transaction manager's back (e.g. the
         # superblock for a metadata snapshot) lose its count-one shortcut.
-        single = self.tm._single
-        if single:
-            for x in range(b, b + 1 if e is None else e):
-                single.discard(x)
+        self.tm.forget_unshared(b, b + 1 if e is None else e)
         self._run(+1, b, b + 1 if e is None else e)
 
     def dec(self, b: int, e: int | None = None) -> None:
@@ -229,11 +207,6 @@ class MetadataSpaceMap:
 
     def register_threshold_callback(self, value: int, fn) -> None:
         self.threshold = (value, fn)
-
-    def commit(self) -> None:
-        self.ll.commit()
-        self.old_ll = self.ll.snapshot()
-        self.allocated_this_transaction = 0
 
     def extend(self, extra_blocks: int) -> None:
         """``sm_metadata_extend``: grow onto a larger metadata device."""

@@ -1,4 +1,5 @@
-"""Btree creation, lookup and insertion, as dm-btree.c does them.
+"""Btree operations, as dm-btree.c does them: creation, lookup and
+insertion (removal and deletion are in :mod:`.remove`).
 
 Insertion shadows the path from the root (copy-on-write), making room in
 full nodes on the way down: the root splits beneath itself; other nodes
@@ -10,35 +11,11 @@ metadata block counts, follow the kernel's.
 from __future__ import annotations
 
 from ...errors import BTreeError
-from .node import INTERNAL_NODE, LEAF_NODE, Node, calc_max_entries
+from .node import (INTERNAL_NODE, LEAF_NODE, MAX_SPINE_DEPTH, Node, calc_max_entries, lower_bound,
+                   upper_bound)
 from .spine import BTreeInfo, ShadowSpine, ValueType, inc_children, le64_type
 
 SPACE_THRESHOLD = 8
-MAX_DEPTH = 64   # DM_BTREE_MAX_DEPTH
-
-
-def bsearch(keys, key: int, want_hi: bool) -> int:
-    lo, hi = -1, len(keys)
-    while hi - lo > 1:
-        mid = lo + (hi - lo) // 2
-        k = keys[mid]
-        if k == key:
-            return mid
-        if k < key:
-            lo = mid
-        else:
-            hi = mid
-    return hi if want_hi else lo
-
-
-def lower_bound(keys, key: int) -> int:
-    """Index of *key*, else of the last key below it, else -1."""
-    return bsearch(keys, key, False)
-
-
-def upper_bound(keys, key: int) -> int:
-    """Index of *key*, else of the first key above it (may be len)."""
-    return bsearch(keys, key, True)
 
 
 def insert_at(node: Node, index: int, key: int, value) -> None:
@@ -60,7 +37,7 @@ def lookup(info: BTreeInfo, root: int, keys) -> object | None:
     for level in range(info.levels):
         key = keys[level]
         b = root
-        for _depth in range(MAX_DEPTH):
+        for _depth in range(MAX_SPINE_DEPTH):
             node = tm.read_node(b)
             i = lower_bound(node.keys, key)
             if i < 0 or i >= len(node.keys):
@@ -100,7 +77,7 @@ def find_highest_key(info: BTreeInfo, root: int) -> int | None:
     """The highest key of a one-level tree, or None if empty."""
     tm = info.tm
     b = root
-    for _depth in range(MAX_DEPTH):
+    for _depth in range(MAX_SPINE_DEPTH):
         node = tm.read_node(b)
         if not node.keys:
             return None
@@ -261,7 +238,7 @@ def insert_raw(info: BTreeInfo, s: ShadowSpine, root: int, vt: ValueType, key: i
     return the index where *key* is or goes."""
     i = index
     top = True
-    for _depth in range(MAX_DEPTH):
+    for _depth in range(MAX_SPINE_DEPTH):
         s.step(root, vt)
         if s.has_parent() and i >= 0:
             s.parent[1].values[i] = s.current[0]

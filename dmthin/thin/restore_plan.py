@@ -1,0 +1,160 @@
+"""Restore's first pass: validate the input and plan the output.
+
+:class:`Restorer` (a :class:`~dmthin.thin.ir.MetadataVisitor`) validates the
+whole input and keeps only per-device summaries (mapping count, whether the
+mappings came in key order), the 1.x ``<def>`` mappings, and the data block
+reference counts (a :class:`~dmthin.pdata.refcounts.RefCounts`).  From that,
+:func:`plan_blocks` knows the exact number of metadata blocks the restore
+writes, before anything is written.
+"""
+from __future__ import annotations
+
+from array import array
+
+from ..errors import InvalidArgument, UsageError
+from ..pdata.btree.builder import btree_blocks
+from ..pdata.refcounts import RefCounts
+from ..pdata.space_map.build import disk_space_map_blocks, metadata_space_map_blocks
+from ..pdata.space_map.format import nr_bitmaps
+from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS,
+                     is_valid_data_block_sectors)
+from .format import MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, MAX_SUPERBLOCK_TIME, DeviceDetails
+from .ir import Device, Map, Superblock
+
+
+class _Dev:
+    """Pass-1 summary of one device: its mapping count and whether the
+    mappings came in strictly increasing key order."""
+    __slots__ = ("dev", "count", "end", "sorted")
+
+    def __init__(self, dev: Device):
+        self.dev = dev
+        self.count = 0
+        self.end = 0
+        self.sorted = True
+
+
+class Restorer:
+    """Pass 1: the visitor validating everything a restore needs.
+
+    Keeps per-device summaries, ``<def>`` mappings and the data block
+    reference counts (:attr:`counts`), never the mappings themselves.
+    Overrides (``None`` = from the XML): *transaction_id*,
+    *data_block_size*, *nr_data_blocks*.
+    Raises :class:`~dmthin.errors.InvalidArgument` (a ``ValueError``: the XML
+    reader adds the position) for inconsistent input."""
+
+    def __init__(self, *, transaction_id: int | None = None,
+                 data_block_size: int | None = None, nr_data_blocks: int | None = None):
+        self.overrides = (transaction_id, data_block_size, nr_data_blocks)
+        self.sb: Superblock | None = None
+        self.devices: dict[int, _Dev] = {}
+        self.defs: dict[str, list[Map]] = {}
+        self.counts = RefCounts(0)
+        self.presorted: dict[int, tuple[array, array]] = {}   # out-of-order devices, sorted
+        self.nr_data_blocks = 0
+        self._cur: _Dev | None = None
+        self._def: list[Map] | None = None
+
+    # -- visitor ----------------------------------------------------------------
+    def superblock_b(self, sb: Superblock) -> None:
+        trans, dbs, nr = self.overrides
+        sb = Superblock(sb.uuid, sb.time, sb.transaction if trans is None else trans,
+                        sb.flags, sb.version,
+                        sb.data_block_size if dbs is None else dbs,
+                        sb.nr_data_blocks if nr is None else nr, None)
+        d = sb.data_block_size
+        if not is_valid_data_block_sectors(d):
+            raise InvalidArgument(
+                f"data_block_size={d} sectors is not a multiple of 128 between "
+                f"{DATA_BLOCK_SIZE_MIN_SECTORS} and {DATA_BLOCK_SIZE_MAX_SECTORS} (64 KiB..1 GiB)")
+        if sb.nr_data_blocks > MAX_DATA_BLOCKS:
+            raise InvalidArgument(f"nr_data_blocks={sb.nr_data_blocks} exceeds 2^40, the most "
+                                  "a mapping can address")
+        if sb.time > MAX_SUPERBLOCK_TIME:
+            raise InvalidArgument(f"superblock time={sb.time} does not fit 32 bits")
+        if sb.version is not None and sb.version not in (1, 2):
+            raise InvalidArgument(f"superblock version={sb.version} is not 1 or 2")
+        self.sb = sb
+        self.nr_data_blocks = sb.nr_data_blocks
+        self.counts = RefCounts(sb.nr_data_blocks)
+
+    def superblock_e(self) -> None:
+        pass
+
+    def def_shared_b(self, name: str) -> None:
+        self._def = self.defs[name] = []
+
+    def def_shared_e(self) -> None:
+        self._def = None
+
+    def device_b(self, dev: Device) -> None:
+        if dev.dev_id in self.devices:
+            raise InvalidArgument(f"device {dev.dev_id} appears twice")
+        self._cur = self.devices[dev.dev_id] = _Dev(dev)
+
+    def device_e(self) -> None:
+        self._cur = None
+
+    def map(self, m: Map) -> None:
+        if self._def is not None:
+            self._def.append(m)
+            return
+        self._add(m)
+
+    def ref_shared(self, name: str) -> None:
+        for m in self.defs[name]:
+            self._add(m)
+
+    def map_raw(self, o: int, d: int, t: int, n: int) -> None:
+        """Fast path from the XML reader (no :class:`Map` object)."""
+        cur = self._cur
+        if n != 1 or cur is None or d >= self.nr_data_blocks:
+            self.map(Map(o, d, t, n))
+            return
+        cur.count += 1
+        if o < cur.end:
+            cur.sorted = False
+        cur.end = o + 1
+        self.counts.inc(d)
+
+    def eof(self) -> None:
+        pass
+
+    # -- helpers ------------------------------------------------------------------
+    def _add(self, m: Map) -> None:
+        t, d, _tm, n = m
+        if d + n > self.nr_data_blocks:
+            raise InvalidArgument(f"mapping to data block {d + n - 1} is beyond the end of the "
+                                  f"data device (nr_data_blocks={self.nr_data_blocks})")
+        cur = self._cur
+        cur.count += n
+        if t < cur.end:
+            cur.sorted = False
+        cur.end = t + n
+        self.counts.inc_run(d, n)
+
+    def count_of(self, b: int) -> int:
+        """Reference count of data block *b* (for tests)."""
+        return self.counts.get(b)
+
+
+def plan_blocks(r: Restorer, nr_meta: int) -> int:
+    """Metadata blocks (superblock included) the restore of validated *r*
+    writes to a device of *nr_meta* blocks.  Raises :class:`UsageError`
+    when it does not fit."""
+    need = nr_bitmaps(r.nr_data_blocks)
+    if need >= nr_meta:
+        raise UsageError(f"the output is too small: nr_data_blocks={r.nr_data_blocks} alone "
+                         f"needs {need} space-map bitmap blocks but the output holds {nr_meta}; "
+                         "use a bigger metadata file or device")
+    ndev = len(r.devices)
+    total = 1 + sum(btree_blocks(d.count, MAPPING_VALUE_SIZE) for d in r.devices.values())
+    total += btree_blocks(ndev, 8) + btree_blocks(ndev, DeviceDetails.SIZE)
+    total += disk_space_map_blocks(r.nr_data_blocks, r.counts.nr_at_least_3())
+    total += metadata_space_map_blocks(nr_meta)
+    if total > nr_meta:
+        raise UsageError(f"the output is too small: the metadata needs {total} blocks "
+                         f"({total * 4} KiB) but the output holds {nr_meta}; "
+                         "use a bigger metadata file or device")
+    return total
