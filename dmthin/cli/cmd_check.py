@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..thin.check import DEFAULT_MAX_LINES, CheckOptions, check_metadata
+from .commands import SUMMARIES
 from .common import add_command, add_metadata_arg, metadata_path
 from .progress import command_report
 
@@ -21,7 +22,7 @@ EXIT_BAD_METADATA = 1
 def register(subs: Any) -> None:
     """Add the ``check`` subcommand."""
     p = add_command(
-        subs, "check", run, "check thin metadata (like thin_check)", tool=True,
+        subs, "check", run, SUMMARIES["check"], tool=True,
         description="Check thin-pool metadata: superblock, device details and mapping "
                     "trees, metadata snapshot and both space maps. Exits 0 if the metadata "
                     "is good, 1 otherwise (one line per problem on stderr).")

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..dm import task
+from .commands import SUMMARIES
 from .common import add_command, add_group
 
 
 def register(subs: Any) -> None:
     """Add the ``dm`` command group."""
-    dm = add_group(subs, "dm", "device-mapper diagnostics (kernel backend)",
+    dm = add_group(subs, "dm", SUMMARIES["dm"],
                    description="Show libdevmapper and kernel device-mapper versions, or list "
                                "dm devices, through dmthin's binding.")
     add_command(dm, "version", run_version, "library, driver and thin target versions")
@@ -18,9 +20,6 @@ def register(subs: Any) -> None:
 
 
 def run_version(args: argparse.Namespace) -> int:
-    # Imported here: the binding loads cffi and libdevmapper, which no
-    # other command needs at startup.
-    from ..dm import task
     print(f"Library version:   {task.library_version()}")
     print(f"Driver version:    {task.driver_version()}")
     targets = task.target_versions()
@@ -32,8 +31,6 @@ def run_version(args: argparse.Namespace) -> int:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    # Imported here: the binding loads cffi (see run_version).
-    from ..dm import task
     devices = task.list_devices()
     if args.dmthin:
         devices = [d for d in devices if d[0].startswith("dmthin-")]

@@ -9,6 +9,7 @@ from ..errors import UsageError
 from ..thin.dump import dump, open_block_manager, total_mapped
 from ..thin.human import HumanReadableWriter
 from ..thin.xml import XmlWriter
+from .commands import SUMMARIES
 from .common import add_command, add_metadata_arg, metadata_path, text_output
 from .progress import command_report, is_terminal
 
@@ -19,7 +20,7 @@ PROGRESS_MIN_MAPPINGS = 100_000
 def register(subs: Any) -> None:
     """Add the ``dump`` subcommand."""
     p = add_command(
-        subs, "dump", run, "dump thin metadata as XML or text (like thin_dump)", tool=True,
+        subs, "dump", run, SUMMARIES["dump"], tool=True,
         description="Write thin-pool metadata as thin_dump 0.9.0 XML (or its human-readable "
                     "form). METADATA is a metadata file or device, or a pool directory.")
     add_metadata_arg(p, nargs="?")

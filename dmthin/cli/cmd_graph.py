@@ -8,12 +8,13 @@ from typing import Any
 from ..errors import UsageError
 from ..graph import DeviceSet, format_status
 from ..graph.store import MetadataStore
+from .commands import SUMMARIES
 from .common import add_backend_arg, add_command, add_group, emit_json
 
 
 def register(subs: Any) -> None:
     """Add the ``graph`` command group."""
-    graph = add_group(subs, "graph", "Docker devicemapper graph driver roots",
+    graph = add_group(subs, "graph", SUMMARIES["graph"],
                       description="Inspect a graph-driver root made by dmthin.graph "
                                   "(ROOT/devicemapper is its pool).")
     s = add_command(graph, "status", run_status, "Docker's 'docker info' storage section")

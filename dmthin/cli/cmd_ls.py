@@ -7,13 +7,14 @@ from typing import Any
 
 from ..thin.dump import open_block_manager
 from ..thin.ls import DEFAULT_FIELDS, FIELDS, parse_fields, thin_ls
+from .commands import SUMMARIES
 from .common import add_command, add_metadata_arg, metadata_path
 
 
 def register(subs: Any) -> None:
     """Add the ``ls`` subcommand."""
     p = add_command(
-        subs, "ls", run, "list thin devices and their block usage (like thin_ls)", tool=True,
+        subs, "ls", run, SUMMARIES["ls"], tool=True,
         description="List the thin devices in thin-pool metadata with mapped, exclusive and "
                     "shared blocks, as thin_ls 0.9.0. METADATA is a metadata file or device, "
                     "or a pool directory. Fields: " + ", ".join(FIELDS) + ".")

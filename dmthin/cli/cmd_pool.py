@@ -8,12 +8,13 @@ from ..errors import UsageError
 from ..graph.dsstatus import pool_summary
 from ..pool import DEFAULT_BLOCK_SIZE, DEFAULT_DATA_SIZE, DEFAULT_METADATA_SIZE, Pool
 from ..target.table import POOL_FEATURES
+from .commands import SUMMARIES
 from .common import add_command, add_group, add_pool_args, emit_json, open_pool
 
 
 def register(subs: Any) -> None:
     """Add the ``pool`` command group."""
-    pool = add_group(subs, "pool", "create a thin pool, show its status, send messages",
+    pool = add_group(subs, "pool", SUMMARIES["pool"],
                      description="Thin pools in a directory (data and metadata sparse "
                                  "files, pool.json).")
     c = add_command(pool, "create", run_create,

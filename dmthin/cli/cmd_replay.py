@@ -10,6 +10,7 @@ from typing import Any
 from ..backend import DEFAULT_BACKEND
 from ..errors import UsageError
 from ..graph.replay import Replay, plot
+from .commands import SUMMARIES
 from .common import add_backend_arg, add_command
 
 WORKLOADS = ("docker-article",)
@@ -17,7 +18,7 @@ WORKLOADS = ("docker-article",)
 
 def register(subs: Any) -> None:
     """Add the ``replay`` subcommand."""
-    p = add_command(subs, "replay", run, "replay a recorded workload through the graph driver",
+    p = add_command(subs, "replay", run, SUMMARIES["replay"],
                     description="Replay the Docker storage article (docs/experiment.md): pull "
                                 "ubuntu:14.10 and 12.10, run a container, write a large "
                                 "file, replace it, commit, remove; print du and pool "

@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import UsageError
 from ..pooldir import PoolDir
 from ..thin.restore import restore
+from .commands import SUMMARIES
 from .common import add_command, parse_natural
 from .progress import command_report
 
@@ -19,7 +20,7 @@ PROGRESS_MIN_BYTES = 8 << 20
 def register(subs: Any) -> None:
     """Add the ``restore`` subcommand."""
     p = add_command(
-        subs, "restore", run, "write thin metadata from XML (like thin_restore)", tool=True,
+        subs, "restore", run, SUMMARIES["restore"], tool=True,
         description="Restore thin-pool metadata from thin_dump XML (0.9.0 or 1.x form). The "
                     "output must exist; its size fixes the metadata size. The whole input is "
                     "validated before anything is written (the input is read twice; memory "

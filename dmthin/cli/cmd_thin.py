@@ -10,6 +10,7 @@ from typing import Any
 
 from ..pool import Pool
 from ..units import format_size, parse_size
+from .commands import SUMMARIES
 from .common import (Handler, add_command, add_group, add_pool_args, emit_json, open_pool,
                      parse_dev_id)
 from .thin_io import run_discard, run_read, run_write
@@ -103,8 +104,7 @@ _METAVARS = {"dev_id": "ID", "new_id": "NEW_ID", "origin_id": "ORIGIN_ID"}
 
 def register(subs: Any) -> None:
     """Add the ``thin`` command group."""
-    thin = add_group(subs, "thin", "thin devices: create, snapshot, resize, delete, write, "
-                                   "read, discard, status, list",
+    thin = add_group(subs, "thin", SUMMARIES["thin"],
                      description="Thin devices of a pool directory.")
 
     def sub(name: str, handler: Handler, help_text: str, *args: str,

@@ -1,6 +1,9 @@
 """Entry point of the ``dmthin`` command: discovers ``cmd_*`` modules,
 parses arguments, runs the command and turns errors into one line on
-stderr with a non-zero exit (never a traceback)."""
+stderr with a non-zero exit (never a traceback).
+
+Only the module of the command being run is imported; the others are
+listed by their summaries (:mod:`dmthin.cli.commands`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,17 +13,21 @@ import logging
 import os
 import pkgutil
 import sys
+from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import DmThinError
+from .commands import SUMMARIES, command_name
 from .common import CommandParser
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> CommandParser:
-    """The whole command line: every ``cmd_*`` module's ``register``."""
+def build_parser(argv: Sequence[str] | None = None) -> CommandParser:
+    """The command line: every ``cmd_*`` module's ``register``, or, given
+    the *argv* to parse, only that of the command *argv* names (the other
+    commands are listed, not loaded)."""
     parser = CommandParser(
         prog="dmthin",
         description="Device-mapper thin provisioning: simulated and real thin pools, and "
@@ -29,18 +36,32 @@ def build_parser() -> CommandParser:
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and library log messages")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = None if argv is None else _command(argv)
     package = importlib.import_module(__package__)
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name.startswith("cmd_"):
+        if not info.name.startswith("cmd_"):
+            continue
+        name = command_name(info.name)
+        if argv is None or name == wanted or name not in SUMMARIES:
             importlib.import_module(f"{__package__}.{info.name}").register(subs)
+        else:
+            subs.add_parser(name, help=SUMMARIES[name])
     return parser
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command *argv* names: its first word that is not an option (the
+    top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``dmthin`` with *argv* (default ``sys.argv[1:]``); return the exit
     status.  A usage error exits (SystemExit) as argparse does, with 1 for
     the commands mirroring thin-provisioning-tools."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args, extras = parser.parse_known_args(argv)
     command: argparse.ArgumentParser = args.command_parser
     if extras:

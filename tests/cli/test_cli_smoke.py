@@ -3,12 +3,15 @@ imports each command needs and the exit status work outside the test
 process.  Everything else runs in-process (helpers.run_dmthin)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from dmthin import cli
-from helpers import run_dmthin
+from dmthin.cli.commands import SUMMARIES, module_name
+from helpers import REPO, run_dmthin
 from helpers import run_dmthin_subprocess as dmthin
 
 XML = ('<superblock uuid="" time="1" transaction="2" data_block_size="128" '
@@ -90,3 +93,21 @@ def test_top_level_help_lists_every_command():
     out = ok(dmthin("--help"))
     for name in sorted(p.stem[4:] for p in Path(cli.__file__).parent.glob("cmd_*.py")):
         assert f"\n    {name} " in out, name
+
+
+def test_a_command_imports_only_what_it_needs():
+    """`dmthin --help` and `dmthin dump ...` load neither the graph layer, the
+    checker, the device-mapper binding nor tqdm (start-up time)."""
+    code = ("import sys; from dmthin.cli.main import build_parser; "
+            "[build_parser(a) for a in (['--help'], ['dump', 'md'])]; "
+            "print(sorted(m for m in sys.modules if m.startswith(('dmthin.graph', "
+            "'dmthin.thin.check', 'dmthin.dm', 'cffi', 'tqdm', 'matplotlib'))))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "[]\n"
+
+
+def test_every_command_module_has_a_summary():
+    modules = {p.stem for p in Path(cli.__file__).parent.glob("cmd_*.py")}
+    assert {module_name(c) for c in SUMMARIES} == modules
