@@ -97,6 +97,8 @@ class Filesystem(Writer):
             st = self._stat_ino(ino)
             if st.is_dir:
                 raise fs_error(errno.EISDIR, f"read: {path!r} is a directory")
+            if not st.is_reg:
+                raise InvalidArgument(f"read: {path!r} is not a regular file")
             if size < 0 or offset + size > st.st_size:
                 size = max(0, st.st_size - offset)
             return self._pread_ino(ino, offset, size) if size else b""
@@ -108,6 +110,8 @@ class Filesystem(Writer):
             st = self._stat_ino(ino)
             if st.is_dir:
                 raise fs_error(errno.EISDIR, f"open: {path!r} is a directory")
+            if not st.is_reg:
+                raise InvalidArgument(f"open: {path!r} is not a regular file")
             return FileReader(self, ino, st.st_size)
 
     # -- xattrs (read) ----------------------------------------------------------------

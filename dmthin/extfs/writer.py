@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..errors import InvalidArgument
-from .core import FsBase, PathLike, now
+from .core import MAX_SYMLINKS, FsBase, PathLike, now
 from .errors import fs_error
-from .stat import check_name, decode, encode_path
+from .stat import check_name, decode, encode_path, split
 
 CHUNK = 8 << 20          # bytes per write call when streaming a file
 
@@ -151,10 +151,9 @@ class Writer(FsBase):
         with self._core.lock:
             self._need_write("link")
             ino = self._resolve(encode_path(existing), False, what="link")
-            st = self._stat_ino(ino)
-            if st.is_dir:
-                raise fs_error(errno.EPERM, f"link: {existing!r} is a directory")
             dir_ino, name = self._new_entry(path, "link")
+            if self._stat_ino(ino).is_dir:
+                raise fs_error(errno.EPERM, f"link: {existing!r} is a directory")
             self._core.check(self._lib.dx_link(self._fs(), dir_ino, name, ino, now(self._ffi)),
                              f"link {path!r}")
             self._core.forget(dir_ino, name)
@@ -207,13 +206,7 @@ class Writer(FsBase):
         last (atime defaults to mtime).  Returns the bytes written."""
         with self._core.lock:
             self._need_write("write_file")
-            raw = encode_path(path)
-            try:
-                ino = self._file_ino(raw, "write_file")
-                self._core.check(self._lib.dx_truncate(self._fs(), ino, 0, now(self._ffi)),
-                                 f"truncate {path!r}")
-            except FileNotFoundError:
-                ino = self.mknod(raw, _stat.S_IFREG | (mode & 0o7777), 0, uid, gid)
+            ino = self._open_creat(encode_path(path), mode, uid, gid)
             total = 0
             for piece in source_chunks(src):
                 self._pwrite_ino(ino, total, piece)
@@ -221,6 +214,28 @@ class Writer(FsBase):
             if mtime_ns is not None:
                 self._set_times(ino, mtime_ns if atime_ns is None else atime_ns, mtime_ns)
             return total
+
+    def _open_creat(self, raw: bytes, mode: int, uid: int, gid: int) -> int:
+        """open(O_WRONLY|O_CREAT|O_TRUNC): the existing file truncated, or a
+        new one (also where a dangling symlink points)."""
+        for _ in range(MAX_SYMLINKS):
+            try:
+                ino = self._file_ino(raw, "write_file")
+            except FileNotFoundError:
+                try:
+                    st = self.lstat(raw)
+                except FileNotFoundError:
+                    return self.mknod(raw, _stat.S_IFREG | (mode & 0o7777), 0, uid, gid)
+                if not st.is_symlink:
+                    raise
+                target = self._readlink_ino(self._resolve(raw, False, what="write_file"))
+                parent = b"/".join(split(raw)[:-1])
+                raw = target if target.startswith(b"/") else parent + b"/" + target
+                continue
+            self._core.check(self._lib.dx_truncate(self._fs(), ino, 0, now(self._ffi)),
+                             f"truncate {decode(raw)!r}")
+            return ino
+        raise fs_error(errno.ELOOP, f"write_file: {decode(raw)!r}: too many levels of symlinks")
 
     # -- removing -------------------------------------------------------------------------
     def _remove(self, path: PathLike, want_dir: bool, what: str) -> None:
@@ -291,17 +306,42 @@ class Writer(FsBase):
             self._setattr(path, "chmod", self._lib.DX_SET_MODE, mode=mode, follow=True)
 
     def chown(self, path: PathLike, uid: int = -1, gid: int = -1) -> None:
-        """Set owner and/or group (-1 keeps) of *path* itself (``lchown``)."""
+        """Set owner and/or group (-1 keeps) of *path* itself (``lchown``);
+        as in the kernel, this clears setuid (and setgid with group exec) of
+        a non-directory."""
         with self._core.lock:
             mask = (self._lib.DX_SET_UID if uid != -1 else 0) | \
                    (self._lib.DX_SET_GID if gid != -1 else 0)
-            self._setattr(path, "chown", mask, uid=max(uid, 0), gid=max(gid, 0))
+            mode = self.lstat(path).st_mode
+            if not _stat.S_ISDIR(mode):
+                # chown_common: ATTR_KILL_SUID|ATTR_KILL_SGID; setgid goes only with group
+                # exec (without it, it marks mandatory locking)
+                kill = _stat.S_ISUID | (_stat.S_ISGID if mode & _stat.S_IXGRP else 0)
+                if mode & kill:
+                    mask |= self._lib.DX_SET_MODE
+                    mode &= ~kill
+            self._setattr(path, "chown", mask, mode=mode & 0o7777, uid=max(uid, 0),
+                          gid=max(gid, 0))
 
     def utime(self, path: PathLike, ns: tuple[int, int]) -> None:
         """Set (atime, mtime) in nanoseconds of *path* itself (``lutimes``)."""
         with self._core.lock:
             self._setattr(path, "utime", self._lib.DX_SET_ATIME | self._lib.DX_SET_MTIME,
                           atime_ns=ns[0], mtime_ns=ns[1])
+
+    def _xattr_key(self, ino: int, name: str, what: str) -> bytes:
+        """*name* as bytes, with the kernel's xattr_permission refusals for
+        changes: unknown namespace EOPNOTSUPP, user.* on anything but files
+        and directories EPERM."""
+        key = os.fsencode(name)
+        if not key.startswith(_XATTR_PREFIXES):
+            raise fs_error(errno.EOPNOTSUPP, f"{what} {name}: unknown namespace")
+        if key.startswith(b"user."):
+            mode = self._stat_ino(ino).st_mode
+            if not (_stat.S_ISREG(mode) or _stat.S_ISDIR(mode)):
+                raise fs_error(errno.EPERM, f"{what} {name}: user attributes are for files "
+                                            "and directories only")
+        return key
 
     # -- xattrs ------------------------------------------------------------------------------
     def setxattr(self, path: PathLike, name: str, value: bytes, flags: int = 0) -> None:
@@ -310,14 +350,7 @@ class Writer(FsBase):
         with self._core.lock:
             self._need_write("setxattr")
             ino = self._resolve(encode_path(path), False, what="setxattr")
-            key = os.fsencode(name)
-            if not key.startswith(_XATTR_PREFIXES):
-                raise fs_error(errno.EOPNOTSUPP, f"setxattr {name}: unknown namespace")
-            if key.startswith(b"user."):
-                mode = self._stat_ino(ino).st_mode
-                if not (_stat.S_ISREG(mode) or _stat.S_ISDIR(mode)):
-                    raise fs_error(errno.EPERM, f"setxattr {name}: user attributes are for "
-                                                "files and directories only")
+            key = self._xattr_key(ino, name, "setxattr")
             if flags:
                 have = key in self._xattr_names(ino)
                 if flags & os.XATTR_CREATE and have:
@@ -333,5 +366,6 @@ class Writer(FsBase):
         with self._core.lock:
             self._need_write("removexattr")
             ino = self._resolve(encode_path(path), False, what="removexattr")
-            self._core.check(self._lib.dx_xattr_remove(self._fs(), ino, os.fsencode(name),
+            key = self._xattr_key(ino, name, "removexattr")
+            self._core.check(self._lib.dx_xattr_remove(self._fs(), ino, key,
                                                        now(self._ffi)), f"removexattr {name}")
