@@ -49,7 +49,8 @@ class SimThin:
     is called with the device id once :meth:`deactivate` ran.
     """
 
-    path = None
+    #: no device node: a simulated device is reached through this object only
+    path: str | None = None
 
     def __init__(self, core: SimCore, dev_id: int, size: int,
                  on_deactivate: Callable[[int], None]):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from fake_engine import FakeMetadata
 from simhelpers import BS, sim_pool
 
+from dmthin.backend import PoolBackend, ThinBackend
 from dmthin.errors import NoSpace
 from dmthin.sim.core import Mode, SimCore
 from dmthin.sim.datafile import Chunk, DataFile
@@ -21,7 +23,7 @@ ENGINES: list[MetadataEngineFactory] = [ThinMetadata, FakeMetadata]
 
 
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.__name__)
-def test_engines_satisfy_the_protocol(tmp_path, engine):
+def test_engines_satisfy_the_protocol(tmp_path: Path, engine: MetadataEngineFactory) -> None:
     path = tmp_path / "metadata"
     path.write_bytes(b"")
     os.truncate(path, 4 << 20)
@@ -39,7 +41,7 @@ def test_engines_satisfy_the_protocol(tmp_path, engine):
 
 
 class RecordingFile(DataFile):
-    def __init__(self, path):
+    def __init__(self, path: Path) -> None:
         super().__init__(path, BS)
         self.calls: list[tuple[int, int]] = []
 
@@ -48,7 +50,7 @@ class RecordingFile(DataFile):
         super().write(block, offset, parts)
 
 
-def test_write_queue_coalesces_adjacent_runs(tmp_path):
+def test_write_queue_coalesces_adjacent_runs(tmp_path: Path) -> None:
     path = tmp_path / "data"
     path.write_bytes(bytes(32 << 20))
     data = RecordingFile(path)
@@ -73,7 +75,7 @@ def test_write_queue_coalesces_adjacent_runs(tmp_path):
         assert f.read(151) == b"a" * 100 + b"b" * 50 + b"\0"
 
 
-def make_core(tmp_path, nr_blocks: int, features=()) -> SimCore:
+def make_core(tmp_path: Path, nr_blocks: int, features: Sequence[str] = ()) -> SimCore:
     for name, size in (("metadata", 4 << 20), ("data", nr_blocks * BS)):
         (tmp_path / name).write_bytes(b"")
         os.truncate(tmp_path / name, size)
@@ -83,7 +85,7 @@ def make_core(tmp_path, nr_blocks: int, features=()) -> SimCore:
                    low_water_blocks=0, threshold=0)
 
 
-def test_core_provisions_until_out_of_data_space(tmp_path):
+def test_core_provisions_until_out_of_data_space(tmp_path: Path) -> None:
     core = make_core(tmp_path, 2, ["error_if_no_space"])
     with core.lock:
         core.metadata.create_thin(1)
@@ -103,9 +105,19 @@ def test_core_provisions_until_out_of_data_space(tmp_path):
     assert core.events == [(1, "low_water_mark"), (2, "mode:out_of_data_space")]
 
 
-def test_messages_arrive_parsed_or_as_text(tmp_path):
+def test_messages_arrive_parsed_or_as_text(tmp_path: Path) -> None:
     pool, impl = sim_pool(tmp_path / "p")
     with pool:
         impl.message(Message("create_thin", (3,)))
         impl.message("create_snap 4 3")
         assert pool.thin_ids() == [3, 4]
+
+
+def test_backend_satisfies_the_backend_protocols(tmp_path: Path) -> None:
+    pool, impl = sim_pool(tmp_path / "p")
+    with pool:
+        backend: PoolBackend = impl              # checked by mypy, like the engines above
+        pool.create_thin(1, "1M")
+        thin: ThinBackend = backend.activate_thin(1, 1 << 20)
+        assert thin.path is None and not thin.in_use()
+        thin.deactivate()

@@ -30,7 +30,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 REPO = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":
@@ -78,8 +80,11 @@ def arm_self_kill(countdown: int) -> None:
 
 
 def child(path: str, log_path: str, seed: int, kill_at: int = 0) -> None:
-    rnd = random.Random(seed)
-    log = open(log_path, "a", buffering=1)
+    with open(log_path, "a", buffering=1) as log:
+        run_child(path, log, random.Random(seed), kill_at)
+
+
+def run_child(path: str, log: TextIO, rnd: random.Random, kill_at: int) -> None:
     devs: dict[int, bytearray] = {}
     mapped: dict[int, set] = {}
     n = 0
@@ -88,12 +93,16 @@ def child(path: str, log_path: str, seed: int, kill_at: int = 0) -> None:
         return {str(d): {str(v): sha(bytes(devs[d][v * BS:(v + 1) * BS]))
                          for v in sorted(mapped[d])} for d in sorted(devs)}
 
-    def committing(fn):
+    def committing(fn: Callable[..., object], *args: object) -> None:
+        """Log the state, call fn(*args) (which commits), log that it returned."""
         nonlocal n
         n += 1
         log.write(f"c {n} {json.dumps(state())}\n")
-        fn()
+        fn(*args)
         log.write(f"d {n}\n")
+
+    def flush(pool: Pool, d: int) -> None:
+        pool.thin(d).flush()
 
     pool = Pool.create(path, data_size="32M", metadata_size="4M", backend="sim")
     log.write("ready\n")
@@ -105,18 +114,18 @@ def child(path: str, log_path: str, seed: int, kill_at: int = 0) -> None:
         if r < 0.06 and len(devs) < 6:
             d = rnd.choice([i for i in range(8) if i not in devs])
             devs[d], mapped[d] = bytearray(SIZE), set()
-            committing(lambda: pool.create_thin(d, SIZE))
+            committing(pool.create_thin, d, SIZE)
         elif r < 0.10 and devs and len(devs) < 6:
             o = rnd.choice(ids)
             d = rnd.choice([i for i in range(8) if i not in devs])
             devs[d], mapped[d] = bytearray(devs[o]), set(mapped[o])
-            committing(lambda: pool.create_snap(d, o))
+            committing(pool.create_snap, d, o)
         elif r < 0.12 and devs:
             d = rnd.choice(ids)
-            committing(lambda: pool.thin(d).flush())
+            committing(flush, pool, d)
             saved = devs.pop(d), mapped.pop(d)
             try:
-                committing(lambda: pool.delete(d))
+                committing(pool.delete, d)
             except Exception:
                 devs[d], mapped[d] = saved
                 raise
@@ -143,7 +152,7 @@ def child(path: str, log_path: str, seed: int, kill_at: int = 0) -> None:
             pool.thin(d).discard(off, length)
         elif r < 0.975 and devs:
             d = rnd.choice(ids)
-            committing(lambda: pool.thin(d).flush())
+            committing(flush, pool, d)
         else:
             committing(pool.close)
             pool = Pool.open(path)

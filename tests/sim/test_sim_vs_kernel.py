@@ -27,7 +27,7 @@ def run_both(tmp_path, scenario, **pool_kw):
     out = {}
     for backend in ("kernel", "sim"):
         d = tmp_path / f"deleteme-{backend}" / "pool"
-        kw = dict(data_size="16M", metadata_size="4M", backend=backend)
+        kw = {"data_size": "16M", "metadata_size": "4M", "backend": backend}
         kw.update(pool_kw)
         with Pool.create(d, **kw) as pool:
             obs = scenario(pool)
