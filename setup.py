@@ -42,6 +42,11 @@ setup(
         # matplotlib: the replay's usage plot (PNG)
         "plot": ["matplotlib>=3.6"],
     },
-    entry_points={"console_scripts": ["dmthin = dmthin.cli.main:main"]},
+    entry_points={"console_scripts": [
+        "dmthin = dmthin.cli.main:main",
+        # named like thin-provisioning-tools' programs, for LVM's thin_*_executable
+        *(f"dmthin-{tool} = dmthin.cli.tool_scripts:{tool}" for tool in (
+            "thin_check", "thin_repair", "thin_dump", "thin_restore", "thin_ls")),
+    ]},
     classifiers=["Operating System :: POSIX :: Linux", "Topic :: System :: Filesystems"],
 )

@@ -2,7 +2,8 @@
 
 Prints ``TRANSACTION_ID=`` and ``METADATA_FREE_BLOCKS=`` on stdout when the
 superblock is readable (as thin_check does), one line per problem on stderr,
-and exits 0 when the metadata is good, 1 otherwise.
+and exits 0 when the metadata is good, 1 otherwise.  Takes every thin_check
+0.9.0 option, so LVM can run it as its ``thin_check_executable``.
 """
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import argparse
 import sys
 from typing import Any
 
+from .. import __version__
 from ..errors import UsageError
-from ..thin.check import DEFAULT_MAX_LINES, CheckOptions, check_metadata
+from ..thin.check import DEFAULT_MAX_LINES, CheckOptions
+from ..thin.check_fix import FixOptions, check_and_fix
 from .commands import SUMMARIES
-from .common import add_command, add_metadata_arg, metadata_path
+from .common import add_command, add_metadata_arg, metadata_path, parse_natural
 from .progress import command_report
 
 EXIT_BAD_METADATA = 1
@@ -27,6 +30,8 @@ def register(subs: Any) -> None:
                     "trees, metadata snapshot and both space maps. Exits 0 if the metadata "
                     "is good, 1 otherwise (one line per problem on stderr).")
     add_metadata_arg(p)
+    p.add_argument("-V", "--version", action="version", version=__version__,
+                   help="print the version and exit")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing; the exit code tells the verdict")
     p.add_argument("-m", "--metadata-snap", action="store_true",
@@ -37,6 +42,15 @@ def register(subs: Any) -> None:
                    help="do not walk the mapping subtrees (nor compare space-map counts)")
     p.add_argument("--ignore-non-fatal-errors", action="store_true",
                    help="pass despite non-fatal problems (leaked blocks)")
+    p.add_argument("--auto-repair", action="store_true",
+                   help="free leaked blocks (one committed metadata transaction), then "
+                        "clear needs_check")
+    p.add_argument("--clear-needs-check-flag", action="store_true",
+                   help="after a clean full check, clear the superblock's needs_check flag "
+                        "(rewrites only the superblock)")
+    p.add_argument("--override-mapping-root", metavar="BLOCK",
+                   help="check the top-level mapping tree at BLOCK instead of the "
+                        "superblock's")
     p.add_argument("--max-lines", type=int, default=DEFAULT_MAX_LINES, metavar="N",
                    help=f"report at most N blocks per kind of count problem "
                         f"(default {DEFAULT_MAX_LINES})")
@@ -53,9 +67,13 @@ def run(args: argparse.Namespace) -> int:
                         metadata_snap=args.metadata_snap,
                         skip_mappings=args.skip_mappings,
                         ignore_non_fatal_errors=args.ignore_non_fatal_errors,
-                        max_lines=args.max_lines)
+                        max_lines=args.max_lines,
+                        override_mapping_root=None if args.override_mapping_root is None
+                        else parse_natural(args.override_mapping_root))
+    fix = FixOptions(auto_repair=args.auto_repair,
+                     clear_needs_check=args.clear_needs_check_flag)
     with command_report("checking", "blk", quiet=args.quiet, scale=False) as report:
-        result = check_metadata(path, opts, report)
+        result = check_and_fix(path, opts, fix, report).check
     if not args.quiet and result.transaction_id is not None:
         # As thin_check: printed whenever the superblock could be read.
         print(f"TRANSACTION_ID={result.transaction_id}")

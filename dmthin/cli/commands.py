@@ -15,6 +15,7 @@ SUMMARIES: dict[str, str] = {
     "graph": "Docker devicemapper graph driver roots",
     "ls": "list thin devices and their block usage (like thin_ls)",
     "pool": "create a thin pool, show its status, send messages",
+    "repair": "rebuild damaged thin metadata (like thin_repair)",
     "replay": "replay a recorded workload through the graph driver",
     "restore": "write thin metadata from XML (like thin_restore)",
     "thin": "thin devices: create, snapshot, resize, delete, write, read, discard, status, "

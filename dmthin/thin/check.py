@@ -5,7 +5,8 @@
 1. the superblock: size of the file, magic, checksum, blocknr, version 1..2,
    feature flags, data block size, space-map roots;
 2. the device details tree (value_size 24) and the top-level mapping tree
-   (dev_id -> subtree root): the same set of devices;
+   (dev_id -> subtree root, or the tree at ``override_mapping_root``): the
+   same set of devices;
 3. unless ``skip_mappings``: every device's mapping subtree (value_size 8),
    ``mapped_blocks`` against the number of mappings, data blocks below
    ``nr_data_blocks``; shared subtrees are counted, not walked again;
@@ -28,12 +29,14 @@ Problems are collected in :class:`Findings`, one line each, and passed on
 as found to the caller's :class:`~dmthin.report.Report` (which also gets the
 progress); the number of per-block count lines is capped.  Like thin_check 1.x, every problem makes
 the check fail except leaked blocks, which only count as non-fatal
-(``ignore_non_fatal_errors`` then passes).
+(``ignore_non_fatal_errors`` then passes).  The result lists the leaked
+blocks, for :mod:`dmthin.thin.check_fix` (``--auto-repair``).
 """
 from __future__ import annotations
 
 import os
 import struct
+from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -63,6 +66,7 @@ class CheckOptions:
     skip_mappings: bool = False
     ignore_non_fatal_errors: bool = False
     max_lines: int = DEFAULT_MAX_LINES
+    override_mapping_root: int | None = None   # check this top-level mapping root instead
 
 
 @dataclass
@@ -105,6 +109,11 @@ class CheckResult:
     metadata_free_blocks: int | None = None
     nr_devices: int = 0
     nr_mappings: int = 0
+    #: blocks whose on-disk count is positive while nothing references them
+    leaked_metadata: array[int] = field(default_factory=lambda: array("Q"))
+    leaked_data: array[int] = field(default_factory=lambda: array("Q"))
+    #: both space maps' counts were compared with the trees (a full check)
+    counts_compared: bool = False
 
     @property
     def problems(self) -> list[str]:
@@ -154,13 +163,18 @@ class _Checker:
         self.nr_mappings = 0
         self.nr_devices = 0
         self.progress_total = 0    # metadata blocks expected to be walked
+        self.leaked = {"metadata": array("Q"), "data": array("Q")}
+        self.compared: set[str] = set()
 
     # -- result --------------------------------------------------------------
     def _result(self) -> CheckResult:
         r = self.report
         ok = not r.fatal and (not r.non_fatal or self.opts.ignore_non_fatal_errors)
         sb = self.sb
-        res = CheckResult(ok, r, sb, nr_devices=self.nr_devices, nr_mappings=self.nr_mappings)
+        res = CheckResult(ok, r, sb, nr_devices=self.nr_devices, nr_mappings=self.nr_mappings,
+                          leaked_metadata=self.leaked["metadata"],
+                          leaked_data=self.leaked["data"],
+                          counts_compared=self.compared == {"metadata", "data"})
         if sb is not None:
             res.transaction_id = sb.trans_id
             msm = sb.metadata_sm
@@ -271,7 +285,10 @@ class _Checker:
         self.progress_total = msm.nr_allocated or nr_meta
         self.ck.count(0, "superblock")
 
-        self._pool_trees(sb.device_details_root, sb.data_mapping_root, "")
+        mapping_root = sb.data_mapping_root
+        if self.opts.override_mapping_root is not None:
+            mapping_root = self.opts.override_mapping_root
+        self._pool_trees(sb.device_details_root, mapping_root, "")
         if sb.held_root:
             self._metadata_snap(sb.held_root)
         self._space_maps(msm, dsm)
@@ -458,7 +475,9 @@ class _Checker:
 
         try:
             smcheck.compare_counts(self.bm, entries, root.nr_blocks, root.ref_count_root,
-                                   computed, what=what, problem=problem)
+                                   computed, what=what, problem=problem,
+                                   on_leak=self.leaked[what].append)
+            self.compared.add(what)
         except MetadataError as e:
             r.error(f"{what} space map: {e}")
         fatal.close()

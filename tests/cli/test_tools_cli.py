@@ -67,6 +67,7 @@ TOOLS = {
     "ls": lambda inp, tmp: ("ls", inp),
     "restore": lambda inp, tmp: ("restore", "-i", inp, "-o", tmp / "out"),
     "check": lambda inp, tmp: ("check", inp),
+    "repair": lambda inp, tmp: ("repair", "-i", inp, "-o", tmp / "out"),
 }
 
 

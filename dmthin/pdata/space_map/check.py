@@ -95,10 +95,11 @@ class CountReport:
 def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root: int,
                    computed: RefCounts, *, what: str,
                    problem: Callable[[CountProblem, str], None],
-                   progress: Callable[[int], None] | None = None) -> CountReport:
+                   progress: Callable[[int], None] | None = None,
+                   on_leak: Callable[[int], None] | None = None) -> CountReport:
     """Compare the on-disk counts of blocks ``0..nr_blocks-1`` with
     *computed*, calling *problem(kind, line)* for each difference (the
-    caller caps the lines).  *what* is "metadata" or "data".  The ref-count tree must
+    caller caps the lines) and *on_leak(block)* for each leaked block.  *what* is "metadata" or "data".  The ref-count tree must
     have been validated already (see :func:`count_ref_count_tree`).  Raises
     :class:`MetadataError` only if the ref-count tree cannot be read."""
     rep = CountReport()
@@ -127,7 +128,7 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
                 d = disk[j]
                 if d != want[j] and d != 3:
                     # (A bitmap count of 3 is compared exactly below.)
-                    _differ(rep, problem, what, base + j, d, computed.get(base + j))
+                    _differ(rep, problem, what, base + j, d, computed.get(base + j), on_leak)
         # Counts of 3 and more: merge with the ref-count tree.
         pos = disk.find(3)
         while pos >= 0:
@@ -143,7 +144,7 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
                 next(overflow)
                 d = REF_COUNT.unpack(item[1])[0]
                 if d != c:
-                    _differ(rep, problem, what, b, d, c)
+                    _differ(rep, problem, what, b, d, c, on_leak)
             else:
                 rep.wrong += 1
                 problem(CountProblem.WRONG,
@@ -162,9 +163,12 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
 
 
 def _differ(rep: CountReport, problem: Callable[[CountProblem, str], None], what: str,
-            b: int, disk: int, computed: int) -> None:
+            b: int, disk: int, computed: int,
+            on_leak: Callable[[int], None] | None = None) -> None:
     if computed == 0:
         rep.leaked += 1
+        if on_leak is not None:
+            on_leak(b)
         problem(CountProblem.LEAKED, f"{what} space map: block {b} is leaked: count {disk} "
                 "on disk but nothing references it")
     elif disk == 0:

@@ -1,0 +1,43 @@
+"""Console scripts named like thin-provisioning-tools' programs.
+
+``dmthin-thin_check ARGS`` runs ``dmthin check ARGS``, and so on: each takes
+the tool's own argv, so LVM's ``thin_check_executable``,
+``thin_repair_executable`` and ``thin_dump_executable`` can name the script
+directly (``lvconvert --repair`` runs ``THIN_REPAIR '' -i META -o SPARE``;
+the empty argument is accepted).  Bad options exit 1, as the tools do.
+"""
+from __future__ import annotations
+
+import sys
+
+from .main import main
+
+
+def _run(command: str) -> None:
+    sys.exit(main([command, *sys.argv[1:]]))
+
+
+def thin_check() -> None:
+    """``thin_check``: :mod:`dmthin.cli.cmd_check`."""
+    _run("check")
+
+
+def thin_repair() -> None:
+    """``thin_repair``: :mod:`dmthin.cli.cmd_repair`."""
+    _run("repair")
+
+
+def thin_dump() -> None:
+    """``thin_dump``: :mod:`dmthin.cli.cmd_dump`."""
+    _run("dump")
+
+
+def thin_restore() -> None:
+    """``thin_restore``: :mod:`dmthin.cli.cmd_restore`."""
+    _run("restore")
+
+
+def thin_ls() -> None:
+    """``thin_ls``: :mod:`dmthin.cli.cmd_ls`."""
+    _run("ls")
+
