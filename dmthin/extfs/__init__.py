@@ -21,11 +21,12 @@ from .errors import (
                      ReadOnlyFs,
 )
 from .filesystem import FileReader, Filesystem
-from .mkfs import mkfs, probe_fs_type, read_uuid
+from .mkfs import XFS_REFUSAL, mkfs, probe_fs_type, read_uuid
 from .stat import Stat
 
 __all__ = [
                      "INSTALL_HINT",
+                     "XFS_REFUSAL",
                      "Corrupted",
                      "EntryExists",
                      "FileReader",

@@ -15,7 +15,7 @@ import errno
 import os
 import stat as _stat
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 from ..errors import InvalidArgument
 from .core import MAX_SYMLINKS, FsBase, PathLike, now
@@ -24,7 +24,7 @@ from .stat import check_name, decode, encode_path, split
 
 CHUNK = 8 << 20          # bytes per write call when streaming a file
 
-Source = bytes | bytearray | memoryview | BinaryIO
+Source = bytes | bytearray | memoryview | IO[bytes]
 #: the xattr namespaces ext4 accepts (others: EOPNOTSUPP)
 _XATTR_PREFIXES = (b"user.", b"trusted.", b"security.", b"system.posix_acl_access",
                    b"system.posix_acl_default")
