@@ -6,10 +6,16 @@ from typing import Any
 
 from ..errors import UsageError
 from ..graph.dsstatus import pool_summary
-from ..pool import DEFAULT_BLOCK_SIZE, DEFAULT_DATA_SIZE, DEFAULT_METADATA_SIZE, Pool
+from ..pool import (DEFAULT_BLOCK_SIZE, DEFAULT_DATA_SIZE, DEFAULT_METADATA_SIZE,
+                    DOCKER_LOW_WATER_MARK, Pool)
 from ..target.table import POOL_FEATURES
+from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, SECTOR_SIZE,
+                     format_size)
 from .commands import SUMMARIES
 from .common import add_command, add_group, add_pool_args, emit_json, open_pool
+
+_MIN_BLOCK = format_size(DATA_BLOCK_SIZE_MIN_SECTORS * SECTOR_SIZE)
+_MAX_BLOCK = format_size(DATA_BLOCK_SIZE_MAX_SECTORS * SECTOR_SIZE)
 
 
 def register(subs: Any) -> None:
@@ -28,10 +34,11 @@ def register(subs: Any) -> None:
     c.add_argument("--metadata-size", default=DEFAULT_METADATA_SIZE,
                    help=f"metadata file size (default {DEFAULT_METADATA_SIZE})")
     c.add_argument("--block-size", default=DEFAULT_BLOCK_SIZE,
-                   help=f"data block size, a multiple of 64K from 64K to 1G "
-                        f"(default {DEFAULT_BLOCK_SIZE})")
+                   help=f"data block size, a multiple of {_MIN_BLOCK} from {_MIN_BLOCK} to "
+                        f"{_MAX_BLOCK} (default {DEFAULT_BLOCK_SIZE})")
     c.add_argument("--low-water-mark", metavar="BLOCKS",
-                   help="free data blocks that raise an event (default min(32768, blocks/10))")
+                   help=f"free data blocks that raise an event (default "
+                        f"min({DOCKER_LOW_WATER_MARK}, blocks/10))")
     c.add_argument("--feature", action="append", default=[], metavar="F",
                    help="pool feature: " + ", ".join(POOL_FEATURES) + " (repeatable)")
 
