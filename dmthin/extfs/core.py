@@ -40,7 +40,8 @@ class Core:
             self.io.unregister()
             raise
         self.fs = out[0]
-        #: directory inode -> {name: (inode, EXT2_FT_* type)}
+        #: directory inode -> {name: (inode, EXT2_FT_* type)}; (0, 0) for a name known to
+        #: be absent (every change goes through this object, so the cache stays true)
         self.dcache: dict[int, dict[bytes, tuple[int, int]]] = {}
         self.ncached = 0
         info = self.info()
@@ -70,6 +71,7 @@ class Core:
         self.ncached += 1
 
     def forget(self, dir_ino: int, name: bytes) -> None:
+        """*name* is gone from *dir_ino* (or changed: looked up again)."""
         d = self.dcache.get(dir_ino)
         if d is not None and d.pop(name, None) is not None:
             self.ncached -= 1
@@ -167,12 +169,13 @@ class FsBase:
         if d is not None:
             hit = d.get(name)
             if hit is not None:
-                return hit
+                return hit if hit[0] else None           # (0, 0): known to be absent
         ino = self._ffi.new("ext2_ino_t *")
         ftype = self._ffi.new("int *")
         rc = self._lib.dx_lookup(self._fs(), dir_ino, name, len(name), ino, ftype)
         if rc == self._lib.EXT2_ET_FILE_NOT_FOUND:
             self._core.check(0, "")
+            self._core.remember(dir_ino, name, 0, 0)
             return None
         self._core.check(rc, f"looking up {decode(name)!r}")
         kind = ftype[0]

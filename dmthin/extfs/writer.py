@@ -40,14 +40,6 @@ def source_chunks(src: Source) -> Iterator[memoryview]:
         for pos in range(0, len(view), CHUNK):
             yield view[pos:pos + CHUNK]
         return
-    readinto = getattr(src, "readinto", None)
-    if readinto is not None:
-        buf = bytearray(CHUNK)
-        while True:
-            n = readinto(buf)
-            if not n:
-                return
-            yield memoryview(buf)[:n]
     while True:
         data = src.read(CHUNK)
         if not data:
@@ -247,7 +239,7 @@ class Writer(FsBase):
             raise fs_error(errno.ENOENT, f"{what}: {decode(raw)!r}: no such file or directory")
         self._core.check(self._lib.dx_remove(self._fs(), dir_ino, name, int(want_dir),
                                              now(self._ffi)), f"{what} {decode(raw)!r}")
-        self._core.forget(dir_ino, name)
+        self._core.remember(dir_ino, name, 0, 0)
         if want_dir:
             self._core.dcache.pop(hit[0], None)
 
@@ -298,6 +290,28 @@ class Writer(FsBase):
         self._core.check(self._lib.dx_setattr(self._fs(), ino, mask, mode, uid, gid,
                                               now(f, atime_ns), now(f, mtime_ns), now(f)),
                          f"{what} {path!r}")
+
+    def set_attrs(self, path: PathLike, mode: int | None = None, uid: int | None = None,
+                  gid: int | None = None, atime_ns: int | None = None,
+                  mtime_ns: int | None = None) -> None:
+        """Set any of mode bits, owner, group and times of *path* itself in
+        one inode write: the result of ``lchown``, ``chmod``, ``lutimes`` in
+        that order (chown's clearing of setuid is overridden by *mode*)."""
+        with self._core.lock:
+            lib = self._lib
+            mask = (lib.DX_SET_UID if uid is not None else 0) | \
+                (lib.DX_SET_GID if gid is not None else 0) | \
+                (lib.DX_SET_ATIME if atime_ns is not None else 0) | \
+                (lib.DX_SET_MTIME if mtime_ns is not None else 0)
+            if mode is None and (uid is not None or gid is not None):
+                cur = self.lstat(path).st_mode
+                kill = _stat.S_ISUID | (_stat.S_ISGID if cur & _stat.S_IXGRP else 0)
+                if not _stat.S_ISDIR(cur) and cur & kill:
+                    mode = cur & ~kill
+            if mode is not None:
+                mask |= lib.DX_SET_MODE
+            self._setattr(path, "set_attrs", mask, mode=(mode or 0) & 0o7777, uid=uid or 0,
+                          gid=gid or 0, atime_ns=atime_ns or 0, mtime_ns=mtime_ns or 0)
 
     def chmod(self, path: PathLike, mode: int) -> None:
         """Set the permission bits (07777) of *path* (a final symlink is
