@@ -1,12 +1,16 @@
-"""Units, limits and size parsing.
+"""Units, limits, ids and size parsing.
 
-Constants cite their kernel source.  Sizes given by users accept ints
+Constants cite their kernel source.  Quantities are typed (:class:`Bytes`,
+:class:`Sectors`, :class:`DataBlocks`, :class:`MetaBlocks`: ints that keep
+their unit through arithmetic, with explicit conversions), thin device ids
+are :class:`ThinId` (validated once).  Sizes given by users accept ints
 (bytes) or strings with binary units: ``"64K"``, ``"10G"``, ``"512"``,
 ``"2GiB"``, ``"128s"`` (sectors).
 """
 from __future__ import annotations
 
 import re
+from typing import Any, Self
 
 from .errors import InvalidArgument, UsageError
 
@@ -20,41 +24,159 @@ MAX_DEV_ID = (1 << 24) - 1               # dm-thin.c MAX_DEV_ID
 DATA_BLOCK_SIZE_MIN_SECTORS = 128        # DATA_DEV_BLOCK_SIZE_MIN_SECTORS (64 KiB)
 DATA_BLOCK_SIZE_MAX_SECTORS = 2097152    # DATA_DEV_BLOCK_SIZE_MAX_SECTORS (1 GiB)
 MAX_NAME_LEN = 127                       # DM_NAME_LEN - 1
-# The most data blocks a pool can address (a mapping holds a 40-bit block
-# number) is thin.format.MAX_DATA_BLOCKS.
+# A mapping holds a 40-bit data block number (thin.format.TIME_BITS):
+MAX_DATA_BLOCKS = 1 << 40                # the most data blocks a pool can address (a count)
+MAX_DATA_BLOCK = MAX_DATA_BLOCKS - 1     # the highest data block number (an index)
 
 
-class Sectors(int):
-    """A count of 512-byte sectors."""
+class _Unit(int):
+    """An ``int`` that keeps its unit through arithmetic, as devicemapper-rs's
+    ``range!`` types: ``+``/``-`` with the same unit or a plain int keep the
+    unit, as do ``*`` by a plain int and ``//``/``%`` by a plain int; the
+    ratio of two quantities of one unit (``//``) is a plain int.  Mixing two
+    different units raises ``TypeError``; conversions are explicit methods
+    (:meth:`Sectors.bytes`, :meth:`MetaBlocks.bytes`, ...).  ``str()`` is the
+    bare number, ``repr()`` names the unit."""
 
-    def bytes(self) -> int:
-        return int(self) * SECTOR_SIZE
+    __slots__ = ()
 
-    __str__ = int.__repr__
+    def __str__(self) -> str:
+        return int.__repr__(self)
 
     def __repr__(self) -> str:
-        return f"Sectors({int(self)})"
+        return f"{type(self).__name__}({int.__repr__(self)})"
+
+    def _other(self, other: object) -> int | None:
+        """*other* as a plain int if it may combine with this unit, else None."""
+        if isinstance(other, _Unit):
+            return int(other) if type(other) is type(self) else None
+        return other if isinstance(other, int) else None
+
+    def __add__(self, other: object) -> Self:
+        o = self._other(other)
+        return NotImplemented if o is None else type(self)(int(self) + o)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: object) -> Self:
+        o = self._other(other)
+        return NotImplemented if o is None else type(self)(int(self) - o)
+
+    def __rsub__(self, other: object) -> Self:
+        o = self._other(other)
+        return NotImplemented if o is None else type(self)(o - int(self))
+
+    def __mul__(self, other: object) -> Self:
+        if isinstance(other, _Unit) or not isinstance(other, int):
+            return NotImplemented
+        return type(self)(int(self) * other)
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other: object) -> Any:
+        if type(other) is type(self):
+            return int(self) // int(other)          # a ratio: a plain number
+        if isinstance(other, _Unit) or not isinstance(other, int):
+            return NotImplemented
+        return type(self)(int(self) // other)
+
+    def __rfloordiv__(self, other: object) -> Any:
+        if isinstance(other, _Unit) or not isinstance(other, int):
+            return NotImplemented
+        return other // int(self)
+
+    def __mod__(self, other: object) -> Self:
+        o = self._other(other)
+        return NotImplemented if o is None else type(self)(int(self) % o)
+
+    def __rmod__(self, other: object) -> Any:
+        if isinstance(other, _Unit) or not isinstance(other, int):
+            return NotImplemented
+        return other % int(self)
+
+    def __neg__(self) -> Self:
+        return type(self)(-int(self))
+
+    def __abs__(self) -> Self:
+        return type(self)(abs(int(self)))
 
 
-class DataBlocks(int):
+class Bytes(_Unit):
+    """A count of bytes."""
+
+    __slots__ = ()
+
+    def sectors(self) -> "Sectors":
+        """Whole sectors, rounding down."""
+        return Sectors(int(self) // SECTOR_SIZE)
+
+    def metablocks(self) -> "MetaBlocks":
+        """Whole 4 KiB metadata blocks, rounding down."""
+        return MetaBlocks(int(self) // METADATA_BLOCK_SIZE)
+
+
+class Sectors(_Unit):
+    """A count (or index) of 512-byte sectors."""
+
+    __slots__ = ()
+
+    def bytes(self) -> Bytes:
+        return Bytes(int(self) * SECTOR_SIZE)
+
+    def data_blocks(self, block_sectors: int) -> "DataBlocks":
+        """Whole data blocks of *block_sectors* sectors, rounding down."""
+        return DataBlocks(int(self) // int(block_sectors))
+
+
+class DataBlocks(_Unit):
     """A count (or index) of data blocks."""
 
-    __str__ = int.__repr__
+    __slots__ = ()
 
-    def __repr__(self) -> str:
-        return f"DataBlocks({int(self)})"
+    def sectors(self, block_sectors: int) -> Sectors:
+        """In sectors, for data blocks of *block_sectors* sectors."""
+        return Sectors(int(self) * int(block_sectors))
+
+    def bytes(self, block_sectors: int) -> Bytes:
+        """In bytes, for data blocks of *block_sectors* sectors."""
+        return Bytes(int(self) * int(block_sectors) * SECTOR_SIZE)
 
 
-class MetaBlocks(int):
+class MetaBlocks(_Unit):
     """A count (or index) of 4 KiB metadata blocks."""
 
-    def bytes(self) -> int:
-        return int(self) * METADATA_BLOCK_SIZE
+    __slots__ = ()
 
-    __str__ = int.__repr__
+    def bytes(self) -> Bytes:
+        return Bytes(int(self) * METADATA_BLOCK_SIZE)
+
+    def sectors(self) -> Sectors:
+        return Sectors(int(self) * METADATA_BLOCK_SECTORS)
+
+
+class ThinId(int):
+    """A thin device id, validated once when made: ``ThinId(5)``.
+
+    Raises :class:`~dmthin.errors.InvalidArgument` (EINVAL) unless the value
+    is an integer (not a bool) from 0 to :data:`MAX_DEV_ID` (2^24-1, the
+    kernel's limit).  A ``ThinId`` passes through ``ThinId()`` unchecked."""
+
+    __slots__ = ()
+
+    def __new__(cls, dev_id: object) -> "ThinId":
+        if type(dev_id) is cls:
+            return dev_id
+        if isinstance(dev_id, bool) or not isinstance(dev_id, int) \
+                or not 0 <= dev_id <= MAX_DEV_ID:
+            raise InvalidArgument(f"invalid thin device id {dev_id!r}: "
+                                  f"use an integer from 0 to {MAX_DEV_ID}")
+        return super().__new__(cls, dev_id)
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
 
     def __repr__(self) -> str:
-        return f"MetaBlocks({int(self)})"
+        return f"ThinId({int.__repr__(self)})"
 
 
 _SUFFIX = {"": 1, "B": 1, "S": SECTOR_SIZE, "K": 1 << 10, "M": 1 << 20,
@@ -154,12 +276,10 @@ def check_data_block_size(nbytes: int) -> int:
     return nbytes // SECTOR_SIZE
 
 
-def check_dev_id(dev_id: int) -> int:
-    """Validate a thin device id (0 .. 2^24-1); raise EINVAL otherwise."""
-    if isinstance(dev_id, bool) or not isinstance(dev_id, int) or not 0 <= dev_id <= MAX_DEV_ID:
-        raise InvalidArgument(f"invalid thin device id {dev_id!r}: "
-                              f"use an integer from 0 to {MAX_DEV_ID}")
-    return dev_id
+def check_dev_id(dev_id: object) -> ThinId:
+    """``ThinId(dev_id)``: validate a thin device id (0 .. 2^24-1); raise
+    :class:`~dmthin.errors.InvalidArgument` (EINVAL) otherwise."""
+    return ThinId(dev_id)
 
 
 def check_name(name: str) -> str:

@@ -12,8 +12,9 @@ import struct
 import crc32c as _crc32c
 
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
+from ..units import METADATA_BLOCK_SIZE
 
-BLOCK_SIZE = 4096
+BLOCK_SIZE = METADATA_BLOCK_SIZE         # every metadata block
 
 SUPERBLOCK_CSUM_XOR = 160774   # dm-thin-metadata.c
 BTREE_CSUM_XOR = 121107        # dm-btree-spine.c

@@ -55,7 +55,7 @@ class TransactionManager:
         self._single: set[int] = set()
 
     # -- reading -----------------------------------------------------------
-    def read(self, b: int, validator: Validator):
+    def read(self, b: int, validator: Validator) -> bytes | bytearray:
         return self.bm.read(b, validator)
 
     def read_node(self, b: int) -> Any:

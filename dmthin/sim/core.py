@@ -76,7 +76,7 @@ class SimCore(PoolModes):
         PoolModes.__init__(self, name, self.cond, md, "error_if_no_space" in feats,
                            env_seconds(NO_SPACE_TIMEOUT_ENV, DEFAULT_NO_SPACE_TIMEOUT))
         self.data = data
-        self.block_sectors = md.data_block_size
+        self.block_sectors = md.data_block_sectors
         self.block_bytes = self.block_sectors * SECTOR_SIZE
         self.zero_new_blocks = "skip_block_zeroing" not in feats
         self.discard_enabled = "ignore_discard" not in feats

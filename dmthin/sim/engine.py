@@ -33,7 +33,7 @@ class MetadataEngine(Protocol):
     """An open pool metadata: one transaction at a time, committed by :meth:`commit`."""
 
     @property
-    def data_block_size(self) -> int:
+    def data_block_sectors(self) -> int:
         """The data block size in 512-byte sectors."""
         ...
     @property
@@ -98,9 +98,9 @@ class MetadataEngine(Protocol):
 class MetadataEngineFactory(Protocol):
     """Builds engines over a metadata file: ``ThinMetadata`` itself (its classmethods)."""
 
-    def format(self, path: str | os.PathLike[str], data_block_size: int,
+    def format(self, path: str | os.PathLike[str], data_block_sectors: int,
                nr_data_blocks: int, cache_blocks: int = ...) -> MetadataEngine:
-        """Format new metadata over *path* (*data_block_size* in sectors)."""
+        """Format new metadata over *path* for data blocks of *data_block_sectors*."""
         ...
     def open(self, path: str | os.PathLike[str], read_only: bool = ...,
              cache_blocks: int = ...) -> MetadataEngine:

@@ -99,7 +99,7 @@ class SimPoolBackend:
                                   "read_only")
         block_bytes = config.data_block_sectors * SECTOR_SIZE
         nr_blocks = os.path.getsize(pooldir.data_path) // block_bytes
-        md = engine.format(pooldir.metadata_path, data_block_size=config.data_block_sectors,
+        md = engine.format(pooldir.metadata_path, data_block_sectors=config.data_block_sectors,
                            nr_data_blocks=nr_blocks, cache_blocks=DEFAULT_CACHE_BLOCKS)
         return cls._attach(pooldir, config, md)
 
@@ -116,12 +116,12 @@ class SimPoolBackend:
         md = engine.open(pooldir.metadata_path, read_only=read_only,
                          cache_blocks=DEFAULT_CACHE_BLOCKS)
         try:
-            if md.data_block_size != config.data_block_sectors:
+            if md.data_block_sectors != config.data_block_sectors:
                 raise InvalidArgument(
-                    f"{pooldir.metadata_path}: metadata block size is {md.data_block_size} "
+                    f"{pooldir.metadata_path}: metadata block size is {md.data_block_sectors} "
                     f"sectors but {pooldir.config_path} says {config.data_block_sectors}; "
                     "changing the data block size is not supported")
-            nr_file = os.path.getsize(pooldir.data_path) // (md.data_block_size * SECTOR_SIZE)
+            nr_file = os.path.getsize(pooldir.data_path) // (md.data_block_sectors * SECTOR_SIZE)
             if nr_file < md.nr_data_blocks:
                 raise InvalidArgument(
                     f"{pooldir.data_path} holds {nr_file} data blocks but the metadata expects "
@@ -135,7 +135,7 @@ class SimPoolBackend:
     def _attach(cls, pooldir: PoolDir, config: PoolConfig,
                 md: MetadataEngine) -> SimPoolBackend:
         try:
-            data = DataFile(pooldir.data_path, md.data_block_size * SECTOR_SIZE,
+            data = DataFile(pooldir.data_path, md.data_block_sectors * SECTOR_SIZE,
                             writable="read_only" not in config.features)
         except OSError:
             md.close()

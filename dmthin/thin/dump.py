@@ -31,7 +31,7 @@ def dump(bm, visitor, *, metadata_snap: bool | int | None = None,
     details = read_details(bm, sb.device_details_root)
     visitor.superblock_b(Superblock(
         uuid="", time=sb.time, transaction=sb.trans_id, flags=sb.flags, version=sb.version,
-        data_block_size=sb.data_block_size, nr_data_blocks=sb.data_sm.nr_blocks,
+        data_block_sectors=sb.data_block_size, nr_data_blocks=sb.data_sm.nr_blocks,
         metadata_snap=None))
     wanted = None if dev_ids is None else set(dev_ids)
     done = 0

@@ -22,14 +22,18 @@ from typing import NamedTuple
 
 from ..pdata.checksum import BLOCK_SIZE
 from ..pdata.space_map.format import SpaceMapRoot
+from ..units import MAX_DATA_BLOCK as MAX_DATA_BLOCK
+from ..units import MAX_DATA_BLOCKS as MAX_DATA_BLOCKS
+from ..units import METADATA_BLOCK_SECTORS as METADATA_BLOCK_SECTORS
 
 # -- block_time ----------------------------------------------------------------------
 TIME_BITS = 24
 TIME_MASK = (1 << TIME_BITS) - 1
 MAX_TIME = TIME_MASK
-MAX_DATA_BLOCKS = 1 << (64 - TIME_BITS)     # the most data blocks a mapping can address
-MAX_DATA_BLOCK = MAX_DATA_BLOCKS - 1        # the highest data block number
 MAPPING_VALUE_SIZE = 8
+# The data block limits (units.MAX_DATA_BLOCKS, a count, and MAX_DATA_BLOCK,
+# an index) are what the other 40 bits of a mapping can hold.
+assert MAX_DATA_BLOCKS == 1 << (8 * MAPPING_VALUE_SIZE - TIME_BITS)
 
 
 class BlockTime(NamedTuple):
@@ -88,7 +92,6 @@ THIN_MIN_VERSION = 1
 NEEDS_CHECK_FLAG = 1
 INCOMPAT_SUPP = 0
 COMPAT_RO_SUPP = 0
-METADATA_BLOCK_SECTORS = BLOCK_SIZE // 512      # the superblock's metadata_block_size
 
 SPACE_MAP_ROOT_SIZE = 128
 MAGIC_OFFSET = 32
@@ -107,7 +110,8 @@ _MAGIC = struct.Struct("<Q")
 
 def superblock_magic(buf: bytes | bytearray) -> int:
     """The magic number field of a (would-be) superblock block."""
-    return _MAGIC.unpack_from(buf, MAGIC_OFFSET)[0]
+    magic: int = _MAGIC.unpack_from(buf, MAGIC_OFFSET)[0]
+    return magic
 
 
 def clear_space_map_roots(buf: bytearray) -> None:
@@ -135,8 +139,8 @@ class Superblock:
     metadata_sm_root: bytes = bytes(SPACE_MAP_ROOT_SIZE)
     data_mapping_root: int = 0
     device_details_root: int = 0
-    data_block_size: int = 0          # sectors
-    metadata_block_size: int = METADATA_BLOCK_SECTORS
+    data_block_size: int = 0          # in sectors (the kernel's field names)
+    metadata_block_size: int = METADATA_BLOCK_SECTORS     # in sectors
     metadata_nr_blocks: int = 0
     compat_flags: int = 0
     compat_ro_flags: int = 0

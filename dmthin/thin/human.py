@@ -17,7 +17,7 @@ class HumanReadableWriter:
         version = 1 if sb.version is None else sb.version
         snap = "" if sb.metadata_snap is None else f", {sb.metadata_snap}"
         self.write(f'begin superblock: "{sb.uuid}", {sb.time}, {sb.transaction}, {flags}, '
-                   f'{version}, {sb.data_block_size}, {sb.nr_data_blocks}{snap}\n')
+                   f'{version}, {sb.data_block_sectors}, {sb.nr_data_blocks}{snap}\n')
 
     def superblock_e(self) -> None:
         self.write("end superblock\n")

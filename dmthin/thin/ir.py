@@ -29,7 +29,7 @@ class Superblock:
     transaction: int
     flags: int | None
     version: int | None
-    data_block_size: int          # sectors
+    data_block_sectors: int       # the XML's data_block_size, in sectors
     nr_data_blocks: int
     metadata_snap: int | None = None
 

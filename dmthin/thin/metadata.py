@@ -31,7 +31,7 @@ from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
 from ..pdata.space_map.disk import DiskSpaceMap
 from ..pdata.space_map.metadata import MetadataSpaceMap
 from ..pdata.transaction import TransactionManager
-from ..units import MAX_METADATA_BLOCKS, check_data_block_sectors, check_dev_id
+from ..units import MAX_METADATA_BLOCKS, ThinId, check_data_block_sectors
 from .format import (MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION,
                      TIME_BITS, TIME_MASK, DeviceDetails, Superblock, clear_space_map_roots,
                      pack_block_time, pack_sm_root)
@@ -93,15 +93,14 @@ class ThinMetadata:
         self._hint = InsertHint(self.info)
 
     @classmethod
-    def format(cls, path: str | os.PathLike, data_block_size: int, nr_data_blocks: int,
+    def format(cls, path: str | os.PathLike, data_block_sectors: int, nr_data_blocks: int,
                cache_blocks: int = DEFAULT_CACHE_BLOCKS) -> "ThinMetadata":
         """Format the metadata file at *path* (which must exist; its size
-        fixes the metadata size, capped at the kernel's maximum).
-
-        *data_block_size* is in 512-byte sectors.  Raises
+        fixes the metadata size, capped at the kernel's maximum) for data
+        blocks of *data_block_sectors* 512-byte sectors.  Raises
         :class:`InvalidArgument` for sizes the kernel refuses.
         """
-        check_data_block_sectors(data_block_size)
+        check_data_block_sectors(data_block_sectors)
         if not 0 <= nr_data_blocks <= MAX_DATA_BLOCKS:
             raise InvalidArgument(f"invalid number of data blocks {nr_data_blocks}")
         bm = BlockManager(path, writable=True, cache_blocks=cache_blocks)
@@ -121,8 +120,8 @@ class ThinMetadata:
         self.trans_id = 0
         self.flags = 0
         self.held_root = 0
-        self.data_block_size = data_block_size
-        self._sb_template = Superblock(data_block_size=data_block_size,
+        self.data_block_sectors = data_block_sectors
+        self._sb_template = Superblock(data_block_size=data_block_sectors,
                                        metadata_nr_blocks=nr_blocks)
         self.commit()
         if nr_data_blocks:
@@ -171,7 +170,7 @@ class ThinMetadata:
         self.trans_id = sb.trans_id
         self.flags = sb.flags
         self.held_root = sb.held_root
-        self.data_block_size = sb.data_block_size
+        self.data_block_sectors = sb.data_block_size
         self._sb_template = sb
         self.superblock = sb
         self._devices = {}
@@ -195,6 +194,11 @@ class ThinMetadata:
     @property
     def nr_metadata_blocks(self) -> int:
         return self.metadata_sm.nr_blocks
+
+    @property
+    def data_block_size(self) -> int:
+        """Alias of :attr:`data_block_sectors` (Pool.data_block_size is bytes)."""
+        return self.data_block_sectors
 
     @property
     def transaction_id(self) -> int:
@@ -293,7 +297,7 @@ class ThinMetadata:
     def create_thin(self, dev_id: int) -> None:
         """``__create_thin``: EEXIST if the id is used, EINVAL above 2^24-1."""
         self._mutating()
-        check_dev_id(dev_id)
+        dev_id = ThinId(dev_id)
         if self.has_device(dev_id):
             raise DeviceExists(f"thin device {dev_id} already exists")
         dev_root = bt.empty(self.bl_info)
@@ -303,8 +307,7 @@ class ThinMetadata:
     def create_snap(self, dev_id: int, origin_id: int) -> None:
         """``__create_snap``: share the origin's subtree, bump the time."""
         self._mutating()
-        check_dev_id(dev_id)
-        check_dev_id(origin_id)
+        dev_id, origin_id = ThinId(dev_id), ThinId(origin_id)
         if self.has_device(dev_id):
             raise DeviceExists(f"thin device {dev_id} already exists")
         origin_root = bt.lookup(self.tl_info, self.root, [origin_id])
@@ -323,8 +326,7 @@ class ThinMetadata:
     def delete(self, dev_id: int) -> None:
         """``__delete_device``: drop the details and the mapping subtree."""
         self._mutating()
-        check_dev_id(dev_id)
-        self._open_device(dev_id)
+        self._open_device(ThinId(dev_id))
         del self._devices[dev_id]
         self._changed.discard(dev_id)
         self.details_root, _ = bt_remove.remove(self.details_info, self.details_root, [dev_id])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Iterator
 
 from ..errors import BTreeError, MetadataError
 from ..pdata.block import BlockManager
@@ -15,7 +16,7 @@ from .ir import Device
 from .superblock import read_superblock
 
 
-def open_block_manager(path, cache_blocks: int = 1024) -> BlockManager:
+def open_block_manager(path: str | os.PathLike[str], cache_blocks: int = 1024) -> BlockManager:
     """Open a metadata file or device read-only.  Raises
     :class:`~dmthin.errors.MetadataError` if it is too small to hold a
     superblock, ``OSError`` if it cannot be opened."""
@@ -31,7 +32,7 @@ def open_block_manager(path, cache_blocks: int = 1024) -> BlockManager:
     return bm
 
 
-def select_superblock(bm, metadata_snap: bool | int | None = None) -> Superblock:
+def select_superblock(bm: BlockManager, metadata_snap: bool | int | None = None) -> Superblock:
     """The superblock to dump: the live one (``metadata_snap`` None/False),
     the held metadata snapshot (True), or the copy at block *metadata_snap*.
     Raises :class:`~dmthin.errors.MetadataError` (incl. ``BadSuperblock``)."""
@@ -50,13 +51,13 @@ def select_superblock(bm, metadata_snap: bool | int | None = None) -> Superblock
     return read_superblock(bm, block)
 
 
-def read_details(bm, root: int) -> dict[int, Device]:
+def read_details(bm: BlockManager, root: int) -> dict[int, Device]:
     """Decode the device-details tree into ``{dev_id: Device}``.  Raises
     :class:`~dmthin.errors.MetadataError` on damage."""
     devs: dict[int, Device] = {}
     for _b, keys, values in iter_leaves(bm, root):
         for k, v in zip(keys, values):
-            if isinstance(v, int) or len(v) != DeviceDetails.SIZE:
+            if not isinstance(v, bytes) or len(v) != DeviceDetails.SIZE:
                 raise BTreeError(f"device details tree: leaf {_b} has values of the wrong "
                                  f"size (expected {DeviceDetails.SIZE} bytes)", _b)
             d = DeviceDetails.unpack(v)
@@ -65,7 +66,8 @@ def read_details(bm, root: int) -> dict[int, Device]:
     return devs
 
 
-def iter_mapping_leaves(bm, root: int):
+def iter_mapping_leaves(bm: BlockManager,
+                        root: int) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Yield ``(keys, packed_values)`` for each leaf of one device's mapping
     subtree, checking value size and key order across leaves."""
     last = -1

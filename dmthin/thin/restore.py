@@ -42,6 +42,7 @@ from .format import THIN_VERSION, TIME_BITS, DeviceDetails, pack_sm_root
 from .format import Superblock as DiskSuperblock
 from .ir import Device, Map, Superblock
 from .restore_plan import Restorer, plan_blocks
+from .xml import read_xml
 
 __all__ = ["restore", "restore_events", "output_blocks", "Restorer", "plan_blocks"]
 
@@ -226,7 +227,7 @@ def _write(drive, output, r: Restorer, nr_meta: int, total: int) -> None:
                               data_sm_root=pack_sm_root(data_sm),
                               metadata_sm_root=pack_sm_root(meta_sm),
                               data_mapping_root=top, device_details_root=det,
-                              data_block_size=sb.data_block_size, metadata_nr_blocks=nr_meta)
+                              data_block_size=sb.data_block_sectors, metadata_nr_blocks=nr_meta)
         sbuf = bytearray(BLOCK_SIZE)
         disk.pack_into(sbuf)
         SUPERBLOCK.prepare_for_write(sbuf, 0)
@@ -272,12 +273,14 @@ def restore_events(drive, output, *, transaction_id=None, data_block_size=None,
     (e.g. ``lambda v: dump(bm, v)`` copies metadata, like thin_repair's
     dump + restore).  *drive* is called two or three times and must emit
     the same events each time.  Nothing is written unless everything is
-    valid and fits.  Raises :class:`~dmthin.errors.InvalidArgument`,
+    valid and fits.  The overrides (``None``: the input's own) are named for
+    the XML attributes they replace: *transaction_id*, *data_block_size* (in
+    sectors), *nr_data_blocks*.  Raises :class:`~dmthin.errors.InvalidArgument`,
     :class:`UsageError`, ``OSError`` and whatever the producer raises."""
     nr_meta = output_blocks(output)
     if nr_bitmaps(nr_meta) > MAX_METADATA_BITMAPS:
         raise UsageError("metadata device larger than the kernel maximum")
-    r = Restorer(transaction_id=transaction_id, data_block_size=data_block_size,
+    r = Restorer(transaction_id=transaction_id, data_block_sectors=data_block_size,
                  nr_data_blocks=nr_data_blocks)
     drive(r)
     if r.sb is None:
@@ -315,8 +318,8 @@ def restore(xml_source, output, *, transaction_id=None, data_block_size=None,
     into the existing *output*.  Nothing is written unless the whole input is
     valid and fits.  *progress*, if given, is called with a byte count
     growing to the input size over both passes.  Raises
-    :class:`~dmthin.thin.xml.XmlError`, :class:`UsageError`, ``OSError``."""
-    from .xml import read_xml
+    :class:`~dmthin.thin.xml.XmlError`, :class:`UsageError`, ``OSError``.
+    The overrides are :func:`restore_events`'s."""
     output_blocks(output)                       # fail early, before any spooling
     overrides = dict(transaction_id=transaction_id, data_block_size=data_block_size,
                      nr_data_blocks=nr_data_blocks)

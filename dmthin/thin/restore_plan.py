@@ -16,7 +16,7 @@ from ..pdata.btree.builder import btree_blocks
 from ..pdata.refcounts import RefCounts
 from ..pdata.space_map.build import disk_space_map_blocks, metadata_space_map_blocks
 from ..pdata.space_map.format import nr_bitmaps
-from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS,
+from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, MetaBlocks,
                      is_valid_data_block_sectors)
 from .format import MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, MAX_SUPERBLOCK_TIME, DeviceDetails
 from .ir import Device, Map, Superblock
@@ -40,18 +40,19 @@ class Restorer:
     Keeps per-device summaries, ``<def>`` mappings and the data block
     reference counts (:attr:`counts`), never the mappings themselves.
     Overrides (``None`` = from the XML): *transaction_id*,
-    *data_block_size*, *nr_data_blocks*.
+    *data_block_sectors*, *nr_data_blocks*.
     Raises :class:`~dmthin.errors.InvalidArgument` (a ``ValueError``: the XML
     reader adds the position) for inconsistent input."""
 
     def __init__(self, *, transaction_id: int | None = None,
-                 data_block_size: int | None = None, nr_data_blocks: int | None = None):
-        self.overrides = (transaction_id, data_block_size, nr_data_blocks)
+                 data_block_sectors: int | None = None, nr_data_blocks: int | None = None):
+        self.overrides = (transaction_id, data_block_sectors, nr_data_blocks)
         self.sb: Superblock | None = None
         self.devices: dict[int, _Dev] = {}
         self.defs: dict[str, list[Map]] = {}
         self.counts = RefCounts(0)
-        self.presorted: dict[int, tuple[array, array]] = {}   # out-of-order devices, sorted
+        # devices whose mappings came out of order, sorted (by _Collector)
+        self.presorted: dict[int, tuple[array[int], array[int]]] = {}
         self.nr_data_blocks = 0
         self._cur: _Dev | None = None
         self._def: list[Map] | None = None
@@ -61,9 +62,9 @@ class Restorer:
         trans, dbs, nr = self.overrides
         sb = Superblock(sb.uuid, sb.time, sb.transaction if trans is None else trans,
                         sb.flags, sb.version,
-                        sb.data_block_size if dbs is None else dbs,
+                        sb.data_block_sectors if dbs is None else dbs,
                         sb.nr_data_blocks if nr is None else nr, None)
-        d = sb.data_block_size
+        d = sb.data_block_sectors
         if not is_valid_data_block_sectors(d):
             raise InvalidArgument(
                 f"data_block_size={d} sectors is not a multiple of 128 between "
@@ -128,6 +129,8 @@ class Restorer:
             raise InvalidArgument(f"mapping to data block {d + n - 1} is beyond the end of the "
                                   f"data device (nr_data_blocks={self.nr_data_blocks})")
         cur = self._cur
+        if cur is None:
+            raise InvalidArgument("a mapping outside any device")
         cur.count += n
         if t < cur.end:
             cur.sorted = False
@@ -155,6 +158,6 @@ def plan_blocks(r: Restorer, nr_meta: int) -> int:
     total += metadata_space_map_blocks(nr_meta)
     if total > nr_meta:
         raise UsageError(f"the output is too small: the metadata needs {total} blocks "
-                         f"({total * 4} KiB) but the output holds {nr_meta}; "
+                         f"({MetaBlocks(total).bytes() >> 10} KiB) but the output holds {nr_meta}; "
                          "use a bigger metadata file or device")
     return total

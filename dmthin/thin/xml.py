@@ -63,7 +63,7 @@ class XmlWriter:
         version = 1 if sb.version is None else sb.version
         self.write(f'{self._ind}<superblock uuid="{_esc(sb.uuid)}" time="{sb.time}" '
                    f'transaction="{sb.transaction}" flags="{flags}" version="{version}" '
-                   f'data_block_size="{sb.data_block_size}" '
+                   f'data_block_size="{sb.data_block_sectors}" '
                    f'nr_data_blocks="{sb.nr_data_blocks}"{snap}>\n')
         self._push()
 
@@ -331,7 +331,7 @@ class _Reader:
             uuid=a["uuid"], time=_num(tag, "time", a["time"], U32),
             transaction=_num(tag, "transaction", a["transaction"], U64),
             flags=opt("flags", U32), version=opt("version", U32),
-            data_block_size=_num(tag, "data_block_size", a["data_block_size"], U32),
+            data_block_sectors=_num(tag, "data_block_size", a["data_block_size"], U32),
             nr_data_blocks=_num(tag, "nr_data_blocks", a["nr_data_blocks"], U64),
             metadata_snap=opt("metadata_snap", U64))
 

@@ -49,10 +49,10 @@ class FakeMetadata:
         self.fail_after: int | None = None    # raise NoSpace after this many mutations
 
     @classmethod
-    def format(cls, path: str | os.PathLike[str], data_block_size: int = 128,
+    def format(cls, path: str | os.PathLike[str], data_block_sectors: int = 128,
                nr_data_blocks: int = 0, cache_blocks: int = 0) -> FakeMetadata:
         nr_meta = min(os.path.getsize(path) // 4096, 255 * 16320)
-        state = _State(bs=data_block_size, nr_data=nr_data_blocks, nr_meta=nr_meta,
+        state = _State(bs=data_block_sectors, nr_data=nr_data_blocks, nr_meta=nr_meta,
                        counts=[0] * nr_data_blocks)
         _STORE[os.fspath(path)] = copy.deepcopy(state)
         return cls(path, state)
@@ -79,7 +79,7 @@ class FakeMetadata:
                 raise NoSpace("fake: out of metadata space")
 
     @property
-    def data_block_size(self) -> int:
+    def data_block_sectors(self) -> int:
         return self._s.bs
 
     @property

@@ -27,7 +27,7 @@ def test_engines_satisfy_the_protocol(tmp_path: Path, engine: MetadataEngineFact
     path = tmp_path / "metadata"
     path.write_bytes(b"")
     os.truncate(path, 4 << 20)
-    md = engine.format(path, data_block_size=128, nr_data_blocks=8)
+    md = engine.format(path, data_block_sectors=128, nr_data_blocks=8)
     try:
         assert isinstance(md, MetadataEngine)
         md.create_thin(1)
@@ -35,7 +35,7 @@ def test_engines_satisfy_the_protocol(tmp_path: Path, engine: MetadataEngineFact
         md.commit()
         assert md.lookup(1, 5) == (0, 0, False)
         assert list(md.mappings(1)) == [(5, 0, 0)]
-        assert md.nr_free_data_blocks() == 7 and md.data_block_size == 128
+        assert md.nr_free_data_blocks() == 7 and md.data_block_sectors == 128
     finally:
         md.close()
 
@@ -79,7 +79,7 @@ def make_core(tmp_path: Path, nr_blocks: int, features: Sequence[str] = ()) -> S
     for name, size in (("metadata", 4 << 20), ("data", nr_blocks * BS)):
         (tmp_path / name).write_bytes(b"")
         os.truncate(tmp_path / name, size)
-    md = FakeMetadata.format(tmp_path / "metadata", data_block_size=BS // 512,
+    md = FakeMetadata.format(tmp_path / "metadata", data_block_sectors=BS // 512,
                              nr_data_blocks=nr_blocks)
     return SimCore("core-test", md, DataFile(tmp_path / "data", BS), features,
                    low_water_blocks=0, threshold=0)

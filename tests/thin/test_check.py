@@ -738,7 +738,7 @@ def test_engine_metadata_cow_sharing_and_held_snapshot(tmp_path, tools110):
     p = tmp_path / "eng.md"
     with open(p, "wb") as f:
         f.truncate(8 * MiB)
-    md = ThinMetadata.format(p, data_block_size=128, nr_data_blocks=20000)
+    md = ThinMetadata.format(p, data_block_sectors=128, nr_data_blocks=20000)
     try:
         md.create_thin(1)
         for v in range(3000):

@@ -67,7 +67,7 @@ def metadata_summary(md: ThinMetadata) -> dict[str, list]:
 # -- the child -----------------------------------------------------------------
 def child(path: str, log_path: str, seed: int) -> None:
     rnd = random.Random(seed)
-    md = ThinMetadata.format(path, data_block_size=128, nr_data_blocks=NR_DATA_BLOCKS,
+    md = ThinMetadata.format(path, data_block_sectors=128, nr_data_blocks=NR_DATA_BLOCKS,
                              cache_blocks=64)
     log = open(log_path, "a")
 

@@ -21,7 +21,7 @@ ALL = ",".join(FIELDS)
 def build_with_engine(path, seed: int, hold_snapshot: bool) -> None:
     """Random thins, snapshots (shared subtrees) and writes after snapshots."""
     rnd = random.Random(seed)
-    md = ThinMetadata.format(path, data_block_size=128, nr_data_blocks=20000)
+    md = ThinMetadata.format(path, data_block_sectors=128, nr_data_blocks=20000)
     try:
         ids = []
         for step in range(rnd.randrange(3, 9)):
@@ -133,7 +133,7 @@ def test_restore_of_110_dump_with_defs(tmp_path, tools110):
     """Deterministic: an origin of several leaves and two snapshots, so the
     1.1.0 dump certainly contains <def>/<ref>."""
     src = blank(tmp_path / "src")
-    md = ThinMetadata.format(src, data_block_size=128, nr_data_blocks=20000)
+    md = ThinMetadata.format(src, data_block_sectors=128, nr_data_blocks=20000)
     try:
         md.create_thin(1)
         for v in range(3000):

@@ -75,7 +75,8 @@ def read_u64_values(buf, nr: int, mx: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx)
 
 
-def read_values(buf, nr: int, mx: int, vs: int):
+def read_values(buf: bytes | bytearray, nr: int, mx: int,
+                vs: int) -> tuple[int, ...] | list[bytes]:
     """The first *nr* values of a node: a tuple of ints for 8-byte values,
     else a list of ``bytes``."""
     off = HEADER_SIZE + 8 * mx

@@ -10,11 +10,13 @@ import struct
 from typing import Iterator
 
 from ...errors import BTreeError
+from ..block import BlockManager
 from ..checksum import BTREE_NODE
 from .node import HEADER_SIZE, INTERNAL_NODE, WALK_MAX_DEPTH, check_header, lower_bound, read_values
 
 
-def iter_leaves(bm, root: int) -> Iterator[tuple[int, tuple[int, ...], object]]:
+def iter_leaves(bm: BlockManager,
+                root: int) -> Iterator[tuple[int, tuple[int, ...], tuple[int, ...] | list[bytes]]]:
     """Yield ``(block, keys, values)`` for every leaf under *root*, in key
     order.  ``values`` is a tuple of ints (value_size 8) or a list of bytes."""
     stack: list[tuple[int, int]] = [(root, 0)]
