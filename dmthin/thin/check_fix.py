@@ -71,10 +71,10 @@ def check_and_fix(path: str | os.PathLike[str], opts: CheckOptions, fix: FixOpti
                   report: Report | None = None) -> FixResult:
     """Check *path*, then repair leaks and/or clear needs_check as *fix*
     asks (see the module docstring).  The check's findings and what was
-    written go to *report* (as lines of info).  Raises :class:`UsageError` for option combinations thin_check
-    refuses, ``OSError`` if *path* cannot be opened or written, and
-    :class:`~dmthin.errors.MetadataError` if the metadata changed under the
-    fix."""
+    written go to *report* (as lines of info).  Raises :class:`UsageError`
+    for option combinations thin_check refuses, ``OSError`` if *path*
+    cannot be opened or written, and :class:`~dmthin.errors.MetadataError`
+    if the metadata changed under the fix."""
     why = conformance_error(opts, fix)
     if why is not None:
         raise UsageError(why)

@@ -31,7 +31,8 @@ from typing import Any
 from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
 from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
-from ..units import DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, MAX_DEV_ID
+from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, MAX_DEV_ID,
+                     is_valid_data_block_sectors)
 from .format import (MAX_DATA_BLOCK, THIN_SUPERBLOCK_MAGIC, TIME_BITS, TIME_MASK, DeviceDetails,
                      superblock_magic)
 from .format import Superblock as DiskSuperblock
@@ -68,11 +69,6 @@ class Plan:
     nr_data_blocks: int
     devices: dict[int, DevPlan]
     report: list[str] = field(default_factory=list)
-
-
-def _valid_block_size(dbs: int) -> bool:
-    return (DATA_BLOCK_SIZE_MIN_SECTORS <= dbs <= DATA_BLOCK_SIZE_MAX_SECTORS
-            and dbs % DATA_BLOCK_SIZE_MIN_SECTORS == 0)
 
 
 def read_superblock_hints(bm: BlockManager) -> tuple[DiskSuperblock | None, bool, str | None]:
@@ -350,12 +346,12 @@ class _Planner:
         else:
             tid += 1
         dbs = ov.data_block_size
-        if dbs is None and sb is not None and _valid_block_size(sb.data_block_size):
+        if dbs is None and sb is not None and is_valid_data_block_sectors(sb.data_block_size):
             dbs = sb.data_block_size
         if dbs is None:
             raise UsageError("the superblock is unreadable and the data block size cannot be "
                              "guessed: give --data-block-size (sectors)")
-        if not _valid_block_size(dbs):
+        if not is_valid_data_block_sectors(dbs):
             raise UsageError(f"--data-block-size {dbs} is not a multiple of 128 sectors "
                              f"between {DATA_BLOCK_SIZE_MIN_SECTORS} and "
                              f"{DATA_BLOCK_SIZE_MAX_SECTORS}")
@@ -401,7 +397,7 @@ def emit_plan(bm: BlockManager, plan: Plan, visitor: Any) -> int:
     limit = plan.nr_data_blocks << TIME_BITS
     visitor.superblock_b(Superblock(
         uuid="", time=plan.time, transaction=plan.transaction_id, flags=0, version=2,
-        data_block_size=plan.data_block_size, nr_data_blocks=plan.nr_data_blocks))
+        data_block_sectors=plan.data_block_size, nr_data_blocks=plan.nr_data_blocks))
     emit = _emitter(visitor)
     dropped = 0
     for dev_id, d in plan.devices.items():

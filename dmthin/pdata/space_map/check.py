@@ -99,8 +99,9 @@ def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root
                    on_leak: Callable[[int], None] | None = None) -> CountReport:
     """Compare the on-disk counts of blocks ``0..nr_blocks-1`` with
     *computed*, calling *problem(kind, line)* for each difference (the
-    caller caps the lines) and *on_leak(block)* for each leaked block.  *what* is "metadata" or "data".  The ref-count tree must
-    have been validated already (see :func:`count_ref_count_tree`).  Raises
+    caller caps the lines) and *on_leak(block)* for each leaked block.
+    *what* is "metadata" or "data".  The ref-count tree must have been
+    validated already (see :func:`count_ref_count_tree`).  Raises
     :class:`MetadataError` only if the ref-count tree cannot be read."""
     rep = CountReport()
     overflow = _peekable(iter_items(bm, ref_count_root))
