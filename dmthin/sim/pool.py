@@ -30,8 +30,6 @@ with it held and must not block.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import ClassVar
 
 from ..errors import (
     Busy,
@@ -60,10 +58,6 @@ from .params import metadata_threshold
 from .thin import SimThin
 
 DEFAULT_CACHE_BLOCKS = 8192
-
-#: a message handler: the pool and the message's arguments
-_Handler = Callable[["SimPoolBackend", tuple[int, ...]], None]
-
 
 class SimPoolBackend:
     """A thin pool simulated over ``POOLDIR/metadata`` and ``POOLDIR/data``.
@@ -185,7 +179,7 @@ class SimPoolBackend:
                 raise NotSupported(f"pool {self.pooldir.path} is read-only or out of metadata "
                                    f"space: it refuses the message '{msg}'")
             try:
-                self._HANDLERS[msg.command](self, msg.args)
+                self._apply(msg)
             except NoSpace as err:
                 core.fail_metadata(msg.command, err)
                 raise NoSpace(f"{msg}: pool {self.pooldir.path} ran out of metadata space; "
@@ -200,36 +194,28 @@ class SimPoolBackend:
             core.commit()
         return None
 
-    def _create_thin(self, args: tuple[int, ...]) -> None:
-        self.core.metadata.create_thin(args[0])
-
-    def _create_snap(self, args: tuple[int, ...]) -> None:
-        self.core.metadata.create_snap(args[0], args[1])
-
-    def _delete(self, args: tuple[int, ...]) -> None:
-        if self._active.get(args[0]):
-            raise Busy(f"thin device {args[0]} is active; deactivate it before deleting it")
-        self.core.metadata.delete(args[0])
-
-    def _set_transaction_id(self, args: tuple[int, ...]) -> None:
-        self.core.metadata.set_transaction_id(args[0], args[1])
-
-    def _reserve_metadata_snap(self, args: tuple[int, ...]) -> None:
-        self.core.commit()
-        self.core.metadata.reserve_metadata_snap()
-
-    def _release_metadata_snap(self, args: tuple[int, ...]) -> None:
-        self.core.metadata.release_metadata_snap()
-
-    #: message command -> handler (with the lock held; the caller commits)
-    _HANDLERS: ClassVar[dict[str, _Handler]] = {
-        "create_thin": _create_thin,
-        "create_snap": _create_snap,
-        "delete": _delete,
-        "set_transaction_id": _set_transaction_id,
-        "reserve_metadata_snap": _reserve_metadata_snap,
-        "release_metadata_snap": _release_metadata_snap,
-    }
+    def _apply(self, msg: Message) -> None:
+        """Apply *msg* to the metadata (lock held; the caller commits)."""
+        md = self.core.metadata
+        match msg.command, msg.args:
+            case "create_thin", (dev_id,):
+                md.create_thin(dev_id)
+            case "create_snap", (dev_id, origin_id):
+                md.create_snap(dev_id, origin_id)
+            case "delete", (dev_id,):
+                if self._active.get(dev_id):
+                    raise Busy(f"thin device {dev_id} is active; deactivate it before "
+                               "deleting it")
+                md.delete(dev_id)
+            case "set_transaction_id", (old, new):
+                md.set_transaction_id(old, new)
+            case "reserve_metadata_snap", ():
+                self.core.commit()
+                md.reserve_metadata_snap()
+            case "release_metadata_snap", ():
+                md.release_metadata_snap()
+            case _:
+                raise InvalidArgument(f"unknown thin pool message '{msg}'")
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> PoolStatus:

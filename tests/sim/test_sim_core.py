@@ -11,7 +11,7 @@ from fake_engine import FakeMetadata
 from simhelpers import BS, sim_pool
 
 from dmthin.backend import PoolBackend, ThinBackend
-from dmthin.errors import NoSpace
+from dmthin.errors import InvalidArgument, NoSpace
 from dmthin.sim.core import Mode, SimCore
 from dmthin.sim.datafile import Chunk, DataFile
 from dmthin.sim.engine import MetadataEngine, MetadataEngineFactory
@@ -111,6 +111,10 @@ def test_messages_arrive_parsed_or_as_text(tmp_path: Path) -> None:
         impl.message(Message("create_thin", (3,)))
         impl.message("create_snap 4 3")
         assert pool.thin_ids() == [3, 4]
+        for bad in (Message("trim", (1,)), Message("delete", ())):
+            with pytest.raises(InvalidArgument):       # a hand-built message the kernel refuses
+                impl.message(bad)
+        assert pool.status().mode.value == "rw"
 
 
 def test_backend_satisfies_the_backend_protocols(tmp_path: Path) -> None:
