@@ -174,6 +174,10 @@ if ffi is not None:
         ffi.def_extern(name=f"dmthin_extfs_{_name}")(_fn)
 
 
+if lib is not None:
+    lib.initialize_ext2_error_table()          # com_err texts of libext2fs' codes
+
+
 def _errno_table() -> dict[int, int]:
     if lib is None:
         return {}
