@@ -376,7 +376,8 @@ class _Checker:
         """Walk one device's mapping subtree; return its number of mappings
         (None if the subtree is damaged)."""
         nr_data = self.sb.data_sm.nr_blocks
-        inc_blocks = self.data_counts.inc_blocks
+        inc_blocks, inc_packed = self.data_counts.inc_blocks, self.data_counts.inc_packed
+        beyond = nr_data << TIME_BITS          # the first mapping value beyond the data device
         bad = self.bad_data
         totals = self.totals
         try:
@@ -384,14 +385,15 @@ class _Checker:
                                                     tree=f"{where}mapping tree of device "
                                                          f"{dev_id}",
                                                     tree_kind="mapping", totals=totals):
-                blocks = [v >> TIME_BITS for v in values]
-                if blocks and max(blocks) >= nr_data:
+                if values and max(values) >= beyond:
+                    blocks = [v >> TIME_BITS for v in values]
                     for k, data in zip(keys, blocks):
                         if data >= nr_data:
                             bad(f"{where}device {dev_id}: block {k} maps to data block "
                                 f"{data}, beyond the data device ({nr_data} blocks)")
-                    blocks = [data for data in blocks if data < nr_data]
-                inc_blocks(blocks)
+                    inc_blocks([data for data in blocks if data < nr_data])
+                else:
+                    inc_packed(values, TIME_BITS)
                 self._tick()
         except MetadataError as e:
             self.report.error(str(e))

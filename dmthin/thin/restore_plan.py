@@ -22,6 +22,9 @@ from .format import MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, MAX_SUPERBLOCK_TIME, De
 from .ir import Device, Map, Superblock
 
 
+_PENDING_MAX = 1 << 16
+
+
 class _Dev:
     """Pass-1 summary of one device: its mapping count and whether the
     mappings came in strictly increasing key order."""
@@ -51,6 +54,7 @@ class Restorer:
         self.devices: dict[int, _Dev] = {}
         self.defs: dict[str, list[Map]] = {}
         self.counts = RefCounts(0)
+        self._pending: list[int] = []     # single mappings' data blocks, not yet counted
         # devices whose mappings came out of order, sorted (by _Collector)
         self.presorted: dict[int, tuple[array[int], array[int]]] = {}
         self.nr_data_blocks = 0
@@ -96,6 +100,7 @@ class Restorer:
 
     def device_e(self) -> None:
         self._cur = None
+        self._count_pending()
 
     def map(self, m: Map) -> None:
         if self._def is not None:
@@ -117,10 +122,17 @@ class Restorer:
         if o < cur.end:
             cur.sorted = False
         cur.end = o + 1
-        self.counts.inc(d)
+        pending = self._pending
+        pending.append(d)
+        if len(pending) >= _PENDING_MAX:
+            self._count_pending()
 
     def eof(self) -> None:
-        pass
+        self._count_pending()
+
+    def _count_pending(self) -> None:
+        self.counts.inc_blocks(self._pending)
+        self._pending = []
 
     # -- helpers ------------------------------------------------------------------
     def _add(self, m: Map) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dmthin.pdata import refcounts
 from dmthin.pdata.refcounts import CHUNK, RefCounts
 
 SIZE = 3 * CHUNK + 17
@@ -34,9 +35,19 @@ def _apply(rc: RefCounts, model: Counter, op: tuple) -> None:
         model.update(range(b, b + n))
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(_op, max_size=25))
-def test_counts_match_a_dict(ops):
+@pytest.fixture(params=["flat", "chunked"])
+def storage(request, monkeypatch):
+    """RefCounts keeps small devices in one bytearray, big ones in chunks."""
+    if request.param == "chunked":
+        monkeypatch.setattr(refcounts, "FLAT_MAX", 0)
+    return request.param
+
+
+# The storage fixture only chooses the layout; nothing in it needs resetting.
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op, max_size=25))
+def test_counts_match_a_dict(storage, ops):
     rc = RefCounts(SIZE)
     model: Counter = Counter()
     for op in ops:
@@ -55,7 +66,7 @@ def test_counts_match_a_dict(ops):
             assert list(chunk[:SIZE - i * CHUNK]) == want[:SIZE - i * CHUNK]
 
 
-def test_saturates_into_exact_counts():
+def test_saturates_into_exact_counts(storage):
     rc = RefCounts(4)
     for _ in range(300):
         rc.inc(2)
@@ -78,6 +89,6 @@ def test_memory_follows_the_blocks_used():
     lambda rc: rc.inc(10), lambda rc: rc.inc(-1), lambda rc: rc.get(10),
     lambda rc: rc.inc_blocks([3, 10]), lambda rc: rc.inc_run(8, 3),
 ])
-def test_blocks_outside_the_range_are_refused(call):
+def test_blocks_outside_the_range_are_refused(storage, call):
     with pytest.raises(IndexError):
         call(RefCounts(10))
