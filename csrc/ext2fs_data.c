@@ -88,6 +88,96 @@ tail:
     return 0;
 }
 
+/* -- freeing: the kernel's journal rule ------------------------------------
+ * ext4 reuses no block freed in the running journal transaction (mballoc
+ * frees them when it commits): blocks a file loses stay allocated here until
+ * the next commit (dx_flush, dx_close), or until an allocation finds no
+ * space (ext4 then forces a commit and retries).  Which blocks a new file
+ * gets, and so which pool blocks it provisions, follows the kernel's. */
+struct dx_defer {
+    blk64_t *start, *len;
+    size_t n, cap;
+};
+
+struct dx_defer_ctx {
+    struct dx_defer *d;
+    size_t mark;                  /* runs before it belong to earlier frees */
+};
+
+static errcode_t dx_defer_run(ext2_filsys fs, blk64_t lblk, blk64_t pblk, blk64_t count,
+                              int uninit, void *ctx)
+{
+    struct dx_defer_ctx *c = ctx;
+    struct dx_defer *d = c->d;
+    (void)fs; (void)lblk; (void)uninit;
+    if (!pblk)
+        return 0;
+    if (d->n > c->mark && d->start[d->n - 1] + d->len[d->n - 1] == pblk) {
+        d->len[d->n - 1] += count;
+        return 0;
+    }
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 64;
+        blk64_t *s = realloc(d->start, cap * sizeof(*s));
+        blk64_t *l;
+        if (!s)
+            return EXT2_ET_NO_MEMORY;
+        d->start = s;
+        l = realloc(d->len, cap * sizeof(*l));
+        if (!l)
+            return EXT2_ET_NO_MEMORY;
+        d->len = l;
+        d->cap = cap;
+    }
+    d->start[d->n] = pblk;
+    d->len[d->n] = count;
+    d->n++;
+    return 0;
+}
+
+/* ext2fs_punch of logical blocks [first, last] of ino, its data blocks kept
+ * allocated until the next commit. */
+static errcode_t dx_punch_deferred(ext2_filsys fs, ext2_ino_t ino, dx_inode *in, blk64_t first,
+                                   blk64_t last)
+{
+    struct dx_defer_ctx c = {fs->priv_data, 0};
+    size_t i;
+    errcode_t err;
+
+    if (!c.d || !(in->i_flags & EXT4_EXTENTS_FL) || (in->i_flags & EXT4_INLINE_DATA_FL))
+        return ext2fs_punch(fs, ino, EXT2_INODE(in), NULL, first, last);
+    c.mark = c.d->n;
+    err = dx_map_range(fs, ino, in, first, last < 0xFFFFFFFFULL ? last : 0xFFFFFFFFULL,
+                       dx_defer_run, &c);
+    if (!err)
+        err = ext2fs_punch(fs, ino, EXT2_INODE(in), NULL, first, last);
+    if (err) {
+        c.d->n = c.mark;
+        return err;
+    }
+    for (i = c.mark; i < c.d->n; i++)
+        ext2fs_block_alloc_stats_range(fs, c.d->start[i], c.d->len[i], +1);
+    return 0;
+}
+
+/* The commit: blocks freed since the last one become free. */
+static void dx_release_deferred(ext2_filsys fs)
+{
+    struct dx_defer *d = fs->priv_data;
+    size_t i;
+    if (!d)
+        return;
+    for (i = 0; i < d->n; i++)
+        ext2fs_block_alloc_stats_range(fs, d->start[i], d->len[i], -1);
+    d->n = 0;
+}
+
+static int dx_have_deferred(ext2_filsys fs)
+{
+    struct dx_defer *d = fs->priv_data;
+    return d && d->n;
+}
+
 /* -- reading ----------------------------------------------------------- */
 struct dx_readctx {
     unsigned long long off, len;   /* byte range wanted */
@@ -380,6 +470,12 @@ static errcode_t dx_pwrite(ext2_filsys fs, ext2_ino_t ino, unsigned long long of
     }
     err = ext2fs_fallocate(fs, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF,
                            ino, EXT2_INODE(&in), ~0ULL, first, last - first + 1);
+    if (err == EXT2_ET_BLOCK_ALLOC_FAIL && dx_have_deferred(fs)) {
+        dx_release_deferred(fs);               /* out of space: commit early, retry */
+        err = ext2fs_fallocate(fs, EXT2_FALLOCATE_FORCE_INIT |
+                               EXT2_FALLOCATE_INIT_BEYOND_EOF, ino, EXT2_INODE(&in), ~0ULL,
+                               first, last - first + 1);
+    }
     if (err)
         return err;
     w.ino = ino;
@@ -441,7 +537,7 @@ static errcode_t dx_truncate(ext2_filsys fs, ext2_ino_t ino, unsigned long long 
             }
         }
         if (ext2fs_inode_has_valid_blocks2(fs, EXT2_INODE(&in))) {
-            err = ext2fs_punch(fs, ino, EXT2_INODE(&in), NULL, (size + bs - 1) / bs, ~0ULL);
+            err = dx_punch_deferred(fs, ino, &in, (size + bs - 1) / bs, ~0ULL);
             if (err)
                 return err;
         }
@@ -619,4 +715,26 @@ static errcode_t dx_xattr_remove(ext2_filsys fs, ext2_ino_t ino, const char *key
         return err;
     DX_SET_TIME(&in, ctime, now);
     return dx_write(fs, ino, &in);
+}
+
+/* Commit-time and lifecycle hooks of the deferred frees (called by
+ * dx_open/dx_flush/dx_close in ext2fs_io.c through these names). */
+static errcode_t dx_defer_attach(ext2_filsys fs)
+{
+    struct dx_defer *d = calloc(1, sizeof(*d));
+    if (!d)
+        return EXT2_ET_NO_MEMORY;
+    fs->priv_data = d;
+    return 0;
+}
+
+static void dx_defer_detach(ext2_filsys fs)
+{
+    struct dx_defer *d = fs->priv_data;
+    if (!d)
+        return;
+    free(d->start);
+    free(d->len);
+    free(d);
+    fs->priv_data = NULL;
 }

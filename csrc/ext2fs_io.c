@@ -30,6 +30,9 @@ static int dmthin_extfs_write(int handle, uint64_t offset, size_t length, const 
 static int dmthin_extfs_flush(int handle);
 static int dmthin_extfs_discard(int handle, uint64_t offset, uint64_t length);
 static int dmthin_extfs_zeroout(int handle, uint64_t offset, uint64_t length);
+static errcode_t dx_defer_attach(ext2_filsys fs);
+static void dx_defer_detach(ext2_filsys fs);
+static void dx_release_deferred(ext2_filsys fs);
 
 struct dx_ent {
     unsigned long long blk;
@@ -605,6 +608,8 @@ static errcode_t dx_open(const char *name, int rw, ext2_filsys *out)
     if (rw) {
         fs->flags |= EXT2_FLAG_MASTER_SB_ONLY;
         err = ext2fs_read_bitmaps(fs);
+        if (!err)
+            err = dx_defer_attach(fs);
         if (err) {
             ext2fs_free(fs);
             return err;
@@ -620,6 +625,8 @@ static errcode_t dx_flush(ext2_filsys fs, int commit)
 {
     if (!(fs->flags & EXT2_FLAG_RW))
         return 0;
+    if (commit)
+        dx_release_deferred(fs);
     return ext2fs_flush2(fs, commit ? 0 : EXT2_FLAG_FLUSH_NO_SYNC);
 }
 
@@ -630,6 +637,7 @@ static errcode_t dx_close(ext2_filsys fs, int discard)
     errcode_t err = 0;
     if (discard) {
         struct dx_chan *c = fs->io->private_data;
+        dx_defer_detach(fs);
         struct dx_ent *e;
         for (e = c->lru.next; e != &c->lru; e = e->next)
             e->dirty = 0;
@@ -638,6 +646,9 @@ static errcode_t dx_close(ext2_filsys fs, int discard)
         ext2fs_free(fs);
         return 0;
     }
+    if (fs->flags & EXT2_FLAG_RW)
+        dx_release_deferred(fs);
+    dx_defer_detach(fs);
     err = ext2fs_close2(fs, 0);
     if (err)
         ext2fs_free(fs);

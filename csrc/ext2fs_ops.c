@@ -38,6 +38,9 @@ struct dx_fsinfo {
 
 typedef struct ext2_inode_large dx_inode;
 
+static errcode_t dx_punch_deferred(ext2_filsys fs, ext2_ino_t ino, dx_inode *in, blk64_t first,
+                                   blk64_t last);
+
 #define DX_FITS(in, field) \
     (offsetof(struct ext2_inode_large, field) + sizeof((in)->field) <= \
      EXT2_GOOD_OLD_INODE_SIZE + (size_t)(in)->i_extra_isize)
@@ -470,7 +473,7 @@ static errcode_t dx_put_inode(ext2_filsys fs, ext2_ino_t ino, const struct dx_ti
         if (err)
             return err;
         if (ext2fs_inode_has_valid_blocks2(fs, EXT2_INODE(&in))) {
-            err = ext2fs_punch(fs, ino, EXT2_INODE(&in), NULL, 0, ~0ULL);
+            err = dx_punch_deferred(fs, ino, &in, 0, ~0ULL);
             if (err)
                 return err;
         }

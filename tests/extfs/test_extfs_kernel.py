@@ -5,6 +5,7 @@ reads exactly; e2fsck finds both clean."""
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def snapshot_os(root):
             if rel == "lost+found":
                 continue
             s = os.lstat(full)
-            content = open(full, "rb").read() if stat.S_ISREG(s.st_mode) else None
+            content = Path(full).read_bytes() if stat.S_ISREG(s.st_mode) else None
             target = os.readlink(full) if stat.S_ISLNK(s.st_mode) else None
             xattrs = {} if stat.S_ISLNK(s.st_mode) else \
                 {k: os.getxattr(full, k) for k in os.listxattr(full)}

@@ -95,6 +95,7 @@ def test_hard_links_count_and_the_last_one_frees_the_blocks(device, tmp_path):
         fs.unlink("b")
         assert fs.stat("c").st_nlink == 1 and len(fs.read("c")) == 1 << 20
         fs.unlink("c")
+        fs.sync()                                 # freed blocks are free after a commit
         assert fs.info()["free_blocks"] == free0
         with pytest.raises(errors.FsError) as e:
             fs.link("lost+found", "x")
@@ -139,6 +140,32 @@ def test_large_files_and_directories(device, tmp_path):
             assert f.read(100) == data[12345:12445]
         names = fs.listdir("many")
         assert len(names) == 2000 and fs.read("many/file-with-a-long-name-02999") == b"2999"
+    fsck(thin, tmp_path)
+
+
+def test_freed_blocks_are_reused_after_a_commit_as_ext4s(device, tmp_path):
+    """ext4 reuses no block freed in the running journal transaction: a file
+    written after a delete gets fresh blocks (the pool provisions new ones),
+    until the space runs out (then the commit comes early) or a sync."""
+    pool, thin = device
+    with Filesystem(thin, write=True) as fs:
+        fs.write_file("old", bytes(24 << 20))
+    used0 = int(pool.status().used_data_blocks)
+    with Filesystem(thin, write=True) as fs:
+        fs.unlink("old")
+        fs.write_file("new", bytes(8 << 20))     # not into old's blocks
+    used1 = int(pool.status().used_data_blocks)
+    assert used1 - used0 >= 8 << 20 >> 16
+    with Filesystem(thin, write=True) as fs:
+        fs.unlink("new")
+        fs.write_file("big", bytes(40 << 20))    # more than is free without old's blocks
+        assert fs.stat("big").st_size == 40 << 20
+    used2 = int(pool.status().used_data_blocks)
+    with Filesystem(thin, write=True) as fs:
+        fs.unlink("big")
+        fs.sync()
+        fs.write_file("again", bytes(8 << 20))   # after a commit: freed blocks reused
+    assert int(pool.status().used_data_blocks) - used2 <= 2
     fsck(thin, tmp_path)
 
 
