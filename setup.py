@@ -46,7 +46,9 @@ setup(
         "dmthin = dmthin.cli.main:main",
         # named like thin-provisioning-tools' programs, for LVM's thin_*_executable
         *(f"dmthin-{tool} = dmthin.cli.tool_scripts:{tool}" for tool in (
-            "thin_check", "thin_repair", "thin_dump", "thin_restore", "thin_ls")),
+            "thin_check", "thin_repair", "thin_dump", "thin_restore", "thin_ls", "thin_delta",
+            "thin_rmap", "thin_metadata_size", "thin_trim", "thin_metadata_pack",
+            "thin_metadata_unpack")),
     ]},
     classifiers=["Operating System :: POSIX :: Linux", "Topic :: System :: Filesystems"],
 )

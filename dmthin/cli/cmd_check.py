@@ -11,12 +11,11 @@ import argparse
 import sys
 from typing import Any
 
-from .. import __version__
 from ..errors import UsageError
 from ..thin.check import DEFAULT_MAX_LINES, CheckOptions
 from ..thin.check_fix import FixOptions, check_and_fix
 from .commands import SUMMARIES
-from .common import add_command, add_metadata_arg, metadata_path, parse_natural
+from .common import add_command, add_metadata_arg, add_version_arg, metadata_path, parse_natural
 from .progress import command_report
 
 EXIT_BAD_METADATA = 1
@@ -30,8 +29,7 @@ def register(subs: Any) -> None:
                     "trees, metadata snapshot and both space maps. Exits 0 if the metadata "
                     "is good, 1 otherwise (one line per problem on stderr).")
     add_metadata_arg(p)
-    p.add_argument("-V", "--version", action="version", version=__version__,
-                   help="print the version and exit")
+    add_version_arg(p)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing; the exit code tells the verdict")
     p.add_argument("-m", "--metadata-snap", action="store_true",

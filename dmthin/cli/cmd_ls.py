@@ -8,7 +8,7 @@ from typing import Any
 from ..thin.dump import open_block_manager
 from ..thin.ls import DEFAULT_FIELDS, FIELDS, parse_fields, thin_ls
 from .commands import SUMMARIES
-from .common import add_command, add_metadata_arg, metadata_path
+from .common import add_command, add_metadata_arg, add_version_arg, metadata_path
 
 
 def register(subs: Any) -> None:
@@ -18,6 +18,7 @@ def register(subs: Any) -> None:
         description="List the thin devices in thin-pool metadata with mapped, exclusive and "
                     "shared blocks, as thin_ls 0.9.0. METADATA is a metadata file or device, "
                     "or a pool directory. Fields: " + ", ".join(FIELDS) + ".")
+    add_version_arg(p)
     add_metadata_arg(p)
     p.add_argument("-o", "--format", metavar="FIELDS",
                    help="comma-separated fields (default " + ",".join(DEFAULT_FIELDS) + ")")

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import __version__
 from ..errors import UsageError
 from ..thin.repair import Overrides, repair
 from .commands import SUMMARIES
-from .common import add_command, parse_natural
+from .common import add_command, add_version_arg, parse_natural
 from .progress import command_report
 
 
@@ -33,8 +32,7 @@ def register(subs: Any) -> None:
                    help="data block size in sectors (needed when the superblock is lost)")
     p.add_argument("--nr-data-blocks", metavar="N", help="number of data blocks of the pool")
     p.add_argument("-q", "--quiet", action="store_true", help="do not list what was lost")
-    p.add_argument("-V", "--version", action="version", version=__version__,
-                   help="print the version and exit")
+    add_version_arg(p)
 
 
 def _natural(text: str | None) -> int | None:

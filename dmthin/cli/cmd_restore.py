@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..pooldir import PoolDir
 from ..thin.restore import restore
 from .commands import SUMMARIES
-from .common import add_command, parse_natural
+from .common import add_command, add_version_arg, parse_natural
 from .progress import command_report
 
 #: below this input size a restore is quick: no bar
@@ -26,6 +26,7 @@ def register(subs: Any) -> None:
                     "validated before anything is written (the input is read twice; memory "
                     "does not grow with the number of mappings). OUTPUT may be a pool "
                     "directory.")
+    add_version_arg(p)
     p.add_argument("-i", "--input", required=True, metavar="XML",
                    help="the XML file, or - for stdin (copied to a temporary file: it is "
                         "read twice)")

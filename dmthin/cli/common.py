@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from .. import __version__
 from ..backend import BACKENDS, DEFAULT_BACKEND
 from ..errors import UsageError
 from ..pool import Pool
@@ -128,6 +129,41 @@ def metadata_path(arg: str) -> str:
         raise UsageError(f"{arg}: no such file or device: give a metadata file, device "
                          "or pool directory")
     return arg
+
+
+def add_version_arg(p: argparse.ArgumentParser) -> None:
+    """``-V/--version`` (every thin-provisioning-tools program has it): the
+    dmthin version, one line ``X.Y.Z``."""
+    p.add_argument("-V", "--version", action="version", version=__version__,
+                   help="print the version and exit")
+
+
+def add_metadata_snap_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``-m/--metadata-snap [BLOCK]`` (thin_dump's and thin_delta's): *what*
+    the command then reads."""
+    p.add_argument("-m", "--metadata-snap", nargs="?", const="", default=None, metavar="BLOCK",
+                   help=f"{what} the held metadata snapshot (or the one at BLOCK)")
+
+
+def metadata_snap_arg(args: argparse.Namespace) -> bool | int | None:
+    """The ``-m [BLOCK]`` value: None (not given), True (the held snapshot)
+    or a block number.  ``-m`` right before METADATA makes argparse take the
+    path as BLOCK: that is undone here.  Raises :class:`UsageError` for a
+    bad BLOCK or a missing METADATA."""
+    snap = args.metadata_snap
+    if args.metadata is None and snap not in (None, "") \
+            and (not snap.isdigit() or os.path.exists(snap)):
+        args.metadata, snap = snap, ""
+    if args.metadata is None:
+        raise UsageError("missing METADATA argument (a metadata file, device or pool "
+                         "directory)")
+    if snap is None:
+        return None
+    if snap == "":
+        return True
+    if not snap.isdigit():
+        raise UsageError(f"-m/--metadata-snap takes a block number, not {snap!r}")
+    return int(snap)
 
 
 # -- output --------------------------------------------------------------------------

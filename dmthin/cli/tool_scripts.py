@@ -41,3 +41,32 @@ def thin_ls() -> None:
     """``thin_ls``: :mod:`dmthin.cli.cmd_ls`."""
     _run("ls")
 
+
+def thin_delta() -> None:
+    """``thin_delta``: :mod:`dmthin.cli.cmd_delta`."""
+    _run("delta")
+
+
+def thin_rmap() -> None:
+    """``thin_rmap``: :mod:`dmthin.cli.cmd_rmap`."""
+    _run("rmap")
+
+
+def thin_metadata_size() -> None:
+    """``thin_metadata_size``: :mod:`dmthin.cli.cmd_metadata_size`."""
+    _run("metadata-size")
+
+
+def thin_trim() -> None:
+    """``thin_trim``: :mod:`dmthin.cli.cmd_trim`."""
+    _run("trim")
+
+
+def thin_metadata_pack() -> None:
+    """``thin_metadata_pack`` (1.x): :mod:`dmthin.cli.cmd_metadata_pack`."""
+    _run("metadata-pack")
+
+
+def thin_metadata_unpack() -> None:
+    """``thin_metadata_unpack`` (1.x): :mod:`dmthin.cli.cmd_metadata_unpack`."""
+    _run("metadata-unpack")

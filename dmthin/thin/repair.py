@@ -463,7 +463,9 @@ def repair(input_path: str | os.PathLike[str], output_path: str | os.PathLike[st
                          "to another file or device")
     bm = open_block_manager(input_path)
     try:
-        if os.pread(bm.fd, 64, 0).lstrip().startswith(b"<"):
+        head = os.pread(bm.fd, BLOCK_SIZE, 0)
+        if (len(head) == BLOCK_SIZE and superblock_magic(head) != THIN_SUPERBLOCK_MAGIC
+                and head.lstrip().startswith(b"<")):
             raise UsageError("this looks like XML, not thin-pool metadata: use 'dmthin "
                              "restore' for XML")
         plan = plan_repair(bm, overrides)

@@ -33,21 +33,9 @@ from ..errors import MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, calc_max_entries
 from ..pdata.btree.walk import iter_leaves
-from ..pdata.checksum import (
-    BITMAP,
-    BLOCK_SIZE,
-    BTREE_CSUM_XOR,
-    BTREE_NODE,
-    INDEX,
-    block_checksum,
-)
-from ..pdata.space_map.format import (
-    ENTRIES_PER_BITMAP,
-    REF_COUNT,
-    IndexEntry,
-    decode_bitmap_counts,
-    metadata_index_entry_offset,
-)
+from ..pdata.checksum import BITMAP, BLOCK_SIZE, BTREE_CSUM_XOR, BTREE_NODE, INDEX, block_checksum
+from ..pdata.space_map.format import (ENTRIES_PER_BITMAP, REF_COUNT, IndexEntry,
+                                      decode_bitmap_counts, metadata_index_entry_offset)
 from ..units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
 from .format import DeviceDetails
 

@@ -15,19 +15,8 @@ import shutil
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from toolgen import (
-    THIN,
-    Layout,
-    blank,
-    build_pool,
-    checks_pass,
-    corrupt,
-    dmthin,
-    first_line,
-    mappings,
-    run,
-    script,
-)
+from toolgen import (THIN, Layout, blank, build_pool, checks_pass, corrupt, dmthin, first_line,
+                     mappings, pool_ops, run, script)
 
 from dmthin.thin.repair import Overrides, repair
 
@@ -176,36 +165,6 @@ def test_output_problems_are_one_line(original, tmp_path):
 
 
 # -- random pools, random damage ---------------------------------------------------------------
-
-@st.composite
-def pool_ops(draw):
-    ops: list[tuple] = []
-    devs: list[int] = []
-    for _ in range(draw(st.integers(1, 12))):
-        kind = draw(st.sampled_from(["thin", "snap", "maps", "maps", "unmap", "delete",
-                                     "commit", "hold", "release"]))
-        if kind == "thin" or not devs:
-            dev = draw(st.integers(0, 20))
-            ops.append(("thin", dev))
-            devs.append(dev)
-        elif kind == "snap":
-            dev = draw(st.integers(0, 20))
-            ops.append(("snap", dev, draw(st.sampled_from(devs))))
-            devs.append(dev)
-        elif kind == "maps":
-            dev = draw(st.sampled_from(devs))
-            start = draw(st.integers(0, 5000))
-            step = draw(st.sampled_from([1, 1, 2, 37]))
-            ops.append(("maps", dev, start, step, draw(st.integers(1, 900))))
-        elif kind == "unmap":
-            dev = draw(st.sampled_from(devs))
-            ops.append(("unmaps", dev, draw(st.integers(0, 5000)), draw(st.integers(1, 300))))
-        elif kind == "delete":
-            ops.append(("delete", draw(st.sampled_from(devs))))
-        else:
-            ops.append((kind,))
-    return ops
-
 
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture,

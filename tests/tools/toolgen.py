@@ -14,6 +14,7 @@ from pathlib import Path
 
 import helpers
 import pytest
+from hypothesis import strategies as st
 
 from dmthin.pdata.block import BlockManager
 from dmthin.pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, read_header
@@ -83,10 +84,11 @@ def build_pool(path, ops, *, nr_data: int = 100000, size: int = 16 * MiB) -> Pat
                 elif kind == "snap":
                     md.create_snap(op[1], op[2])
                 elif kind == "map":
-                    md.insert(op[1], op[2], md.alloc_data_block())
+                    if md.has_device(op[1]):
+                        md.insert(op[1], op[2], md.alloc_data_block())
                 elif kind == "maps":
                     _dev, start, step, n = op[1:]
-                    for i in range(n):
+                    for i in range(n if md.has_device(op[1]) else 0):
                         md.insert(op[1], start + i * step, md.alloc_data_block())
                 elif kind == "unmaps":
                     md.remove_range(op[1], op[2], op[2] + op[3])
@@ -205,3 +207,34 @@ def corrupt(path, block: int, offset: int = 100) -> None:
         old = f.read(4)
         f.seek(block * 4096 + offset)
         f.write(bytes(b ^ 0xA5 for b in old))
+
+
+# -- random pools -------------------------------------------------------------------------------
+@st.composite
+def pool_ops(draw):
+    ops: list[tuple] = []
+    devs: list[int] = []
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["thin", "snap", "maps", "maps", "unmap", "delete",
+                                     "commit", "hold", "release"]))
+        if kind == "thin" or not devs:
+            dev = draw(st.integers(0, 20))
+            ops.append(("thin", dev))
+            devs.append(dev)
+        elif kind == "snap":
+            dev = draw(st.integers(0, 20))
+            ops.append(("snap", dev, draw(st.sampled_from(devs))))
+            devs.append(dev)
+        elif kind == "maps":
+            dev = draw(st.sampled_from(devs))
+            start = draw(st.integers(0, 5000))
+            step = draw(st.sampled_from([1, 1, 2, 37]))
+            ops.append(("maps", dev, start, step, draw(st.integers(1, 900))))
+        elif kind == "unmap":
+            dev = draw(st.sampled_from(devs))
+            ops.append(("unmaps", dev, draw(st.integers(0, 5000)), draw(st.integers(1, 300))))
+        elif kind == "delete":
+            ops.append(("delete", draw(st.sampled_from(devs))))
+        else:
+            ops.append((kind,))
+    return ops
