@@ -2,7 +2,7 @@
 
 Every error that the kernel would report with an errno is an :class:`OSError`
 subclass carrying that errno (``EEXIST``, ``ENODATA``, ``EINVAL``, ``EBUSY``,
-``ENOSPC``, ``EOPNOTSUPP``), so callers can match either on the class or on
+``ENOSPC``, ``EOPNOTSUPP``, ``EROFS``), so callers can match either on the class or on
 ``exc.errno``.  Corrupt or unreadable metadata raises :class:`MetadataError`.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class ThinOSError(DmThinError, OSError):
     def __str__(self) -> str:
         return self.strerror or os.strerror(self.errno)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[str | None], dict[str, int]]:
         return (self.__class__, (self.strerror,), {"errno": self.errno})
 
 
@@ -80,9 +80,14 @@ class TimedOut(ThinOSError):
     errno_value = _errno.ETIMEDOUT
 
 
+class ReadOnly(ThinOSError):
+    """A change was asked of a pool opened read-only (EROFS)."""
+    errno_value = _errno.EROFS
+
+
 _BY_ERRNO = {cls.errno_value: cls for cls in (
     DeviceExists, DeviceNotFound, InvalidArgument, Busy, NoSpace,
-    NotSupported, NoSuchDevice, IOFailure, TimedOut)}
+    NotSupported, NoSuchDevice, IOFailure, TimedOut, ReadOnly)}
 
 
 def error_for(code: int, message: str = "") -> ThinOSError:

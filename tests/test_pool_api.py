@@ -76,8 +76,7 @@ def test_failed_create_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(SimPoolBackend, "create", classmethod(boom))
     with pytest.raises(OSError, match="injected"):
         Pool.create(tmp_path / "p" / "pool", data_size="64M", metadata_size="4M")
-    assert list(tmp_path.iterdir()) == [tmp_path / "p"]
-    assert list((tmp_path / "p").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []          # the parent it made is gone too
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -140,7 +140,8 @@ def _snapshot(pool: Pool) -> dict:
     except Exception as err:  # noqa: BLE001 - recorded and compared
         rec["status_errno"] = _errno(err)
     thins = {}
-    for dev_id, thin in sorted(pool._active.items()):
+    for thin in pool.active_thins():
+        dev_id = thin.dev_id
         try:
             thins[str(dev_id)] = thin.status_line()
         except Exception as err:  # noqa: BLE001

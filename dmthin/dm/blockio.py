@@ -30,20 +30,22 @@ class BlockIO:
     for a discard the pool ignores, EIO...).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, readonly: bool = False):
         self.path = path
+        self.readonly = readonly
         self._fd: int | None = None
         self._direct = True
         self.align = 512
 
     def _open(self) -> int:
         if self._fd is None:
+            mode = (os.O_RDONLY if self.readonly else os.O_RDWR) | os.O_CLOEXEC
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_DIRECT)
+                fd = os.open(self.path, mode | os.O_DIRECT)
             except OSError as err:
                 if err.errno != errno.EINVAL:
                     raise self._err(err, "open") from None
-                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(self.path, mode)
                 self._direct = False
             try:
                 self.align = max(512, struct.unpack(

@@ -291,6 +291,25 @@ def find(path: str | os.PathLike, *, writable: bool = False) -> LoopDevice | Non
     return None
 
 
+def backing_file(number: int) -> str:
+    """The backing file of ``/dev/loop<number>`` (sysfs), or '' if unbound."""
+    try:
+        with open(f"/sys/block/loop{number}/loop/backing_file", encoding="utf-8",
+                  errors="surrogateescape") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return ""
+
+
+def is_autoclear(number: int) -> bool:
+    """True if ``/dev/loop<number>`` is bound with autoclear (sysfs)."""
+    try:
+        with open(f"/sys/block/loop{number}/loop/autoclear", encoding="ascii") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def block_size64(dev_path: str) -> int:
     """Size of a block device in bytes (``BLKGETSIZE64``)."""
     fd = os.open(dev_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -371,4 +390,5 @@ def wait_detached(numbers, timeout: float = 5.0) -> list[int]:
 
 
 __all__ = ["LoopDevice", "LoopInfo", "attach", "find", "detach", "get_status", "set_capacity",
-           "list_attached", "block_size64", "wait_detached", "holders", "ThinOSError"]
+           "list_attached", "block_size64", "wait_detached", "holders", "backing_file",
+           "is_autoclear", "ThinOSError"]

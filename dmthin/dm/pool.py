@@ -1,41 +1,41 @@
-"""The kernel backend: a real dm thin pool over loop devices.
+"""The kernel backend: a real dm thin pool.
 
-:class:`KernelPoolBackend` implements :class:`dmthin.backend.PoolBackend`
-over a :class:`~dmthin.pooldir.PoolDir`: its ``metadata`` and ``data``
-files are attached to loop devices and a ``thin-pool`` table is loaded over
-them.  Names follow Docker's scheme from the pool directory's device and
-inode: prefix ``dmthin-<major>:<minor>-<inode>``, pool ``<prefix>-pool``,
-thin devices ``<prefix>-<dev_id>``.
+:class:`KernelPoolBackend` implements :class:`dmthin.backend.PoolBackend`.
+The data and metadata of a :class:`~dmthin.backend.PoolSpec` are files
+(attached to loop devices, with autoclear: they detach when the pool goes)
+or block devices used as they are.  The facade picks the dm names.
 
-Every resource made is recorded and undone in reverse by :meth:`close`,
-also after a failure part-way through :meth:`create`/:meth:`open`.
-Thin device sizes and the list of ids are kept by the facade in
-``pool.json`` (``config.thins``), not asked from the kernel.
+Kernel state persists like dmsetup's and LVM's:
+
+* :meth:`~KernelPoolBackend.open` attaches to a pool that is already
+  active -- found by its dm name, or as the holder of the metadata's loop
+  or block device -- instead of making a second one, and to its active
+  thin devices; none of those is removed by :meth:`close`.
+* :meth:`close` removes what this object made (unless ``keep_active``);
+  :meth:`deactivate` removes every device of the pool.
+
+Which thin devices exist comes from the metadata: :meth:`thin_ids` holds a
+metadata snapshot (``reserve_metadata_snap``), reads the held root through
+the facade's reader and releases it on every path.
 """
 from __future__ import annotations
 
 import os
+import stat
 import time
-from typing import Callable
+from pathlib import Path
 
-from ..errors import DeviceNotFound, InvalidArgument, TimedOut, UsageError
-from ..pooldir import PoolConfig, PoolDir
-from ..target import PoolStatus, PoolTable, ThinStatus, ThinTable
-from ..units import METADATA_BLOCK_SIZE, SECTOR_SIZE, check_dev_id
+from ..backend import BackendInfo, MetadataReader, PoolSpec
+from ..errors import (Busy, DeviceExists, DeviceNotFound, InvalidArgument, NoSuchDevice,
+                      NotSupported, ThinOSError, TimedOut, UsageError)
+from ..pooldir import device_prefix
+from ..target import Message, PoolStatus, PoolTable, ThinStatus, ThinTable
+from ..units import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from . import _lib, busy, loop, task
 from .blockio import BlockIO
 
 NODE_WAIT = 5.0     # seconds to wait for /dev/mapper/<name> to appear
-
-
-def device_prefix(path: str | os.PathLike) -> str:
-    """``dmthin-<major>:<minor>-<inode>`` of a directory (Docker's
-    ``devicePrefix``, with ``dmthin`` for ``docker``)."""
-    st = os.stat(path)
-    dev = st.st_dev
-    major = (dev >> 8) & 0xfff
-    minor = (dev & 0xff) | ((dev >> 12) & 0xfff00)
-    return f"dmthin-{major}:{minor}-{st.st_ino}"
+LOOP_DETACH_WAIT = 2.0
 
 
 def _wait_node(name: str, minor: int) -> str:
@@ -47,22 +47,40 @@ def _wait_node(name: str, minor: int) -> str:
         if time.monotonic() >= deadline:
             alt = f"/dev/dm-{minor}"
             return alt if os.path.exists(alt) else path
-        time.sleep(0.01)
+        time.sleep(0.001)
     return path
+
+
+def node_of(dev: str) -> str:
+    """The ``/dev`` node of the block device ``major:minor`` (from sysfs)."""
+    try:
+        with open(f"/sys/dev/block/{dev}/uevent", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("DEVNAME="):
+                    return "/dev/" + line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return f"/dev/block/{dev}"
+
+
+def _dev_of(path: Path) -> str:
+    st = os.stat(path)
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
 class KernelThin:
     """An active thin device (a dm ``thin`` target) of a kernel pool."""
 
     def __init__(self, pool: "KernelPoolBackend", dev_id: int, size: int,
-                 info: task.DeviceInfo):
+                 info: task.DeviceInfo, activated: bool):
         self._pool = pool
         self.dev_id = dev_id
         self.size = size
-        self.name = info.name
+        self.name: str = info.name
+        self.activated = activated
         self.major, self.minor = info.major, info.minor
-        self.path = _wait_node(self.name, info.minor)
-        self._io = BlockIO(self.path)
+        self.path: str = _wait_node(self.name, info.minor)
+        self._io = BlockIO(self.path, readonly=pool.spec.readonly)
 
     def __repr__(self) -> str:
         return f"<KernelThin {self.dev_id} {self.name} {self.path}>"
@@ -98,12 +116,14 @@ class KernelThin:
         task.remove(self.name)
         self._pool._thins.pop(self.dev_id, None)
 
+    def release(self) -> None:
+        """Close our descriptor and leave the device active."""
+        self._io.close()
+        self._pool._thins.pop(self.dev_id, None)
+
     def resize(self, size: int) -> None:
         """Reload the thin table with a new length, then suspend and resume
         (resuming on every path)."""
-        if size <= 0 or size % SECTOR_SIZE:
-            raise InvalidArgument(f"invalid size {size} for thin device {self.dev_id}: use a "
-                                  "positive multiple of 512 bytes")
         table = ThinTable(size // SECTOR_SIZE, self._pool.pool_dev, self.dev_id)
         task.reload(self.name, [(0, table.length_sectors, "thin", table.params())])
         task.suspend(self.name)
@@ -112,33 +132,26 @@ class KernelThin:
         finally:
             task.resume(self.name)
 
-    def suspend(self) -> None:
-        task.suspend(self.name)
-
-    def resume(self) -> None:
-        task.resume(self.name)
-
 
 class KernelPoolBackend:
-    """A dm thin pool over the loop-attached files of a pool directory.
-
-    Use :meth:`create` (formats new metadata) or :meth:`open` (reattaches
-    an existing pool, adopting its dm and loop devices if still active).
-    Both raise :class:`~dmthin.errors.BackendUnavailable` when not root,
-    without device-mapper, or without the binding.
-    """
+    """A dm thin pool over the files or block devices of a
+    :class:`~dmthin.backend.PoolSpec`.  :meth:`create` formats new
+    metadata, :meth:`open` serves or attaches to an existing pool.  Both
+    raise :class:`~dmthin.errors.BackendUnavailable` when not root, without
+    device-mapper, or without the binding."""
 
     name = "kernel"
 
-    def __init__(self, pooldir: PoolDir, config: PoolConfig):
-        self.pooldir = pooldir
-        self.config = config
-        self.prefix = device_prefix(pooldir.path)
-        self.pool_name = f"{self.prefix}-pool"
-        self.pool_dev = ""                       # "major:minor" of the pool device
-        self.loops: list[loop.LoopDevice] = []   # [metadata, data]
+    def __init__(self, spec: PoolSpec):
+        self.spec = spec
+        self.pool_name: str = spec.name or f"{device_prefix(spec.path)}-pool"
+        self.pool_dev = ""                        # "major:minor" of the pool device
+        self.metadata_dev = ""                    # "major:minor" under the pool
+        self.data_dev = ""
+        self.loops: list[loop.LoopDevice] = []    # loop devices we hold open
+        self.made_pool = False
         self._thins: dict[int, KernelThin] = {}
-        self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._found: list[KernelThin] = []        # thins active before we opened
         self._closed = False
 
     def __repr__(self) -> str:
@@ -151,20 +164,29 @@ class KernelPoolBackend:
 
         Raises :class:`~dmthin.errors.BackendUnavailable` (one line, with
         the fix) when not root, without device-mapper, or without the
-        binding.  The facade may call it before creating any file.
+        binding.
         """
         _lib.require_kernel(root=True)
 
     @classmethod
-    def create(cls, pooldir: PoolDir, config: PoolConfig) -> "KernelPoolBackend":
-        """Format a new pool: zero the metadata's first block, attach loop
-        devices, load the thin-pool table.  Raises EEXIST if the pool's dm
-        name is taken, EINVAL if the kernel refuses the table."""
+    def create(cls, spec: PoolSpec) -> "KernelPoolBackend":
+        """Format a new pool: zero the metadata's first block, attach the
+        files to loop devices, load the thin-pool table (the kernel formats
+        the metadata).  Raises EEXIST if the pool's dm name is taken, EBUSY
+        if a pool already uses the metadata, EINVAL if the kernel refuses
+        the table."""
         _lib.require_kernel(root=True)
-        self = cls(pooldir, config)
+        self = cls(spec)
+        if task.info(self.pool_name).exists:
+            raise DeviceExists(f"a device-mapper device named {self.pool_name} already exists: "
+                               "open that pool (Pool.open), remove it, or pick another name")
         try:
+            self._use_devices()
+            live = self._live_pool_name()
+            if live:
+                raise Busy(f"{spec.metadata_path} is already the metadata of the active pool "
+                           f"{live}: open it (Pool.open) instead")
             self._zero_superblock()
-            self._attach_loops()
             self._create_pool()
         except BaseException:
             self._teardown_quietly()
@@ -172,34 +194,57 @@ class KernelPoolBackend:
         return self
 
     @classmethod
-    def open(cls, pooldir: PoolDir, config: PoolConfig) -> "KernelPoolBackend":
-        """Reattach an existing pool: adopt the pool (and its thin devices)
-        if still active, else attach the files and load the table."""
+    def open(cls, spec: PoolSpec) -> "KernelPoolBackend":
+        """Attach to the pool if it is active (by name, or as the holder of
+        the metadata device), else make it active over the files.  Raises
+        ENXIO when attaching by name to a pool that is not active, EINVAL
+        when the active device of that name is not this pool."""
         _lib.require_kernel(root=True)
-        self = cls(pooldir, config)
+        self = cls(spec)
         try:
             info = task.info(self.pool_name)
-            if info.exists:
-                self._adopt_pool(info)
+            if spec.metadata_path is None:
+                if not info.exists:
+                    raise NoSuchDevice(f"no active device-mapper device {self.pool_name}: "
+                                       "activate the pool first")
+                self._attach_pool(info)
             else:
-                self._attach_loops()
-                self._create_pool()
-            self._adopt_thins()
+                self._use_devices()
+                live = self._live_pool_name()
+                if live:
+                    self.pool_name = live
+                    self._attach_pool(task.info(live))
+                elif info.exists:
+                    raise InvalidArgument(
+                        f"dm device {self.pool_name} exists but does not use "
+                        f"{spec.metadata_path}; remove it (dmsetup remove {self.pool_name}) "
+                        "or open the pool under another name")
+                else:
+                    self._create_pool()
+            self._attach_thins()
         except BaseException:
             self._teardown_quietly()
             raise
         return self
 
     def _zero_superblock(self) -> None:
-        fd = os.open(self.pooldir.metadata_path, os.O_WRONLY | os.O_CLOEXEC)
+        assert self.spec.metadata_path is not None
+        fd = os.open(self.spec.metadata_path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.pwrite(fd, bytes(METADATA_BLOCK_SIZE), 0)
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    def _attach_loops(self) -> None:
-        for path in (self.pooldir.metadata_path, self.pooldir.data_path):
+    def _use_devices(self) -> None:
+        """Find the block devices for metadata and data: the devices
+        themselves, or loop devices over the files (attached if needed)."""
+        assert self.spec.metadata_path is not None and self.spec.data_path is not None
+        devs = []
+        for path in (self.spec.metadata_path, self.spec.data_path):
+            if stat.S_ISBLK(os.stat(path).st_mode):
+                devs.append(_dev_of(path))
+                continue
             dev = loop.find(path, writable=True)
             if dev is not None:
                 dev.open()
@@ -208,81 +253,82 @@ class KernelPoolBackend:
             else:
                 dev = loop.attach(path)
             self.loops.append(dev)
-            self._undo.append((f"release {dev.path}", lambda d=dev: self._release_loop(d)))
+            devs.append(dev.dev)
+        self.metadata_dev, self.data_dev = devs
 
-    def _release_loop(self, dev: loop.LoopDevice) -> None:
-        dev.close()
-        if not dev.attached():
-            return
-        if loop.holders(dev.number):
-            # Still under a dm table (its removal failed): make sure it
-            # detaches when that goes (autoclear), don't wait for it.
-            loop.detach(dev.path, wait=False)
-        elif loop.wait_detached([dev.number], timeout=2.0):
-            loop.detach(dev.path)
+    def _live_pool_name(self) -> str | None:
+        """The active thin pool whose metadata device is ours, if any."""
+        major, minor = (int(x) for x in self.metadata_dev.split(":"))
+        for holder in busy.holders_of(major, minor):
+            rows = task.table(holder)
+            if rows and rows[0].target_type == "thin-pool" and \
+                    PoolTable.parse(rows[0].line()).metadata_dev == self.metadata_dev:
+                return holder
+        return None
 
-    def _table(self) -> PoolTable:
-        meta, data = self.loops
-        return PoolTable(length_sectors=data.size() // SECTOR_SIZE, metadata_dev=meta.dev,
-                         data_dev=data.dev, data_block_sectors=self.config.data_block_sectors,
-                         low_water_mark=self.config.low_water_mark,
-                         features=tuple(self.config.features))
+    def _table(self, length_sectors: int) -> PoolTable:
+        return PoolTable(length_sectors=length_sectors, metadata_dev=self.metadata_dev,
+                         data_dev=self.data_dev, data_block_sectors=self.spec.data_block_sectors,
+                         low_water_mark=self.spec.low_water_mark,
+                         features=self.spec.features)
+
+    def _data_bytes(self) -> int:
+        return loop.block_size64(node_of(self.data_dev))
 
     def _create_pool(self) -> None:
-        table = self._table()
-        nr_blocks = table.length_sectors // table.data_block_sectors
-        if nr_blocks < 1:
-            raise UsageError(f"{self.pooldir.data_path} is smaller than one data block; "
+        table = self._table(self._data_bytes() // SECTOR_SIZE)
+        if table.length_sectors < table.data_block_sectors:
+            raise UsageError(f"{self.spec.data_path} is smaller than one data block; "
                              "grow it or recreate the pool")
         info = task.create(self.pool_name, [(0, table.length_sectors, "thin-pool",
                                              table.params())],
                            udev_flags=task.PRIVATE_UDEV_FLAGS)
         self.pool_dev = info.dev
-        self._undo.append((f"remove {self.pool_name}", lambda: task.remove(self.pool_name)))
+        self.made_pool = True
 
-    def _adopt_pool(self, info: task.DeviceInfo) -> None:
+    def _attach_pool(self, info: task.DeviceInfo) -> None:
         rows = task.table(self.pool_name)
         if not rows or rows[0].target_type != "thin-pool":
             raise InvalidArgument(f"dm device {self.pool_name} exists but is not a thin-pool; "
                                   f"remove it (dmsetup remove {self.pool_name})")
         current = PoolTable.parse(rows[0].line())
-        for path, dev in ((self.pooldir.metadata_path, current.metadata_dev),
-                          (self.pooldir.data_path, current.data_dev)):
-            lo = loop.find(path)
-            if lo is None or lo.dev != dev:
-                raise InvalidArgument(
-                    f"dm device {self.pool_name} exists but does not use {path}; remove it "
-                    f"(dmsetup remove {self.pool_name}) and open the pool again")
-            lo.open()
-            self.loops.append(lo)
-            self._undo.append((f"release {lo.path}", lambda d=lo: self._release_loop(d)))
+        if self.metadata_dev and (current.metadata_dev, current.data_dev) != \
+                (self.metadata_dev, self.data_dev):
+            raise InvalidArgument(
+                f"dm device {self.pool_name} exists but does not use {self.spec.metadata_path} "
+                f"and {self.spec.data_path}; remove it (dmsetup remove {self.pool_name}) or "
+                "open the pool under another name")
+        self.metadata_dev, self.data_dev = current.metadata_dev, current.data_dev
         self.pool_dev = info.dev
-        self._undo.append((f"remove {self.pool_name}", lambda: task.remove(self.pool_name)))
 
-    def _adopt_thins(self) -> None:
-        lead = f"{self.prefix}-"
+    def _pool_thins(self) -> list[tuple[str, ThinTable]]:
+        """Every active thin device of this pool, by name."""
+        out = []
         for name, _major, _minor in task.list_devices():
-            suffix = name[len(lead):] if name.startswith(lead) else ""
-            if not suffix.isdigit():
-                continue
             rows = task.table(name)
-            if not rows or rows[0].target_type != "thin":
-                continue
-            tt = ThinTable.parse(rows[0].line())
-            if tt.pool_dev != self.pool_dev:
-                continue
-            self._thins[tt.dev_id] = KernelThin(self, tt.dev_id,
-                                                tt.length_sectors * SECTOR_SIZE, task.info(name))
+            if len(rows) == 1 and rows[0].target_type == "thin":
+                tt = ThinTable.parse(rows[0].line())
+                if tt.pool_dev == self.pool_dev:
+                    out.append((name, tt))
+        return out
+
+    def _attach_thins(self) -> None:
+        for name, tt in self._pool_thins():
+            if tt.dev_id not in self._thins:
+                thin = KernelThin(self, tt.dev_id, tt.length_sectors * SECTOR_SIZE,
+                                  task.info(name), activated=False)
+                self._thins[tt.dev_id] = thin
+                self._found.append(thin)
 
     # -- PoolBackend --------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise InvalidArgument(f"pool {self.pool_name} is closed")
 
-    def message(self, text: str) -> str | None:
+    def message(self, msg: Message) -> str | None:
         """Send a thin-pool message; kernel errors keep their errno."""
         self._check_open()
-        return task.message(self.pool_name, text)
+        return task.message(self.pool_name, str(msg))
 
     def status(self) -> PoolStatus:
         """The pool's status line, parsed (the kernel commits first)."""
@@ -294,25 +340,24 @@ class KernelPoolBackend:
         self._check_open()
         return task.table(self.pool_name)[0].line()
 
-    def thin_ids(self) -> list[int]:
-        """Ids recorded in ``pool.json`` (the kernel has no listing message)."""
-        return sorted(self.config.thins)
-
-    @property
-    def metadata_device(self) -> str | None:
-        return self.loops[0].path if self.loops else None
-
-    @property
-    def data_device(self) -> str | None:
-        return self.loops[1].path if len(self.loops) > 1 else None
-
-    @property
-    def udev_sync_supported(self) -> bool:
-        return task.udev_sync()
-
-    @property
-    def library_version(self) -> str:
-        return task.library_version()
+    def thin_ids(self, read_ids: MetadataReader) -> list[int]:
+        """The ids in the metadata: read from a metadata snapshot held for
+        the read (released on every path); from the committed superblock
+        when the pool cannot take one (read-only pool, or a snapshot held
+        by someone else)."""
+        self._check_open()
+        node = node_of(self.metadata_dev)
+        if self.spec.readonly:
+            return read_ids(node, 0)
+        try:
+            task.message(self.pool_name, str(Message.reserve_metadata_snap()))
+        except (Busy, NotSupported):
+            return read_ids(node, 0)
+        try:
+            held = self.status().held_root
+            return read_ids(node, held if held is not None else 0)
+        finally:
+            task.message(self.pool_name, str(Message.release_metadata_snap()))
 
     @property
     def event_nr(self) -> int:
@@ -332,81 +377,194 @@ class KernelPoolBackend:
                                f"within {timeout} s")
             time.sleep(0.05)
 
-    def thin_name(self, dev_id: int) -> str:
-        return f"{self.prefix}-{check_dev_id(dev_id)}"
+    def info(self) -> BackendInfo:
+        """The pool device, its data and metadata devices, libdevmapper."""
+        return BackendInfo(pool_dev=self.pool_dev or None, device_name=self.pool_name,
+                           data_device=node_of(self.data_dev) if self.data_dev else None,
+                           metadata_device=node_of(self.metadata_dev)
+                           if self.metadata_dev else None,
+                           library_version=task.library_version(),
+                           udev_sync_supported=task.udev_sync())
 
-    def activate_thin(self, dev_id: int, size: int) -> KernelThin:
-        """Create the dm thin device for *dev_id* with *size* bytes.
+    def active_thins(self) -> list[KernelThin]:
+        """The pool's thin devices that were active before we opened it."""
+        return [t for t in self._found if t.dev_id in self._thins]
 
-        Raises ENODATA if the pool has no such thin device, EINVAL for a
-        size that is not a positive multiple of 512.
+    def activate_thin(self, dev_id: int, size: int, name: str | None) -> KernelThin:
+        """Create the dm thin device for *dev_id* with *size* bytes; attach
+        to it if this pool already has it active under *name*.
+
+        Raises ENODATA if the pool has no such thin device, EEXIST if *name*
+        is taken by another device.
         """
         self._check_open()
-        check_dev_id(dev_id)
         if dev_id in self._thins:
             return self._thins[dev_id]
-        if size <= 0 or size % SECTOR_SIZE:
-            raise InvalidArgument(f"invalid size {size} for thin device {dev_id}: use a "
-                                  "positive multiple of 512 bytes")
-        name = self.thin_name(dev_id)
+        name = name or f"{device_prefix(self.spec.path)}-{dev_id}"
         table = ThinTable(size // SECTOR_SIZE, self.pool_dev, dev_id)
+        existing = task.info(name)
+        if existing.exists:
+            rows = task.table(name)
+            if len(rows) == 1 and rows[0].target_type == "thin":
+                tt = ThinTable.parse(rows[0].line())
+                if (tt.pool_dev, tt.dev_id) == (self.pool_dev, dev_id):
+                    thin = KernelThin(self, dev_id, tt.length_sectors * SECTOR_SIZE, existing,
+                                      activated=False)
+                    self._thins[dev_id] = thin
+                    return thin
+            raise DeviceExists(f"a device-mapper device named {name} already exists and is "
+                               f"not thin device {dev_id} of {self.pool_name}; remove it or "
+                               "pick another name")
         try:
-            info = task.create(name, [(0, table.length_sectors, "thin", table.params())])
+            info = task.create(name, [(0, table.length_sectors, "thin", table.params())],
+                               readonly=self.spec.readonly)
         except DeviceNotFound:
             raise DeviceNotFound(f"no thin device {dev_id} in pool {self.pool_name}; "
                                  f"create it first (create_thin {dev_id})") from None
         try:
-            thin = KernelThin(self, dev_id, size, info)
+            thin = KernelThin(self, dev_id, size, info, activated=True)
         except BaseException:
             task.remove(name, check_busy=False)
             raise
         self._thins[dev_id] = thin
         return thin
 
+    def _thin(self, dev_id: int) -> KernelThin:
+        self._check_open()
+        try:
+            return self._thins[dev_id]
+        except KeyError:
+            raise InvalidArgument(f"thin device {dev_id} is not active") from None
+
     def suspend_thin(self, dev_id: int) -> None:
         """Suspend the active thin *dev_id* (flushing it) around create_snap."""
-        self._check_open()
-        task.suspend(self.thin_name(dev_id))
+        task.suspend(self._thin(dev_id).name)
 
     def resume_thin(self, dev_id: int) -> None:
-        self._check_open()
-        task.resume(self.thin_name(dev_id))
+        task.resume(self._thin(dev_id).name)
 
-    def close(self) -> None:
-        """Remove every thin device this backend activated or adopted, the
-        pool, and the loop devices, in reverse order of creation.  Keeps
-        going after a failure and raises the first error at the end (e.g.
-        EBUSY naming the mount point of a still-mounted thin).  Safe to call
-        twice."""
+    # -- growing ---------------------------------------------------------------------
+    def _grow_file(self, dev: str, nbytes: int, what: str) -> None:
+        """Grow the file behind loop device *dev* (or check the block
+        device's size) and make the loop device take it up."""
+        node = node_of(dev)
+        current = loop.block_size64(node)
+        if nbytes < current:
+            raise InvalidArgument(f"cannot shrink the {what} of pool {self.pool_name} from "
+                                  f"{current} to {nbytes} bytes")
+        lo = next((d for d in self.loops if d.dev == dev), None)
+        if lo is None and dev.startswith(f"{loop.LOOP_MAJOR}:"):
+            lo = loop.LoopDevice(int(dev.split(":")[1]), loop.backing_file(int(dev.split(":")[1])))
+        if lo is None:
+            if nbytes > current:
+                raise InvalidArgument(f"the {what} of pool {self.pool_name} is the block device "
+                                      f"{node} of {current} bytes: grow the device itself first")
+            return
+        fd = os.open(lo.backing_file, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_size < nbytes:
+                os.ftruncate(fd, nbytes)
+        finally:
+            os.close(fd)
+        loop.set_capacity(node)
+
+    def resize_data(self, nbytes: int) -> None:
+        """Grow the data device to *nbytes* (a file: truncate, loop
+        set-capacity), reload the pool table with the new length, suspend
+        and resume the pool.  Raises EINVAL for a shrink."""
+        self._check_open()
+        self._grow_file(self.data_dev, nbytes, "data device")
+        rows = task.table(self.pool_name)
+        current = PoolTable.parse(rows[0].line())
+        table = PoolTable(self._data_bytes() // SECTOR_SIZE, current.metadata_dev,
+                          current.data_dev, current.data_block_sectors, current.low_water_mark,
+                          current.features)
+        task.reload(self.pool_name, [(0, table.length_sectors, "thin-pool", table.params())])
+        self._suspend_resume()
+
+    def resize_metadata(self, nbytes: int) -> None:
+        """Grow the metadata device to *nbytes*, then suspend and resume
+        the pool: it takes up the space on resume."""
+        self._check_open()
+        self._grow_file(self.metadata_dev, nbytes, "metadata device")
+        self._suspend_resume()
+
+    def _suspend_resume(self) -> None:
+        task.suspend(self.pool_name)
+        task.resume(self.pool_name, udev_flags=task.PRIVATE_UDEV_FLAGS)
+
+    # -- teardown ------------------------------------------------------------------
+    def close(self, keep_active: bool = False) -> None:
+        """Remove the thin devices and the pool this object made (unless
+        *keep_active*), leave the rest active, let go of the loop devices.
+        Keeps going after a failure and raises the first error at the end
+        (e.g. EBUSY naming the mount point of a still-mounted thin).  Safe
+        to call twice."""
         if self._closed:
             return
         self._closed = True
         errors: list[BaseException] = []
         for thin in sorted(self._thins.values(), key=lambda t: t.dev_id, reverse=True):
             try:
-                thin.deactivate()
+                thin.deactivate() if thin.activated and not keep_active else thin.release()
             except Exception as err:  # noqa: BLE001 - collected, re-raised below
+                thin.release()
                 errors.append(err)
-        self._run_undo(errors)
+        removed = False
+        if self.made_pool and not keep_active and not errors:
+            try:
+                task.remove(self.pool_name)
+                removed = True
+            except ThinOSError as err:
+                errors.append(err)
+        self._release_loops(wait=removed)
         if errors:
             raise errors[0]
 
-    def _run_undo(self, errors: list[BaseException]) -> None:
-        while self._undo:
-            _what, undo = self._undo.pop()
-            try:
-                undo()
-            except Exception as err:  # noqa: BLE001
-                errors.append(err)
+    def _release_loops(self, wait: bool) -> None:
+        numbers = [d.number for d in self.loops if d.created]
+        for dev in self.loops:
+            dev.close()
+        self.loops = []
+        if wait and numbers:
+            loop.wait_detached(numbers, timeout=LOOP_DETACH_WAIT)
+
+    def deactivate(self) -> None:
+        """Remove every thin device of the pool (whoever made it), the pool
+        and (by autoclear) its loop devices.  Raises EBUSY naming the user
+        and removes nothing if a thin device is in use."""
+        self._check_open()
+        thins = self._pool_thins()
+        for name, _tt in thins:
+            ours = next((t for t in self._thins.values() if t.name == name), None)
+            busy.check_not_busy(task.info(name))
+            if busy.in_use(task.info(name), own_opens=ours._io.open_count if ours else 0):
+                raise Busy(f"thin device {name} of pool {self.pool_name} is in use; close it "
+                           "first")
+        for thin in list(self._thins.values()):
+            thin.release()
+        for name, _tt in sorted(thins, key=lambda n: n[1].dev_id, reverse=True):
+            task.remove(name)
+        self._closed = True
+        backing = [int(d.split(":")[1]) for d in (self.metadata_dev, self.data_dev)
+                   if d.startswith(f"{loop.LOOP_MAJOR}:")]
+        auto = [n for n in backing if loop.is_autoclear(n)]
+        task.remove(self.pool_name)
+        for dev in self.loops:
+            dev.close()
+        self.loops = []
+        loop.wait_detached(auto, timeout=LOOP_DETACH_WAIT)
 
     def _teardown_quietly(self) -> None:
         self._closed = True
         for thin in list(self._thins.values()):
+            thin.release()
+        if self.made_pool:
             try:
-                thin.deactivate()
-            except Exception:  # noqa: BLE001 - the original error matters more
+                task.remove(self.pool_name, check_busy=False)
+            except ThinOSError:
                 pass
-        self._run_undo([])
+        self._release_loops(wait=self.made_pool)
 
 
-__all__ = ["KernelPoolBackend", "KernelThin", "device_prefix"]
+__all__ = ["KernelPoolBackend", "KernelThin", "device_prefix", "node_of"]

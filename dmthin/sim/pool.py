@@ -30,7 +30,9 @@ with it held and must not block.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from ..backend import BackendInfo, MetadataReader, PoolSpec
 from ..errors import (
     Busy,
     DeviceNotFound,
@@ -39,8 +41,8 @@ from ..errors import (
     NoSpace,
     NotSupported,
     ThinOSError,
+    UsageError,
 )
-from ..pooldir import PoolConfig, PoolDir
 from ..target import (
     DiscardMode,
     Message,
@@ -59,6 +61,15 @@ from .thin import SimThin
 
 DEFAULT_CACHE_BLOCKS = 8192
 
+
+def _files(spec: PoolSpec) -> tuple[Path, Path]:
+    """The data and metadata files of *spec* (the simulator needs both)."""
+    if spec.data_path is None or spec.metadata_path is None:
+        raise UsageError(f"{spec.path}: the simulator needs the pool's data and metadata "
+                         "files; it cannot attach to a device-mapper device")
+    return spec.data_path, spec.metadata_path
+
+
 class SimPoolBackend:
     """A thin pool simulated over ``POOLDIR/metadata`` and ``POOLDIR/data``.
 
@@ -68,18 +79,21 @@ class SimPoolBackend:
 
     name = "sim"
 
-    def __init__(self, pooldir: PoolDir, config: PoolConfig, md: MetadataEngine,
-                 data: DataFile):
-        self.pooldir = pooldir
-        self.config = config
-        self.core = SimCore(str(pooldir.path), md, data, config.features,
-                            config.low_water_mark,
-                            metadata_threshold(os.path.getsize(pooldir.metadata_path)))
+    def __init__(self, spec: PoolSpec, md: MetadataEngine, data: DataFile):
+        self.spec = spec
+        self.path = spec.path
+        self.data_path, self.metadata_path = _files(spec)
+        self.core = SimCore(str(spec.path), md, data, spec.features, spec.low_water_mark,
+                            metadata_threshold(os.path.getsize(self.metadata_path)))
         self._active: dict[int, int] = {}       # dev_id -> activation count
 
     # -- construction ------------------------------------------------------------
     @classmethod
-    def create(cls, pooldir: PoolDir, config: PoolConfig,
+    def available(cls) -> None:
+        """The simulator runs anywhere."""
+
+    @classmethod
+    def create(cls, spec: PoolSpec,
                engine: MetadataEngineFactory = ThinMetadata) -> SimPoolBackend:
         """Format new metadata over ``POOLDIR/metadata`` for ``POOLDIR/data``
         with *engine*.
@@ -87,18 +101,19 @@ class SimPoolBackend:
         Raises :class:`~dmthin.errors.InvalidArgument` for the ``read_only``
         feature (the kernel never formats metadata read-only).
         """
-        if "read_only" in config.features:
+        data_path, metadata_path = _files(spec)
+        if "read_only" in spec.features:
             raise InvalidArgument("cannot create a pool with the read_only feature: the kernel "
                                   "never formats metadata read-only; create it without "
                                   "read_only")
-        block_bytes = config.data_block_sectors * SECTOR_SIZE
-        nr_blocks = os.path.getsize(pooldir.data_path) // block_bytes
-        md = engine.format(pooldir.metadata_path, data_block_sectors=config.data_block_sectors,
+        block_bytes = spec.data_block_sectors * SECTOR_SIZE
+        nr_blocks = os.path.getsize(data_path) // block_bytes
+        md = engine.format(metadata_path, data_block_sectors=spec.data_block_sectors,
                            nr_data_blocks=nr_blocks, cache_blocks=DEFAULT_CACHE_BLOCKS)
-        return cls._attach(pooldir, config, md)
+        return cls._attach(spec, md)
 
     @classmethod
-    def open(cls, pooldir: PoolDir, config: PoolConfig,
+    def open(cls, spec: PoolSpec,
              engine: MetadataEngineFactory = ThinMetadata) -> SimPoolBackend:
         """Open the pool's metadata (with *engine*) and data files.
 
@@ -106,35 +121,35 @@ class SimPoolBackend:
         metadata, :class:`~dmthin.errors.InvalidArgument` when the block
         size differs from the metadata's or the data file shrank.
         """
-        read_only = "read_only" in config.features
-        md = engine.open(pooldir.metadata_path, read_only=read_only,
+        data_path, metadata_path = _files(spec)
+        read_only = "read_only" in spec.features
+        md = engine.open(metadata_path, read_only=read_only,
                          cache_blocks=DEFAULT_CACHE_BLOCKS)
         try:
-            if md.data_block_sectors != config.data_block_sectors:
+            if md.data_block_sectors != spec.data_block_sectors:
                 raise InvalidArgument(
-                    f"{pooldir.metadata_path}: metadata block size is {md.data_block_sectors} "
-                    f"sectors but {pooldir.config_path} says {config.data_block_sectors}; "
+                    f"{metadata_path}: metadata block size is {md.data_block_sectors} "
+                    f"sectors but the pool's config says {spec.data_block_sectors}; "
                     "changing the data block size is not supported")
-            nr_file = os.path.getsize(pooldir.data_path) // (md.data_block_sectors * SECTOR_SIZE)
+            nr_file = os.path.getsize(data_path) // (md.data_block_sectors * SECTOR_SIZE)
             if nr_file < md.nr_data_blocks:
                 raise InvalidArgument(
-                    f"{pooldir.data_path} holds {nr_file} data blocks but the metadata expects "
+                    f"{data_path} holds {nr_file} data blocks but the metadata expects "
                     f"{md.nr_data_blocks}: the data file shrank; restore its size")
         except BaseException:
             md.close()
             raise
-        return cls._attach(pooldir, config, md)
+        return cls._attach(spec, md)
 
     @classmethod
-    def _attach(cls, pooldir: PoolDir, config: PoolConfig,
-                md: MetadataEngine) -> SimPoolBackend:
+    def _attach(cls, spec: PoolSpec, md: MetadataEngine) -> SimPoolBackend:
         try:
-            data = DataFile(pooldir.data_path, md.data_block_sectors * SECTOR_SIZE,
-                            writable="read_only" not in config.features)
+            data = DataFile(_files(spec)[0], md.data_block_sectors * SECTOR_SIZE,
+                            writable="read_only" not in spec.features)
         except OSError:
             md.close()
             raise
-        self = cls(pooldir, config, md, data)
+        self = cls(spec, md, data)
         with self.core.lock:
             self.core.preresume()
         return self
@@ -176,13 +191,13 @@ class SimPoolBackend:
         with core.lock:
             core.check_not_failed()
             if core.read_only:
-                raise NotSupported(f"pool {self.pooldir.path} is read-only or out of metadata "
+                raise NotSupported(f"pool {self.path} is read-only or out of metadata "
                                    f"space: it refuses the message '{msg}'")
             try:
                 self._apply(msg)
             except NoSpace as err:
                 core.fail_metadata(msg.command, err)
-                raise NoSpace(f"{msg}: pool {self.pooldir.path} ran out of metadata space; "
+                raise NoSpace(f"{msg}: pool {self.path} ran out of metadata space; "
                               "the transaction was rolled back and the pool is read-only") \
                     from err
             except ThinOSError:
@@ -255,25 +270,34 @@ class SimPoolBackend:
         file paths in place of the devices' ``major:minor``."""
         with self.core.lock:
             self.core.check_open()
-            length = os.path.getsize(self.pooldir.data_path) // SECTOR_SIZE
-            return PoolTable(length, str(self.pooldir.metadata_path.resolve()),
-                             str(self.pooldir.data_path.resolve()), self.core.block_sectors,
-                             self.core.low_water_blocks, tuple(self.config.features)).to_line()
+            length = os.path.getsize(self.data_path) // SECTOR_SIZE
+            return PoolTable(length, str(self.metadata_path.resolve()),
+                             str(self.data_path.resolve()), self.core.block_sectors,
+                             self.core.low_water_blocks, tuple(self.spec.features)).to_line()
 
-    def thin_ids(self) -> list[int]:
-        """Ids of the thin devices in the metadata (InvalidArgument if closed)."""
+    def thin_ids(self, read_ids: MetadataReader | None = None) -> list[int]:
+        """Ids of the thin devices in the metadata, committed or not
+        (InvalidArgument if closed); *read_ids* is not needed here."""
         with self.core.lock:
             self.core.check_open()
             return sorted(self.core.metadata.device_ids())
 
     # -- thin devices -----------------------------------------------------------------------
-    def activate_thin(self, dev_id: int, size: int) -> SimThin:
+    def active_thins(self) -> list[SimThin]:
+        """Activation is per process in the simulator: none at open."""
+        return []
+
+    def info(self) -> BackendInfo:
+        """No kernel devices in the simulator."""
+        return BackendInfo()
+
+    def activate_thin(self, dev_id: int, size: int, name: str | None = None) -> SimThin:
         """Activate thin *dev_id* with *size* bytes; raise DeviceNotFound
         (ENODATA) if the metadata has no such device."""
         with self.core.lock:
             self.core.check_not_failed()
             if not self.core.metadata.has_device(dev_id):
-                raise DeviceNotFound(f"no thin device {dev_id} in pool {self.pooldir.path}")
+                raise DeviceNotFound(f"no thin device {dev_id} in pool {self.path}")
             self._active[dev_id] = self._active.get(dev_id, 0) + 1
             return SimThin(self.core, dev_id, size, self._deactivate)
 
@@ -325,13 +349,33 @@ class SimPoolBackend:
             self.core.check_not_failed()
             current = self.core.data.size()
             if size < current:
-                raise InvalidArgument(f"cannot shrink the data file of {self.pooldir.path} from "
+                raise InvalidArgument(f"cannot shrink the data file of {self.path} from "
                                       f"{current} to {size} bytes")
-            os.truncate(self.pooldir.data_path, size)
+            os.truncate(self.data_path, size)
             self.resume()
 
-    def close(self) -> None:
-        """Commit and close the files; later calls raise InvalidArgument."""
+    def resize_metadata(self, size: int) -> None:
+        """Grow the metadata file to *size* bytes and resume: the pool takes
+        up the new space (``maybe_resize_metadata_dev``).
+
+        Raises InvalidArgument for a size below the current one.
+        """
+        with self.core.lock:
+            self.core.check_not_failed()
+            current = os.path.getsize(self.metadata_path)
+            if size < current:
+                raise InvalidArgument(f"cannot shrink the metadata file of {self.path} "
+                                      f"from {current} to {size} bytes")
+            os.truncate(self.metadata_path, size)
+            self.resume()
+
+    def deactivate(self) -> None:
+        """Activation lasts as long as this object: :meth:`close`."""
+        self.close()
+
+    def close(self, keep_active: bool = False) -> None:
+        """Commit and close the files; later calls raise InvalidArgument.
+        *keep_active* has no meaning here (activation is per process)."""
         core = self.core
         with core.lock:
             if core.closed:
@@ -343,7 +387,7 @@ class SimPoolBackend:
                 core.close()
 
     def __repr__(self) -> str:
-        return f"<SimPoolBackend {str(self.pooldir.path)!r} {self.core.mode.name.lower()}>"
+        return f"<SimPoolBackend {str(self.path)!r} {self.core.mode.name.lower()}>"
 
 
 __all__ = ["SimPoolBackend"]

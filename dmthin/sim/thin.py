@@ -51,6 +51,10 @@ class SimThin:
 
     #: no device node: a simulated device is reached through this object only
     path: str | None = None
+    #: no device-mapper names in the simulator
+    name: str | None = None
+    #: activation is per process
+    activated = True
 
     def __init__(self, core: SimCore, dev_id: int, size: int,
                  on_deactivate: Callable[[int], None]):
@@ -307,6 +311,11 @@ class SimThin:
         if self._active:
             self._active = False
             self._on_deactivate(self.dev_id)
+
+    def release(self) -> None:
+        """Keeping a simulated device active past its pool is not possible:
+        the same as :meth:`deactivate`."""
+        self.deactivate()
 
     def in_use(self) -> bool:
         """Nothing outside this process can open a simulated device."""

@@ -6,6 +6,7 @@ device ids are decimal and at most ``MAX_DEV_ID``; anything else is EINVAL
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument
@@ -24,11 +25,63 @@ COMMANDS = {
 
 @dataclass(frozen=True)
 class Message:
+    """One thin-pool message.  Build it with the classmethods
+    (``Message.create_thin(7)``) or :meth:`parse`; ``str(msg)`` is the text
+    the kernel receives.  The classmethods validate ids as the kernel does
+    (:class:`~dmthin.errors.InvalidArgument`)."""
     command: str
     args: tuple[int, ...]
 
     def __str__(self) -> str:
         return " ".join([self.command, *map(str, self.args)])
+
+    @classmethod
+    def parse(cls, text: str) -> "Message":
+        """Parse message text (see :func:`parse_message`)."""
+        return parse_message(text)
+
+    @classmethod
+    def create_thin(cls, dev_id: int) -> "Message":
+        return cls("create_thin", (_dev_id(dev_id, "dev_id"),))
+
+    @classmethod
+    def create_snap(cls, dev_id: int, origin_id: int) -> "Message":
+        return cls("create_snap", (_dev_id(dev_id, "dev_id"), _dev_id(origin_id, "origin_id")))
+
+    @classmethod
+    def delete(cls, dev_id: int) -> "Message":
+        return cls("delete", (_dev_id(dev_id, "dev_id"),))
+
+    @classmethod
+    def set_transaction_id(cls, old_id: int, new_id: int) -> "Message":
+        return cls("set_transaction_id", (_uint64(old_id, "old_id"), _uint64(new_id, "new_id")))
+
+    @classmethod
+    def reserve_metadata_snap(cls) -> "Message":
+        return cls("reserve_metadata_snap", ())
+
+    @classmethod
+    def release_metadata_snap(cls) -> "Message":
+        return cls("release_metadata_snap", ())
+
+
+def _uint64(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidArgument(f"invalid {what} {value!r}: expected an integer")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgument(f"invalid {what} {value!r}: expected an integer") from None
+    if not 0 <= number < 1 << 64:
+        raise InvalidArgument(f"invalid {what} {number}: use 0 to 2^64-1")
+    return number
+
+
+def _dev_id(value: object, what: str) -> int:
+    number = _uint64(value, what)
+    if number > MAX_DEV_ID:
+        raise InvalidArgument(f"invalid {what} {number}: above the maximum {MAX_DEV_ID}")
+    return number
 
 
 def _parse_uint(text: str, what: str, limit: int | None) -> int:
@@ -46,8 +99,12 @@ def _parse_uint(text: str, what: str, limit: int | None) -> int:
 def parse_message(text: str) -> Message:
     """Parse a pool message string into a :class:`Message`.
 
-    Raises :class:`~dmthin.errors.InvalidArgument` as the kernel does.
+    Raises :class:`~dmthin.errors.InvalidArgument` as the kernel does, also
+    for a *text* that is not a string.
     """
+    if not isinstance(text, str):
+        raise InvalidArgument(f"invalid thin pool message {text!r}: give the message as a "
+                              "string, e.g. 'create_thin 1'")
     words = text.split()
     if not words:
         raise InvalidArgument("empty thin pool target message")

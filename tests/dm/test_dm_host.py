@@ -122,14 +122,15 @@ def test_kernel_pool_refuses_without_device_mapper(tmp_path, monkeypatch):
 
 
 def test_kernel_pool_refuses_non_root(tmp_path, monkeypatch):
+    from dmthin.backend import PoolSpec
     from dmthin.dm.pool import KernelPoolBackend
-    from dmthin.pooldir import PoolConfig, PoolDir
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     if not _lib.have_binding():
         skip_or_fail("the libdevmapper binding is not built (apt-get install libdevmapper-dev, "
                      "then reinstall dmthin)")
     with pytest.raises(errors.BackendUnavailable, match="needs root"):
-        KernelPoolBackend.create(PoolDir(tmp_path), PoolConfig("kernel", 128, 0))
+        KernelPoolBackend.create(PoolSpec(tmp_path, tmp_path / "data", tmp_path / "metadata",
+                                          128, 0, (), "deleteme-pool"))
 
 
 def test_missing_binding_says_how_to_get_it(monkeypatch):

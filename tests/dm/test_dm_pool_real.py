@@ -163,7 +163,7 @@ def test_metadata_snapshot_and_thin_dump_of_the_live_pool(pooldir):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_reopen_keeps_data_and_adopts_a_live_pool(pooldir):
+def test_reopen_keeps_data_and_attaches_to_a_live_pool(pooldir):
     pool = Pool.create(pooldir, data_size="64M", metadata_size="4M", backend="kernel")
     pool.create_thin(1, "8M").write(4096, b"persist me")
     pool.close()
@@ -171,19 +171,16 @@ def test_reopen_keeps_data_and_adopts_a_live_pool(pooldir):
     with Pool.open(pooldir) as pool:
         assert pool.backend == "kernel" and pool.thin_ids() == [1]
         assert pool.thin(1).read(4096, 10) == b"persist me"
-        # Simulate a crash: the process goes away without closing.
-        impl = pool._impl
-        for lo in impl.loops:
-            lo.close()
-        for t in impl._thins.values():
-            t._io.close()
-        impl._closed, pool._impl = True, None
-        pool.pooldir.unlock()
+        pool.close(keep_active=True)              # as if the process went away
     name = f"{device_prefix(pooldir)}-pool"
     assert task.exists(name) and task.exists(f"{device_prefix(pooldir)}-1")
-    with Pool.open(pooldir) as pool:                  # adopts pool and thin
-        assert task.info(name).exists
+    with Pool.open(pooldir) as pool:                  # attaches to pool and thin
+        assert [t.dev_id for t in pool.active_thins()] == [1]
+        assert not pool.thin(1).activated
         assert pool.thin(1).read(4096, 10) == b"persist me"
+    # what this object did not make, it leaves active
+    assert task.exists(name) and task.exists(f"{device_prefix(pooldir)}-1")
+    Pool.open(pooldir).deactivate()
     assert not task.exists(name) and not task.exists(f"{device_prefix(pooldir)}-1")
 
 

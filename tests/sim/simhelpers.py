@@ -7,7 +7,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
 from dmthin import Pool
-from dmthin.pooldir import PoolConfig, PoolDir
+from dmthin.backend import PoolSpec
+from dmthin.pooldir import PoolDir
+from dmthin.poolsetup import pool_spec
 from dmthin.sim.engine import MetadataEngineFactory
 from dmthin.sim.pool import SimPoolBackend
 from dmthin.thin.metadata import ThinMetadata
@@ -23,13 +25,13 @@ def new_pool(path, data_size="8M", metadata_size="4M", block_size="64K", **kw) -
                        block_size=block_size, backend="sim", **kw)
 
 
-def _with_backend(path, build: Callable[[PoolDir, PoolConfig], SimPoolBackend]
+def _with_backend(path, build: Callable[[PoolSpec], SimPoolBackend]
                   ) -> tuple[Pool, SimPoolBackend]:
     pooldir = PoolDir(path)
     config = pooldir.load_config()
     pooldir.lock()
     try:
-        impl = build(pooldir, config)
+        impl = build(pool_spec(pooldir, config))
     except BaseException:
         pooldir.unlock()
         raise
@@ -41,7 +43,7 @@ def open_sim(path, engine: MetadataEngineFactory = ThinMetadata
     """Open the sim pool at *path* with its metadata in *engine*; returns the
     pool and the backend serving it (for the simulator's own knobs: its
     core's timeouts and events, resume, suspend)."""
-    return _with_backend(path, lambda d, c: SimPoolBackend.open(d, c, engine=engine))
+    return _with_backend(path, lambda spec: SimPoolBackend.open(spec, engine=engine))
 
 
 def sim_pool(path, engine: MetadataEngineFactory = ThinMetadata,
@@ -49,7 +51,7 @@ def sim_pool(path, engine: MetadataEngineFactory = ThinMetadata,
     """A new pool as :func:`new_pool` makes it, its metadata formatted by
     *engine*, and the backend serving it."""
     new_pool(path, **kw).close()
-    return _with_backend(path, lambda d, c: SimPoolBackend.create(d, c, engine=engine))
+    return _with_backend(path, lambda spec: SimPoolBackend.create(spec, engine=engine))
 
 
 def dump(metadata_path) -> tuple[dict, dict]:

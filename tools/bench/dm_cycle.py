@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from dmthin import Pool  # noqa: E402
 from dmthin.dm import loop, task  # noqa: E402
-from dmthin.dm.pool import device_prefix  # noqa: E402
+from dmthin.pooldir import device_prefix  # noqa: E402
 
 THIN_SECTORS = 2048 * 100     # 100 MiB thin devices
 
@@ -69,9 +69,9 @@ def main() -> int:
     base = tempfile.mkdtemp(prefix="dm-cycle-deleteme-")
     with Pool.create(os.path.join(base, "pool"), data_size="1G", metadata_size="64M",
                      backend="kernel") as p:
-        impl = p._impl
-        pool, pool_dev = impl.pool_name, impl.pool_dev
-        prefix = device_prefix(p.pooldir.path)
+        info = p.info()
+        pool, pool_dev = info.device_name or "", info.pool_dev or ""
+        prefix = device_prefix(p.path)
         task.message(pool, f"create_thin {10 ** 6}")     # warm up both paths once
         task.message(pool, f"delete {10 ** 6}")
         results = {}
