@@ -139,8 +139,9 @@ class Pool:
         :class:`~dmthin.errors.BackendUnavailable`.  A failed create removes
         exactly the files this call made.
         """
-        return cls._serving(create_pool(path, data_size, metadata_size, block_size, low_water_mark,
-                               features, backend, name, force, allow_other_owner))
+        return cls._serving(create_pool(path, data_size, metadata_size, block_size,
+                                        low_water_mark, features, backend, name, force,
+                                        allow_other_owner))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], backend: str | None = None,
@@ -179,8 +180,8 @@ class Pool:
         :meth:`create`), :class:`~dmthin.errors.PoolLocked`, and Busy when
         the simulator is asked to write a pool the kernel holds active.
         """
-        return cls._serving(adopt_pool(path, data, metadata, backend, readonly, name, low_water_mark,
-                              features, allow_other_owner))
+        return cls._serving(adopt_pool(path, data, metadata, backend, readonly, name,
+                                       low_water_mark, features, allow_other_owner))
 
     def __enter__(self) -> "Pool":
         return self

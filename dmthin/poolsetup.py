@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backend import PoolBackend, PoolSpec, load_backend
-from .dm.busy import file_holders
+from .blockdev import file_holders
 from .errors import Busy, MetadataError, PoolLocked, UsageError
 from .pooldir import Created, PoolConfig, PoolDir, device_prefix
 from .poolmeta import holds_thin_magic, read_pool_superblock
@@ -310,5 +310,6 @@ def _dm_name(rdev: int, device: str) -> str:
                          "an active thin pool") from None
 
 
-__all__ = ["Opened", "Created", "pool_spec", "create_pool", "open_pool", "adopt_pool", "attach_device",
-           "default_low_water_mark", "default_metadata_size", "check_low_water_mark"]
+__all__ = ["Opened", "Created", "pool_spec", "create_pool", "open_pool", "adopt_pool",
+           "attach_device", "default_low_water_mark", "default_metadata_size",
+           "check_low_water_mark"]

@@ -130,7 +130,8 @@ def test_adopt_a_live_pool_made_by_dmsetup(real_dm, tmp_path, tag):
             subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
-XML = """<superblock uuid="" time="1" transaction="7" flags="0" version="2" data_block_size="128" nr_data_blocks="256">
+XML = """<superblock uuid="" time="1" transaction="7" flags="0" version="2" \
+data_block_size="128" nr_data_blocks="256">
   <device dev_id="5" mapped_blocks="1" transaction="6" creation_time="0" snap_time="1">
     <single_mapping origin_block="0" data_block="2" time="0"/>
   </device>
