@@ -54,8 +54,9 @@ class PoolSpec:
     (``Pool.open("/dev/mapper/NAME")``), which the kernel backend then finds
     by ``name``.  ``path`` names the pool in error messages (the pool
     directory, or the device).  ``readonly``: never write a byte (the
-    simulator opens the files O_RDONLY; the kernel loads the table with
-    ``read_only`` or attaches to the active pool without changing it).
+    simulator opens the files O_RDONLY and never commits, showing the mode
+    the metadata gives the pool; the kernel loads the table with
+    ``read_only``, or attaches to the active pool without changing it).
     """
     path: Path
     data_path: Path | None

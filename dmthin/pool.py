@@ -168,20 +168,29 @@ class Pool:
               metadata: str | os.PathLike[str] | None = None, backend: str | None = None,
               readonly: bool = False, name: str | None = None,
               low_water_mark: int | None = None, features: tuple[str, ...] | None = None,
-              allow_other_owner: bool = False) -> "Pool":
+              allow_other_owner: bool = False, record: bool = False) -> "Pool":
         """Serve an existing pool made elsewhere: *data* and *metadata*
         (default ``PATH/data`` and ``PATH/metadata``; files or block
         devices).  Block size and sizes come from the superblock; *backend*
         defaults to ``"sim"``.  ``PATH/pool.json`` is written (recording the
-        paths, sizes, names) only when something changes; a PATH that
-        already holds one is simply opened.
+        paths, sizes, names) only when something changes, or at once with
+        *record* (``dmthin pool adopt``), after which :meth:`open` serves
+        PATH; a PATH that already holds one is simply opened.
 
         Raises UsageError (no valid thin superblock: names
         :meth:`create`), :class:`~dmthin.errors.PoolLocked`, and Busy when
         the simulator is asked to write a pool the kernel holds active.
         """
-        return cls._serving(adopt_pool(path, data, metadata, backend, readonly, name,
+        pool = cls._serving(adopt_pool(path, data, metadata, backend, readonly, name,
                                        low_water_mark, features, allow_other_owner))
+        if record and not pool._config_saved:
+            try:
+                pool._writable("record the adopted pool")
+                pool._save()
+            except BaseException:
+                pool.close()
+                raise
+        return pool
 
     def __enter__(self) -> "Pool":
         return self

@@ -69,13 +69,9 @@ def check_low_water_mark(value: object) -> int:
 
 def pool_spec(pooldir: PoolDir, config: PoolConfig, name: str | None = None,
               readonly: bool = False, prefix: str | None = None) -> PoolSpec:
-    """What a backend is given for the pool in *pooldir* with *config*: a
-    read-only pool gets the ``read_only`` feature; the dm name is *name*,
-    the recorded one, or ``<prefix>-pool`` (default prefix: the pool
-    directory's ``dmthin-MAJ:MIN-INO``)."""
-    features = config.features
-    if readonly:
-        features = normalise_features((*features, "read_only"))
+    """What a backend is given for the pool in *pooldir* with *config*: the
+    dm name is *name*, the recorded one, or ``<prefix>-pool`` (default
+    prefix: the pool directory's ``dmthin-MAJ:MIN-INO``)."""
     if name is not None:
         pool_name = check_name(name)
     elif config.pool_name:
@@ -83,8 +79,8 @@ def pool_spec(pooldir: PoolDir, config: PoolConfig, name: str | None = None,
     else:
         pool_name = f"{prefix or device_prefix(pooldir.path)}-pool"
     return PoolSpec(pooldir.path, pooldir.data_path, pooldir.metadata_path,
-                    config.data_block_sectors, config.low_water_mark, features, pool_name,
-                    readonly)
+                    config.data_block_sectors, config.low_water_mark, config.features,
+                    pool_name, readonly)
 
 
 def _refuse_live(pooldir: PoolDir, what: str) -> None:
@@ -285,8 +281,7 @@ def attach_device(device: str, backend: str | None, readonly: bool) -> Opened:
         raise UsageError(f"{device} is not a block device: give an active thin-pool device")
     name = _dm_name(st.st_rdev, device)
     prefix = name.removesuffix("-pool")
-    spec = PoolSpec(Path(device), None, None, 128, 0, ("read_only",) if readonly else (),
-                    name, readonly)
+    spec = PoolSpec(Path(device), None, None, 128, 0, (), name, readonly)
     impl = backend_cls.open(spec)
     try:
         table = PoolTable.parse(impl.table_line())

@@ -12,6 +12,7 @@ from ..target.table import POOL_FEATURES
 from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, SECTOR_SIZE,
                      format_size)
 from .commands import SUMMARIES
+from .activation import register_pool
 from .common import add_command, add_group, add_pool_args, emit_json, open_pool
 
 _MIN_BLOCK = format_size(DATA_BLOCK_SIZE_MIN_SECTORS * SECTOR_SIZE)
@@ -41,6 +42,10 @@ def register(subs: Any) -> None:
                         f"min({DOCKER_LOW_WATER_MARK}, blocks/10))")
     c.add_argument("--feature", action="append", default=[], metavar="F",
                    help="pool feature: " + ", ".join(POOL_FEATURES) + " (repeatable)")
+    c.add_argument("--name", help="the pool's device-mapper name (kernel backend; default "
+                                  "dmthin-MAJ:MIN-INO-pool of POOLDIR)")
+    c.add_argument("--force", action="store_true",
+                   help="format over metadata that holds a pool (destroys it)")
 
     s = add_command(pool, "status", run_status, "the pool's kernel status line and a summary",
                     description="Print the kernel's thin-pool status line, then the "
@@ -54,6 +59,7 @@ def register(subs: Any) -> None:
                                 "'reserve_metadata_snap', 'release_metadata_snap'.")
     add_pool_args(m)
     m.add_argument("message", metavar="MSG")
+    register_pool(pool)
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -68,14 +74,15 @@ def run_create(args: argparse.Namespace) -> int:
                              "give a number of data blocks") from None
     with Pool.create(args.pooldir, data_size=args.data_size, metadata_size=args.metadata_size,
                      block_size=args.block_size, low_water_mark=lwm, features=args.feature,
-                     backend=args.backend) as pool:
+                     backend=args.backend, name=args.name, force=args.force,
+                     allow_other_owner=args.allow_other_owner) as pool:
         print(pool.table_line())
     return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
-    """Print the status line and the summary (or JSON)."""
-    with open_pool(args) as pool:
+    """Print the status line and the summary (or JSON); writes nothing."""
+    with open_pool(args, readonly=True) as pool:
         status = pool.status()
         summary = pool_summary(pool, status)
         if args.json:

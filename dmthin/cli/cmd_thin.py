@@ -13,6 +13,7 @@ from ..units import format_size, parse_size
 from .commands import SUMMARIES
 from .common import (Handler, add_command, add_group, add_pool_args, emit_json, open_pool,
                      parse_dev_id)
+from .activation import register_thin
 from .thin_io import run_discard, run_read, run_write
 
 
@@ -70,7 +71,7 @@ def _thin_doc(pool: Pool, dev_id: int) -> dict[str, Any]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    with open_pool(args) as pool:
+    with open_pool(args, readonly=True) as pool:
         doc = _thin_doc(pool, args.dev_id)
     if args.json:
         emit_json(doc)
@@ -84,7 +85,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     # The status of each device is read from its (activated) thin device;
     # the facade has no status of an inactive thin.
-    with open_pool(args) as pool:
+    with open_pool(args, readonly=True) as pool:
         docs = [_thin_doc(pool, i) if i in pool.config.thins else
                 {"dev_id": i, "size": None, "mapped_bytes": None, "status_line": None}
                 for i in pool.thin_ids()]
@@ -142,3 +143,4 @@ def register(subs: Any) -> None:
         .add_argument("--json", action="store_true", help="print JSON")
     sub("list", run_list, "list the pool's thin devices", aliases=("ls",)) \
         .add_argument("--json", action="store_true", help="print JSON")
+    register_thin(thin, _parsed)

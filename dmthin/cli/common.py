@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -95,17 +96,23 @@ def add_backend_arg(p: argparse.ArgumentParser, default: str | None = None) -> N
                         + (default or "the pool's own"))
 
 
-def add_pool_args(p: argparse.ArgumentParser, *, create: bool = False) -> None:
-    """POOLDIR and ``--backend`` (for *create*, defaulting to
-    :data:`~dmthin.backend.DEFAULT_BACKEND`)."""
+def add_pool_args(p: argparse.ArgumentParser, *, create: bool = False,
+                  backend: str | None = None) -> None:
+    """POOLDIR, ``--backend`` (for *create*, defaulting to
+    :data:`~dmthin.backend.DEFAULT_BACKEND`; else to *backend*, None: the
+    pool's own) and ``--allow-other-owner``."""
     p.add_argument("pooldir", metavar="POOLDIR")
-    add_backend_arg(p, DEFAULT_BACKEND if create else None)
+    add_backend_arg(p, DEFAULT_BACKEND if create else backend)
+    p.add_argument("--allow-other-owner", action="store_true",
+                   help="use a pool directory owned by another user (refused by default)")
 
 
-def open_pool(args: argparse.Namespace) -> Pool:
-    """The pool in ``args.pooldir`` with ``args.backend`` (None: its own).
+def open_pool(args: argparse.Namespace, readonly: bool = False) -> Pool:
+    """The pool in ``args.pooldir`` with ``args.backend`` (None: its own),
+    read-only if *readonly* (nothing written: for commands that only look).
     Raises what :meth:`dmthin.Pool.open` raises."""
-    return Pool.open(args.pooldir, backend=args.backend)
+    return Pool.open(args.pooldir, backend=args.backend, readonly=readonly,
+                     allow_other_owner=getattr(args, "allow_other_owner", False))
 
 
 # -- metadata files -----------------------------------------------------------------
@@ -118,17 +125,31 @@ def add_metadata_arg(p: argparse.ArgumentParser, nargs: str | None = None) -> No
 
 def metadata_path(arg: str) -> str:
     """The metadata file named by METADATA *arg*: itself, or the metadata
-    file of a pool directory.  Raises :class:`UsageError` if there is none."""
-    if os.path.isdir(arg):
-        path = os.fspath(PoolDir(arg).metadata_path)
-        if not os.path.exists(path):
-            raise UsageError(f"{arg} is a directory without a 'metadata' file: "
-                             "give a metadata file or a pool directory")
-        return path
-    if not os.path.exists(arg):
+    file of a pool directory.  Raises :class:`UsageError` if there is none
+    or it cannot be reached (naming the permission problem)."""
+    denied = (f"{arg}: permission denied; run as its owner or fix the permissions of it "
+              "and its parent directories")
+    try:
+        st = os.stat(arg)
+    except PermissionError:
+        raise UsageError(denied) from None
+    except OSError:
         raise UsageError(f"{arg}: no such file or device: give a metadata file, device "
-                         "or pool directory")
-    return arg
+                         "or pool directory") from None
+    if not stat.S_ISDIR(st.st_mode):
+        return arg
+    path = os.fspath(PoolDir(arg).metadata_path)
+    if not os.access(arg, os.R_OK | os.X_OK):
+        raise UsageError(denied)
+    try:
+        os.stat(path)
+    except PermissionError:
+        raise UsageError(f"{path}: permission denied; run as its owner or fix its "
+                         "permissions") from None
+    except OSError:
+        raise UsageError(f"{arg} is a directory without a 'metadata' file: "
+                         "give a metadata file or a pool directory") from None
+    return path
 
 
 def add_version_arg(p: argparse.ArgumentParser) -> None:

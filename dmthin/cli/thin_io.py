@@ -53,8 +53,8 @@ def run_write(args: argparse.Namespace) -> int:
 
 def run_read(args: argparse.Namespace) -> int:
     """Copy ``--length`` bytes (default: to the end) from ``--offset`` out.
-    Raises :class:`UsageError` for an offset past the end."""
-    with open_pool(args) as pool:
+    Raises :class:`UsageError` for an offset past the end.  Writes nothing."""
+    with open_pool(args, readonly=True) as pool:
         thin = pool.thin(args.dev_id)
         if args.offset > thin.size:
             raise UsageError(f"offset {args.offset} is past the end of thin device "

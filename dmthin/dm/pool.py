@@ -30,6 +30,7 @@ from ..errors import (Busy, DeviceExists, DeviceNotFound, InvalidArgument, NoSuc
                       NotSupported, ThinOSError, TimedOut, UsageError)
 from ..pooldir import device_prefix
 from ..target import Message, PoolStatus, PoolTable, ThinStatus, ThinTable
+from ..target.table import normalise_features
 from ..units import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from . import _lib, busy, loop, task
 from .blockio import BlockIO
@@ -267,10 +268,13 @@ class KernelPoolBackend:
         return None
 
     def _table(self, length_sectors: int) -> PoolTable:
+        """The table to load: a read-only open loads the pool ``read_only``."""
+        features = (*self.spec.features, "read_only") if self.spec.readonly \
+            else self.spec.features
         return PoolTable(length_sectors=length_sectors, metadata_dev=self.metadata_dev,
                          data_dev=self.data_dev, data_block_sectors=self.spec.data_block_sectors,
                          low_water_mark=self.spec.low_water_mark,
-                         features=self.spec.features)
+                         features=normalise_features(features))
 
     def _data_bytes(self) -> int:
         return loop.block_size64(node_of(self.data_dev))

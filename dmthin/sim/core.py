@@ -69,8 +69,12 @@ class SimCore(PoolModes):
     """
 
     def __init__(self, name: str, md: MetadataEngine, data: DataFile, features: Iterable[str],
-                 low_water_blocks: int, threshold: int):
+                 low_water_blocks: int, threshold: int, view_only: bool = False):
         feats = set(features)
+        #: opened read-only by the user (``Pool.open(readonly=True)``): the
+        #: files are open O_RDONLY, nothing is ever written or committed, and
+        #: the pool shows the mode its metadata gives it
+        self.view_only = view_only
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         PoolModes.__init__(self, name, self.cond, md, "error_if_no_space" in feats,
@@ -130,6 +134,8 @@ class SimCore(PoolModes):
         commit failed (the pool then went read-only)."""
         if self._mode >= Mode.OUT_OF_METADATA_SPACE:
             return False
+        if self.view_only:
+            return True                 # nothing can have changed
         try:
             self._writes.flush()
             if self._dirty:
@@ -314,6 +320,8 @@ class SimCore(PoolModes):
         """``pool_preresume``: take up a grown data or metadata file (the
         metadata first, as ``maybe_resize_metadata_dev``), commit if so."""
         md = self.metadata
+        if self.view_only:
+            return                      # growing would write the metadata
         if not self.read_only_table:
             nr_meta = md.metadata_file_blocks()
             if nr_meta > md.nr_metadata_blocks and not md.needs_check:

@@ -84,7 +84,8 @@ class SimPoolBackend:
         self.path = spec.path
         self.data_path, self.metadata_path = _files(spec)
         self.core = SimCore(str(spec.path), md, data, spec.features, spec.low_water_mark,
-                            metadata_threshold(os.path.getsize(self.metadata_path)))
+                            metadata_threshold(os.path.getsize(self.metadata_path)),
+                            view_only=spec.readonly)
         self._active: dict[int, int] = {}       # dev_id -> activation count
 
     # -- construction ------------------------------------------------------------
@@ -122,7 +123,7 @@ class SimPoolBackend:
         size differs from the metadata's or the data file shrank.
         """
         data_path, metadata_path = _files(spec)
-        read_only = "read_only" in spec.features
+        read_only = "read_only" in spec.features or spec.readonly
         md = engine.open(metadata_path, read_only=read_only,
                          cache_blocks=DEFAULT_CACHE_BLOCKS)
         try:
@@ -145,7 +146,7 @@ class SimPoolBackend:
     def _attach(cls, spec: PoolSpec, md: MetadataEngine) -> SimPoolBackend:
         try:
             data = DataFile(_files(spec)[0], md.data_block_sectors * SECTOR_SIZE,
-                            writable="read_only" not in spec.features)
+                            writable="read_only" not in spec.features and not spec.readonly)
         except OSError:
             md.close()
             raise

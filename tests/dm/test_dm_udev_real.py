@@ -1,6 +1,7 @@
 """The kernel backend with udevd running, as on a normal host (Docker's
 case): udev sync through cookies, /dev/mapper nodes made by udev's rules
-(55-dm.rules), and a clean teardown.  The guest has no udevd of its own, so
+(55-dm.rules), devices kept active past a process and attached to by the
+next, and a clean teardown.  The guest has no udevd of its own, so
 this test starts systemd-udevd (Debian's ``udev`` package on the host root)
 for one child process and stops it afterwards."""
 from __future__ import annotations
@@ -34,6 +35,20 @@ with Pool.create(d + "/p", data_size="64M", metadata_size="4M", backend="kernel"
     assert os.path.exists(f"/dev/mapper/{snap.name}")
     pool.delete(1)
     assert not os.path.exists(node)
+    pool.create_thin(3, "8M").write(0, b"kept")
+    pool.close(keep_active=True)                 # the devices outlive this process
+print("KEPT", d + "/p")
+"""
+
+REOPEN = r"""
+import os, sys
+from dmthin import Pool
+with Pool.open(sys.argv[1]) as pool:             # a new process attaches
+    thin = pool.thin(3)
+    assert not thin.activated and thin.read(0, 4) == b"kept"
+    assert os.path.exists(f"/dev/mapper/{thin.name}")
+    pool.deactivate()                            # udev removes the nodes
+    assert not os.path.exists(f"/dev/mapper/{thin.name}")
 print("LEFT", os.popen("dmsetup ls").read().strip())
 """
 
@@ -54,6 +69,10 @@ def test_pool_lifecycle_with_udevd_running(tmp_path):
             time.sleep(0.05)
         env = {k: v for k, v in os.environ.items() if k != "DM_DISABLE_UDEV"}
         r = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        kept = r.stdout.split("KEPT ", 1)[1].strip()
+        r = subprocess.run([sys.executable, "-c", REOPEN, kept], env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "LEFT No devices found" in r.stdout
