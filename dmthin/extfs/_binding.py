@@ -40,7 +40,8 @@ class BlockDevice(Protocol):
     """What the view needs from a device: :class:`dmthin.ThinDevice`'s
     public I/O methods.  ``write`` gets a buffer valid only during the call."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def read(self, offset: int, length: int) -> bytes: ...
 
