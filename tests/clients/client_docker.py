@@ -111,13 +111,93 @@ def file_tar(files: Mapping[str, bytes]) -> bytes:
 
 
 @dataclass
+class Containerd:
+    """A containerd for dockerd (``dockerd --containerd SOCKET``).
+
+    dockerd would start one itself but gives it only seconds to come up,
+    which a loaded TCG guest does not always manage; started here, it gets
+    as long as it needs.  Its root and state live in ``/run/ctd-TAG``; the
+    CRI plugin is off (as in dockerd's own containerd configuration).
+    """
+
+    tree: Path
+    tag: str = "0"
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def run_dir(self) -> Path:
+        """Root, state, socket, configuration and log live here."""
+        return Path(f"/run/ctd-{self.tag}")
+
+    @property
+    def socket(self) -> str:
+        """Its gRPC socket."""
+        return str(self.run_dir / "containerd.sock")
+
+    def start(self, timeout: float = 300) -> None:
+        """Start it and wait until its socket accepts connections.
+
+        :raises DockerError: it exited or did not listen in *timeout* s.
+        """
+        assert self.proc is None, "containerd already running"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config = self.run_dir / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{self.run_dir / "root"}"\n'
+            f'state = "{self.run_dir / "state"}"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+            f'[grpc]\n  address = "{self.socket}"\n')
+        log_path = self.run_dir / "containerd.log"
+        env = dict(os.environ, PATH=f"{self.tree / 'usr/bin'}:{self.tree / 'usr/sbin'}:"
+                   + os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(self.tree / "usr/bin/containerd"), "--config", str(config)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True)
+
+        def listening() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise DockerError(f"containerd exited {self.proc.returncode} while starting:\n"
+                                  + log_path.read_text(errors="replace")[-3000:])
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(self.socket)
+                except OSError:
+                    return False
+            return True
+
+        if not wait_for(listening, timeout, 0.1):
+            self.stop()
+            raise DockerError(f"containerd did not listen on {self.socket} in {timeout:g} s")
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM, then SIGKILL (its whole process group) if need be."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
 class Dockerd:
     """One dockerd on *data_root* (devicemapper driver).
 
     *storage_opts* are added to ``dm.override_udev_sync_check=true`` (loop-lvm
     by default).  *tag* names the per-daemon run directory
     ``/run/dk-TAG`` (exec root, socket, pid file; short, as unix socket
-    paths must be).  Use :meth:`running` (or :meth:`start`/:meth:`stop`).
+    paths must be).  *containerd*: a running :class:`Containerd` to use;
+    without one, each start starts one of its own (stopped with dockerd).
+    Use :meth:`running` (or :meth:`start`/:meth:`stop`).
     """
 
     tree: Path
@@ -125,8 +205,10 @@ class Dockerd:
     storage_opts: Sequence[str] = LOOP_LVM_OPTS
     tag: str = "0"
     log_path: Path | None = None
+    containerd: Containerd | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)
+    own_containerd: Containerd | None = field(default=None, init=False)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -155,10 +237,16 @@ class Dockerd:
                 "--storage-driver", "devicemapper",
                 "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false",
                 "--ip-forward=false", "--userland-proxy=false",
+                "--containerd", self._containerd_socket(),
                 "--storage-opt", UDEV_OPT]
         for opt in self.storage_opts:
             argv += ["--storage-opt", opt]
         return argv
+
+    def _containerd_socket(self) -> str:
+        ctd = self.containerd or self.own_containerd
+        assert ctd is not None, "no containerd"
+        return ctd.socket
 
     def start(self, timeout: float = 180) -> None:
         """Start dockerd and wait until its API answers.
@@ -167,6 +255,9 @@ class Dockerd:
             message holds the end of its log).
         """
         assert self.proc is None, "dockerd already running"
+        if self.containerd is None and self.own_containerd is None:
+            self.own_containerd = Containerd(self.tree, f"dk-{self.tag}")
+            self.own_containerd.start()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
         if self.log_path is None:
@@ -178,7 +269,12 @@ class Dockerd:
                                          stderr=subprocess.STDOUT, env=self.env(),
                                          start_new_session=True)
         self.starts += 1
-        if not wait_for(self._ready, timeout, 0.1):
+        try:
+            ready = wait_for(self._ready, timeout, 0.1)
+        except BaseException:
+            self.kill()
+            raise
+        if not ready:
             self.kill()
             raise DockerError(f"dockerd did not answer on {self.socket} in {timeout:g} s"
                               f"\n{self.log_tail()}")
@@ -187,7 +283,6 @@ class Dockerd:
         assert self.proc is not None
         if self.proc.poll() is not None:
             rc = self.proc.returncode
-            self.proc = None
             raise DockerError(f"dockerd exited {rc} while starting\n{self.log_tail()}")
         try:
             status, body = self.request("GET", "/_ping", timeout=5)
@@ -213,8 +308,14 @@ class Dockerd:
             raise DockerError(f"dockerd ignored SIGTERM for {timeout:g} s: killed\n"
                               f"{self.log_tail()}")
         self.proc = None
+        self._stop_own_containerd()
         if rc != 0:
             raise DockerError(f"dockerd exited {rc} on SIGTERM\n{self.log_tail()}")
+
+    def _stop_own_containerd(self) -> None:
+        ctd, self.own_containerd = self.own_containerd, None
+        if ctd is not None:
+            ctd.stop()
 
     def kill(self) -> None:
         """SIGKILL dockerd and its process group (containerd, shims), then
@@ -222,12 +323,12 @@ class Dockerd:
         devices."""
         proc = self.proc
         self.proc = None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        self.clean_up()
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            self.clean_up()
+        self._stop_own_containerd()
 
     def clean_up(self) -> list[str]:
         """Remove what a killed dockerd left behind; returns what was removed.

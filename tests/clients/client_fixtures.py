@@ -7,7 +7,7 @@ tests/clients/conftest.py imports them; another test directory can too::
 
 All of them need the tools/vmrun guest (skip outside it, fail under CI) and
 are session-scoped where they cost seconds: one writable /etc and cgroup2
-mount, one scratch file system, one root made by dockerd
+mount, one scratch file system, one containerd, one root made by dockerd
 (:func:`docker_made_root`, read it, or :func:`copy_root` it before changing
 anything).
 """
@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import client_env
 import pytest
-from client_docker import Dockerd, image_tar, known_content
+from client_docker import Containerd, Dockerd, image_tar, known_content
 from client_env import Scratch, run
 from client_lvm import Lvm
 
 __all__ = [
     "MADE_FILES",
     "DockerRoot",
+    "clients_containerd",
     "clients_guest",
     "clients_scratch",
     "clients_tree",
@@ -67,11 +68,29 @@ def clients_scratch(clients_tree: Path) -> Iterator[Scratch]:
         yield scratch
 
 
+#: what :func:`dockerd_factory` gives: ``make(data_root=None, storage_opts=None)``
+DockerdFactory = Callable[..., Dockerd]
+
+
+@pytest.fixture(scope="session")
+def clients_containerd(clients_guest: Path) -> Iterator[Containerd]:
+    """One containerd for every dockerd of the session (started once: it
+    costs seconds under TCG)."""
+    ctd = Containerd(clients_guest, "session")
+    ctd.start()
+    try:
+        yield ctd
+    finally:
+        ctd.stop()
+
+
 @pytest.fixture
 def dockerd_factory(clients_guest: Path, clients_scratch: Scratch,
-                    request: pytest.FixtureRequest) -> Iterator[object]:
+                    clients_containerd: Containerd,
+                    request: pytest.FixtureRequest) -> Iterator[DockerdFactory]:
     """``make(data_root=None, storage_opts=LOOP_LVM_OPTS) -> Dockerd`` (not
-    started; use ``with d.running():``).  Every daemon made is stopped (or
+    started; use ``with d.running():``; *data_root* defaults to a new
+    directory on the scratch file system).  Every daemon made is stopped (or
     killed and cleaned up) at the end of the test."""
     made: list[Dockerd] = []
 
@@ -79,7 +98,8 @@ def dockerd_factory(clients_guest: Path, clients_scratch: Scratch,
              ) -> Dockerd:
         root = data_root or clients_scratch.mkdir(node_dir_name(request, f"docker{len(made)}"))
         kw = {} if storage_opts is None else {"storage_opts": storage_opts}
-        d = Dockerd(clients_guest, root, tag=f"f{len(made)}", **kw)  # type: ignore[arg-type]
+        d = Dockerd(clients_guest, root, tag=f"f{len(made)}",  # type: ignore[arg-type]
+                    containerd=clients_containerd, **kw)
         made.append(d)
         return d
 
@@ -117,6 +137,12 @@ class DockerRoot:
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)
     devices: dict[str, dict[str, str]] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
+
+    @property
+    def home(self) -> Path:
+        """``devicemapper``: the graph driver's home (its ``metadata/``,
+        ``mnt/`` and the pool's ``devicemapper/``)."""
+        return self.path / "devicemapper"
 
     @property
     def pool_dir(self) -> Path:
@@ -166,10 +192,12 @@ def make_docker_root(d: Dockerd) -> DockerRoot:
 
 
 @pytest.fixture(scope="session")
-def docker_made_root(clients_guest: Path, clients_scratch: Scratch) -> Iterator[DockerRoot]:
+def docker_made_root(clients_guest: Path, clients_scratch: Scratch,
+                     clients_containerd: Containerd) -> Iterator[DockerRoot]:
     """A loop-lvm root dockerd made (import, create, cp, commit, rm) and left
     stopped: read it, never change it (:func:`copy_root` first)."""
-    d = Dockerd(clients_guest, clients_scratch.mkdir("docker-made"), tag="made")
+    d = Dockerd(clients_guest, clients_scratch.mkdir("docker-made"), tag="made",
+                containerd=clients_containerd)
     try:
         with d.running():
             root = make_docker_root(d)

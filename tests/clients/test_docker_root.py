@@ -15,7 +15,6 @@ content, ``create``, ``cp`` into a container, ``commit``, ``rm``
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from client_docker import Dockerd
@@ -27,7 +26,7 @@ from client_env import (
     run,
     tree_state,
 )
-from client_fixtures import DockerRoot, copy_root
+from client_fixtures import DockerdFactory, DockerRoot, copy_root
 
 pytestmark = [pytest.mark.real_dm, pytest.mark.clients]
 
@@ -82,10 +81,10 @@ def test_check_agrees_with_thin_check(docker_made_root: DockerRoot,
 
 
 def test_dockerd_reopens_a_copy_with_every_byte(docker_made_root: DockerRoot,
-                                                clients_guest: Path,
-                                                clients_scratch: Scratch) -> None:
+                                                clients_scratch: Scratch,
+                                                dockerd_factory: DockerdFactory) -> None:
     root = copy_root(docker_made_root, clients_scratch.mkdir("docker-reopen") / "root")
-    d = Dockerd(clients_guest, root.path, tag="reopen")
+    d = dockerd_factory(root.path)
     with d.running():
         assert_root_contents(d, root)
 
