@@ -179,45 +179,150 @@ class ThinId(int):
         return f"ThinId({int.__repr__(self)})"
 
 
+#: the largest size of a file or block device (``loff_t``, LLONG_MAX bytes:
+#: also the kernel's cap on a dm table's length, ``LLONG_MAX >> SECTOR_SHIFT``)
+MAX_BYTES = (1 << 63) - 1
+#: the largest 64-bit number (transaction ids, block numbers in the metadata)
+MAX_U64 = (1 << 64) - 1
+#: the most digits a number may have: 2^64 has 20; longer input is refused
+#: before any conversion (Python's int() refuses more than 4300 digits)
+MAX_DIGITS = 40
+
 _SUFFIX = {"": 1, "B": 1, "S": SECTOR_SIZE, "K": 1 << 10, "M": 1 << 20,
            "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# ASCII only: \d would take any Unicode digit ("\u0661\u0662\u0663M" is not 123M)
+_SIZE_RE = re.compile(r"[ \t]*([0-9]+)(?:\.([0-9]+))?[ \t]*([a-zA-Z]*)[ \t]*")
+_SIZE_HINT = "give bytes or a size like 64K, 10G"
 
 
-def parse_size(value: int | str, what: str = "size") -> int:
+def _shown(value: object) -> str:
+    """*value* for an error message: repr, cut short if long (an int of
+    more than 4300 digits has no repr)."""
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"<a number of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + "..." + text[-12:]
+
+
+def _digits(text: str, what: str) -> int:
+    """The value of a string of ASCII digits (already matched), refusing
+    absurd lengths before converting."""
+    significant = text.lstrip("0")
+    if len(significant) > MAX_DIGITS:
+        raise UsageError(f"invalid {what}: a number of {len(significant)} digits is far "
+                         "beyond any limit")
+    return int(significant or "0")
+
+
+def scale_decimal(whole: str, frac: str, mult: int, what: str, *,
+                  truncate: bool = False) -> int:
+    """``whole.frac * mult`` computed exactly from ASCII digit strings (no
+    float: ``"1.5"`` K is 1536, a 400-digit number is refused, not rounded).
+    A result that is not whole is refused unless *truncate* (then rounded
+    down, as Go's ``int64(float * mult)`` does for Docker's sizes).
+
+    Raises :class:`~dmthin.errors.UsageError` naming *what*.
+    """
+    if not (whole.isascii() and whole.isdigit()) or (frac and not (frac.isascii()
+                                                                   and frac.isdigit())):
+        raise UsageError(f"invalid {what}: not a decimal number")
+    value = _digits(whole, what) * mult
+    frac = frac.rstrip("0")
+    if frac:
+        if len(frac) > MAX_DIGITS:
+            raise UsageError(f"invalid {what}: more than {MAX_DIGITS} decimals")
+        scaled, rest = divmod(int(frac) * mult, 10 ** len(frac))
+        if rest and not truncate:
+            raise UsageError(f"invalid {what}: not a whole number of bytes")
+        value += scaled
+    return value
+
+
+def parse_int(value: object, what: str, *, minimum: int = 0, maximum: int = MAX_U64,
+              limit_note: str = "") -> int:
+    """The one parser of counts, ids and block numbers given by users.
+
+    *value* is an int (not a bool) or a string of ASCII decimal digits
+    (``"١٢٣"``, ``"²"``, signs, spaces and fractions are refused).  The result
+    must lie in ``[minimum, maximum]``; *limit_note* names what fixes the
+    maximum (e.g. "the kernel's MAX_DEV_ID").
+
+    Raises :class:`~dmthin.errors.UsageError`: one line naming *what*.
+    """
+    if isinstance(value, str):
+        if not value or not value.isascii() or not value.isdigit():
+            raise UsageError(f"invalid {what} {_shown(value)}: give a decimal number "
+                             f"from {minimum} to {maximum}")
+        number = _digits(value, what)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = int(value)
+    else:
+        raise UsageError(f"invalid {what} {_shown(value)}: give a whole number, "
+                         f"not {type(value).__name__}")
+    if not minimum <= number <= maximum:
+        note = f" ({limit_note})" if limit_note else ""
+        raise UsageError(f"invalid {what} {_shown(number)}: use a number from {minimum} to "
+                         f"{maximum}{note}")
+    return number
+
+
+def parse_size(value: object, what: str = "size", *, maximum: int = MAX_BYTES,
+               limit_note: str = "") -> int:
     """Return *value* in bytes.
 
-    Accepts an int, or a string: a number followed by an optional binary
-    unit (``K``, ``M``, ``G``, ``T``, ``P``, ``E``, also ``KiB``/``KB``
-    spelled out; ``s`` for 512-byte sectors; ``B`` for bytes).
+    Accepts an int, or a string: an ASCII decimal number (a fraction only if
+    the result is a whole number of bytes: ``"1.5G"``), then an optional binary
+    unit (``K``, ``M``, ``G``, ``T``, ``P``, ``E``, also ``KiB``/``KB`` spelled
+    out; ``s`` for 512-byte sectors; ``B`` for bytes).  The arithmetic is
+    exact (no floats).  The result is at most *maximum*: by default
+    :data:`MAX_BYTES`, the largest file or device Linux addresses.
+
     Raises :class:`~dmthin.errors.UsageError` on anything else.
     """
     if isinstance(value, bool):
-        raise UsageError(f"invalid {what} {value!r}: give bytes or a size like 64K, 10G")
+        raise UsageError(f"invalid {what} {value!r}: {_SIZE_HINT}")
     if isinstance(value, int):
-        if value < 0:
-            raise UsageError(f"invalid {what} {value}: it must not be negative")
-        return value
-    if not isinstance(value, str):
-        raise UsageError(f"invalid {what} {value!r}: give bytes or a size like 64K, 10G")
-    m = _SIZE_RE.match(value)
-    if not m:
-        raise UsageError(f"invalid {what} {value!r}: give bytes or a size like 64K, 10G")
-    num, unit = m.group(1), m.group(2).upper()
-    if unit.endswith("IB"):
-        unit = unit[:-2]
-    elif len(unit) == 2 and unit.endswith("B"):
-        unit = unit[:-1]
-    if unit not in _SUFFIX:
-        raise UsageError(f"invalid {what} {value!r}: unknown unit {m.group(2)!r} "
-                         "(use K, M, G, T, or s for sectors)")
-    mult = _SUFFIX[unit]
-    if "." in num:
-        result = float(num) * mult
-        if result != int(result):
-            raise UsageError(f"invalid {what} {value!r}: not a whole number of bytes")
-        return int(result)
-    return int(num) * mult
+        nbytes = int(value)
+        if nbytes < 0:
+            raise UsageError(f"invalid {what} {nbytes}: it must not be negative")
+    elif isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value) if value.isascii() else None
+        if not m:
+            raise UsageError(f"invalid {what} {_shown(value)}: {_SIZE_HINT}")
+        whole, frac, unit_text = m.group(1), m.group(2) or "", m.group(3)
+        unit = unit_text.upper()
+        if len(unit) == 3 and unit.endswith("IB"):
+            unit = unit[:-2]
+        elif len(unit) == 2 and unit.endswith("B"):
+            unit = unit[:-1]
+        if unit not in _SUFFIX or (len(unit_text) > 1 and unit in ("", "B", "S")):
+            raise UsageError(f"invalid {what} {_shown(value)}: unknown unit {unit_text!r} "
+                             "(use K, M, G, T, P, E, or s for sectors)")
+        nbytes = scale_decimal(whole, frac, _SUFFIX[unit], f"{what} {_shown(value)}")
+    else:
+        raise UsageError(f"invalid {what} {_shown(value)}: {_SIZE_HINT}")
+    if nbytes > maximum:
+        note = limit_note or ("the largest file or device Linux addresses"
+                              if maximum == MAX_BYTES else "")
+        shown = f" ({format_size(nbytes)})" if nbytes.bit_length() <= 80 else ""
+        raise UsageError(f"invalid {what} {_shown(value)}{shown}: at most "
+                         f"{format_size(maximum)} ({maximum} bytes)"
+                         + (f", {note}" if note else ""))
+    return nbytes
+
+
+def parse_dev_id(value: object) -> ThinId:
+    """A thin device id given by a user: :func:`parse_int` from 0 to
+    :data:`MAX_DEV_ID`.  Raises :class:`~dmthin.errors.UsageError`."""
+    return ThinId(parse_int(value, "thin device id", maximum=MAX_DEV_ID,
+                            limit_note="the kernel's MAX_DEV_ID, 2^24-1"))
+
+
+def parse_data_blocks(value: object, what: str = "number of data blocks") -> int:
+    """A count of data blocks given by a user: :func:`parse_int` up to
+    :data:`MAX_DATA_BLOCKS`.  Raises :class:`~dmthin.errors.UsageError`."""
+    return parse_int(value, what, maximum=MAX_DATA_BLOCKS,
+                     limit_note="a mapping holds a 40-bit data block number")
 
 
 def format_size(nbytes: int) -> str:

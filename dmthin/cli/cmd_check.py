@@ -11,9 +11,9 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import UsageError
 from ..thin.check import DEFAULT_MAX_LINES, CheckOptions
 from ..thin.check_fix import FixOptions, check_and_fix
+from ..units import parse_int
 from .commands import SUMMARIES
 from .common import add_command, add_metadata_arg, add_version_arg, metadata_path, parse_natural
 from .progress import command_report
@@ -49,7 +49,7 @@ def register(subs: Any) -> None:
     p.add_argument("--override-mapping-root", metavar="BLOCK",
                    help="check the top-level mapping tree at BLOCK instead of the "
                         "superblock's")
-    p.add_argument("--max-lines", type=int, default=DEFAULT_MAX_LINES, metavar="N",
+    p.add_argument("--max-lines", default=str(DEFAULT_MAX_LINES), metavar="N",
                    help=f"report at most N blocks per kind of count problem "
                         f"(default {DEFAULT_MAX_LINES})")
 
@@ -58,16 +58,16 @@ def run(args: argparse.Namespace) -> int:
     """Check the metadata; return the exit code.  Raises
     :class:`UsageError` for a bad argument, :class:`OSError` if the file
     cannot be opened (the dispatcher prints them as one line)."""
-    if args.max_lines < 1:
-        raise UsageError("--max-lines must be at least 1")
+    max_lines = parse_int(args.max_lines, "--max-lines", minimum=1)
     path = metadata_path(args.metadata)
     opts = CheckOptions(super_block_only=args.super_block_only,
                         metadata_snap=args.metadata_snap,
                         skip_mappings=args.skip_mappings,
                         ignore_non_fatal_errors=args.ignore_non_fatal_errors,
-                        max_lines=args.max_lines,
+                        max_lines=max_lines,
                         override_mapping_root=None if args.override_mapping_root is None
-                        else parse_natural(args.override_mapping_root))
+                        else parse_natural(args.override_mapping_root,
+                                           "--override-mapping-root block number"))
     fix = FixOptions(auto_repair=args.auto_repair,
                      clear_needs_check=args.clear_needs_check_flag)
     with command_report("checking", "blk", quiet=args.quiet, scale=False) as report:

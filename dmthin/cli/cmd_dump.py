@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import BTreeError, UsageError
 from ..pdata.block import BlockManager
 from ..thin.dump import dump, open_block_manager, total_mapped
 from ..thin.dump_shared import write_xml1
@@ -13,7 +13,7 @@ from ..thin.human import HumanReadableWriter
 from ..thin.xml import XmlWriter
 from .commands import SUMMARIES
 from .common import (add_command, add_metadata_arg, add_metadata_snap_arg, add_version_arg,
-                     metadata_path, metadata_snap_arg, text_output)
+                     metadata_path, metadata_snap_arg, parse_dev_id, text_output)
 from .progress import command_report, is_terminal
 
 #: below this many mappings a dump is quick: no bar
@@ -33,7 +33,7 @@ def register(subs: Any) -> None:
                    "(1.x's: shared leaves as <def>/<ref>), human")
     add_metadata_snap_arg(p, "dump")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    p.add_argument("--dev-id", type=int, action="append", metavar="ID",
+    p.add_argument("--dev-id", action="append", metavar="ID",
                    help="dump only this device (repeatable)")
     p.add_argument("--skip-mappings", action="store_true", help="omit the mappings")
     p.add_argument("-r", "--repair", action="store_true",
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     :class:`~dmthin.errors.MetadataError` and :class:`OSError`."""
     snap = metadata_snap_arg(args)
     path = metadata_path(args.metadata)
+    if args.dev_id is not None:
+        args.dev_id = [parse_dev_id(i) for i in args.dev_id]
     if args.repair and snap is not None:
         raise UsageError("--repair dumps the live metadata: drop -m")
     bm = open_block_manager(path)
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
                  skip_mappings=args.skip_mappings,
                  progress=(lambda done: report.progress(done, total))
                  if total >= PROGRESS_MIN_MAPPINGS else None)
+    except BTreeError as e:
+        raise BTreeError(f"{e}; 'dmthin dump --repair' writes what survives", e.block) from e
     finally:
         bm.close()
     return 0

@@ -9,8 +9,8 @@ from ..graph.dsstatus import pool_summary
 from ..pool import (DEFAULT_BLOCK_SIZE, DEFAULT_DATA_SIZE, DEFAULT_METADATA_SIZE,
                     DOCKER_LOW_WATER_MARK, Pool)
 from ..target.table import POOL_FEATURES
-from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, SECTOR_SIZE,
-                     format_size)
+from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS,
+                     MAX_DATA_BLOCKS, SECTOR_SIZE, format_size, parse_int, parse_size)
 from .commands import SUMMARIES
 from .activation import register_pool
 from .common import add_command, add_group, add_pool_args, emit_json, open_pool
@@ -62,16 +62,23 @@ def register(subs: Any) -> None:
     register_pool(pool)
 
 
+def _low_water_mark(args: argparse.Namespace) -> int:
+    """``--low-water-mark``: a number of data blocks within the pool (when
+    its sizes parse; else the library names the bad size).  Raises
+    :class:`UsageError`."""
+    try:
+        nr_blocks = parse_size(args.data_size, "data size") // \
+            parse_size(args.block_size, "block size")
+    except (UsageError, ZeroDivisionError):
+        nr_blocks = MAX_DATA_BLOCKS
+    return parse_int(args.low_water_mark, "low water mark", maximum=nr_blocks,
+                     limit_note="the pool's data blocks")
+
+
 def run_create(args: argparse.Namespace) -> int:
     """Create the pool and print its table line.  Raises what
     :meth:`dmthin.Pool.create` raises."""
-    lwm = None
-    if args.low_water_mark is not None:
-        try:
-            lwm = int(args.low_water_mark)
-        except ValueError:
-            raise UsageError(f"invalid low water mark {args.low_water_mark!r}: "
-                             "give a number of data blocks") from None
+    lwm = None if args.low_water_mark is None else _low_water_mark(args)
     with Pool.create(args.pooldir, data_size=args.data_size, metadata_size=args.metadata_size,
                      block_size=args.block_size, low_water_mark=lwm, features=args.feature,
                      backend=args.backend, name=args.name, force=args.force,

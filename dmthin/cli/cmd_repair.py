@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import UsageError
 from ..thin.repair import Overrides, repair
 from .commands import SUMMARIES
-from .common import add_command, add_version_arg, parse_natural
+from .common import add_command, add_version_arg, parse_overrides
 from .progress import command_report
 
 
@@ -35,10 +35,6 @@ def register(subs: Any) -> None:
     add_version_arg(p)
 
 
-def _natural(text: str | None) -> int | None:
-    return None if text is None else parse_natural(text)
-
-
 def run(args: argparse.Namespace) -> int:
     """Repair; raises :class:`UsageError`, ``MetadataError`` or
     ``OSError`` (one line from the dispatcher)."""
@@ -47,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise UsageError("no output file provided: give -o OUTPUT (an existing file or "
                          "device)")
-    overrides = Overrides(transaction_id=_natural(args.transaction_id),
-                          data_block_size=_natural(args.data_block_size),
-                          nr_data_blocks=_natural(args.nr_data_blocks))
+    overrides = Overrides(**parse_overrides(args))
     plan = repair(args.input, args.output, overrides)
     with command_report("repair", "blk", quiet=args.quiet) as report:
         for line in plan.report:

@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..pooldir import PoolDir
 from ..thin.restore import restore
 from .commands import SUMMARIES
-from .common import add_command, add_version_arg, parse_natural
+from .common import add_command, add_version_arg, parse_overrides
 from .progress import command_report
 
 #: below this input size a restore is quick: no bar
@@ -51,16 +51,17 @@ def run(args: argparse.Namespace) -> int:
         # so a running dmthin process on that pool is never overwritten.
         pool = PoolDir(output)
         output = os.fspath(pool.metadata_path)
-    overrides = {k: None if getattr(args, k) is None else parse_natural(getattr(args, k))
-                 for k in ("transaction_id", "data_block_size", "nr_data_blocks")}
+    overrides = parse_overrides(args)
     size = os.path.getsize(args.input) if not stdin and os.path.isfile(args.input) else 0
     if pool is not None:
         pool.lock()
     try:
         with command_report("restore", "B", quiet=args.quiet, min_step=65536) as report:
             source = sys.stdin.buffer if stdin else args.input
+            # a pool's metadata file may be held by a loop device: in place
             restore(source, output, progress=(lambda done: report.progress(done, size))
-                    if size > PROGRESS_MIN_BYTES else None, **overrides)
+                    if size > PROGRESS_MIN_BYTES else None, in_place=pool is not None or None,
+                    **overrides)
     finally:
         if pool is not None:
             pool.unlock()

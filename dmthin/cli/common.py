@@ -20,17 +20,16 @@ import json
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
-from .. import __version__
+from .. import __version__, units
 from ..backend import BACKENDS, DEFAULT_BACKEND
 from ..errors import UsageError
 from ..pool import Pool
 from ..pooldir import PoolDir
-from ..units import MAX_DEV_ID
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -173,7 +172,7 @@ def metadata_snap_arg(args: argparse.Namespace) -> bool | int | None:
     bad BLOCK or a missing METADATA."""
     snap = args.metadata_snap
     if args.metadata is None and snap not in (None, "") \
-            and (not snap.isdigit() or os.path.exists(snap)):
+            and (not (snap.isascii() and snap.isdigit()) or os.path.exists(snap)):
         args.metadata, snap = snap, ""
     if args.metadata is None:
         raise UsageError("missing METADATA argument (a metadata file, device or pool "
@@ -182,9 +181,7 @@ def metadata_snap_arg(args: argparse.Namespace) -> bool | int | None:
         return None
     if snap == "":
         return True
-    if not snap.isdigit():
-        raise UsageError(f"-m/--metadata-snap takes a block number, not {snap!r}")
-    return int(snap)
+    return units.parse_int(snap, "-m/--metadata-snap block number")
 
 
 # -- output --------------------------------------------------------------------------
@@ -196,8 +193,7 @@ def emit_json(doc: object) -> None:
 
 @contextmanager
 def text_output(path: str | None) -> Iterator[TextIO]:
-    """A buffered text stream to *path* (written to a temp file and renamed
-    into place on success, so a failed run leaves no partial file), or to
+    """A buffered text stream to *path* (:func:`binary_output`), or to
     stdout when *path* is None or '-'."""
     if path is None or path == "-":
         out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="\n",
@@ -208,35 +204,87 @@ def text_output(path: str | None) -> Iterator[TextIO]:
         finally:
             out.detach()
         return
-    target = Path(path)
-    if target.exists() and not target.is_file():
-        with open(target, "w", encoding="utf-8", newline="\n", buffering=1 << 20) as f:
+    with binary_output(path) as raw:
+        out = io.TextIOWrapper(raw, encoding="utf-8", newline="\n", write_through=False)
+        try:
+            yield out
+            out.flush()
+        finally:
+            out.detach()
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+@contextmanager
+def binary_output(path: str) -> Iterator[BinaryIO]:
+    """A buffered binary stream to the file *path*.
+
+    A regular file (or a new one) is written to a temporary file made with
+    ``mkstemp`` in the same directory (``O_EXCL``, never a predictable name)
+    and renamed over *path* on success: a failed run leaves neither a partial
+    file nor a temporary.  The new file gets the old one's mode, else
+    0666 less the umask.  Anything else (a device, a fifo) is written in
+    place.  Raises ``OSError``."""
+    target = os.path.realpath(path)
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(target, "wb", buffering=1 << 20) as f:
             yield f
         return
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                               dir=os.path.dirname(target))
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n", buffering=1 << 20) as f:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777 if st is not None
+                  else 0o666 & ~_umask())
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            fd = -1
             yield f
         os.replace(tmp, target)
+        tmp = ""
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if fd >= 0:
+            os.close(fd)
+        if tmp:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
 
 # -- argument values (parsed by the handler, so a bad one is one line) -----------------
 def parse_dev_id(text: str | int) -> int:
-    """A thin device id from the command line.  Raises :class:`UsageError`
-    unless it is a decimal number (the range is checked by the library)."""
-    if isinstance(text, int):
-        return text
-    if not text.isdigit():
-        raise UsageError(f"invalid thin device id {text!r}: use a decimal number from 0 to "
-                         f"{MAX_DEV_ID}")
-    return int(text)
+    """A thin device id from the command line (:func:`dmthin.units.parse_dev_id`:
+    ASCII decimal, 0 to 2^24-1).  Raises :class:`UsageError`."""
+    return units.parse_dev_id(text)
 
 
-def parse_natural(text: str) -> int:
-    """A non-negative decimal integer.  Raises :class:`UsageError`."""
-    if not (text.isascii() and text.isdigit()):
-        raise UsageError(f"{text!r} is not a non-negative integer")
-    return int(text)
+def parse_natural(text: str, what: str = "number", maximum: int = units.MAX_U64) -> int:
+    """A non-negative decimal integer up to *maximum*
+    (:func:`dmthin.units.parse_int`).  Raises :class:`UsageError`."""
+    return units.parse_int(text, what, maximum=maximum)
+
+
+def parse_overrides(args: argparse.Namespace) -> dict[str, int | None]:
+    """``--transaction-id``, ``--data-block-size`` (sectors) and
+    ``--nr-data-blocks`` of restore and repair, parsed (None: not given).
+    Raises :class:`UsageError`."""
+    def get(name: str, what: str, maximum: int) -> int | None:
+        text = getattr(args, name)
+        return None if text is None else units.parse_int(text, what, maximum=maximum)
+    return {"transaction_id": get("transaction_id", "--transaction-id", units.MAX_U64),
+            "data_block_size": get("data_block_size", "--data-block-size",
+                                   units.DATA_BLOCK_SIZE_MAX_SECTORS),
+            "nr_data_blocks": get("nr_data_blocks", "--nr-data-blocks",
+                                  units.MAX_DATA_BLOCKS)}

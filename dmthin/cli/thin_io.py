@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from ..errors import UsageError
 from ..units import format_size
-from .common import open_pool
+from .common import binary_output, open_pool
 from .progress import command_report
 
 CHUNK = 4 << 20
@@ -61,7 +61,7 @@ def run_read(args: argparse.Namespace) -> int:
                              f"{args.dev_id} ({thin.size} bytes)")
         end = thin.size if args.length is None else min(thin.size, args.offset + args.length)
         to_stdout = args.output in (None, "-")
-        with (nullcontext(sys.stdout.buffer) if to_stdout else open(args.output, "wb")) as out, \
+        with (nullcontext(sys.stdout.buffer) if to_stdout else binary_output(args.output)) as out, \
                 command_report(f"read {args.dev_id}", "B", binary=True) as report:
             pos = args.offset
             while pos < end:

@@ -11,6 +11,10 @@ kernel performs on the data device besides reads and writes:
 
 Because the layout is the kernel's, the same file works as the data device
 of a real pool (through a loop device) and the reverse.
+
+I/O past the end of the file fails with EIO, as the block layer fails a bio
+beyond the end of a device: damaged metadata mapping a block the data
+device does not have never reads as zeros nor grows the file.
 """
 from __future__ import annotations
 
@@ -66,7 +70,8 @@ class DataFile:
     """Block-addressed access to the pool's data file.
 
     Raises :class:`~dmthin.errors.IOFailure` (EIO) when the file cannot be
-    read or written (e.g. the filesystem under it is full).
+    read or written (e.g. the filesystem under it is full), or for I/O past
+    its end.
     """
 
     def __init__(self, path: str | os.PathLike[str], block_bytes: int, writable: bool = True):
@@ -76,6 +81,19 @@ class DataFile:
         self.fd = os.open(self.path, flags)
         self.can_punch = True
         self.dirty = False
+        self._end = self.size()
+
+    def _check_end(self, pos: int, length: int, what: str) -> None:
+        """EIO for I/O past the end of the file (checked against its size
+        now if it seems to have grown)."""
+        if pos + length > self._end:
+            self._end = self.size()
+            if pos + length > self._end:
+                block = pos // self.block_bytes
+                raise IOFailure(f"{what} data block {block}: beyond the end of the data device "
+                                f"{self.path} ({self._end // self.block_bytes} blocks): the "
+                                "metadata maps a block the pool does not have; run 'dmthin "
+                                "check'")
 
     def close(self) -> None:
         """Close the file (a second call does nothing)."""
@@ -97,6 +115,7 @@ class DataFile:
         (runs may span consecutive blocks)."""
         pos = block * self.block_bytes + offset
         want = len(view)
+        self._check_end(pos, want, "reading")
         done = 0
         try:
             while done < want:
@@ -114,6 +133,7 @@ class DataFile:
         byte *offset* within it."""
         pos = block * self.block_bytes + offset
         total = sum(len(p) for p in parts)
+        self._check_end(pos, total, "writing")
         try:
             done = os.pwritev(self.fd, parts, pos)
             if done != total:       # a short vectored write: finish it plainly
@@ -137,6 +157,7 @@ class DataFile:
         if length is None:
             length = self.block_bytes - offset
         pos = block * self.block_bytes + offset
+        self._check_end(pos, length, "zeroing")
         if self.can_punch:
             try:
                 if punch_hole(self.fd, pos, length):

@@ -167,6 +167,13 @@ class SimThin:
                 i += chunk
                 continue
             try:
+                old = None
+                if hit is not None and not whole:
+                    # read the shared block before allocating: a block that
+                    # cannot be read (EIO) must not cost a data block
+                    core.flush_writes()
+                    old = bytearray(bs)
+                    core.data.read_into(hit[0], 0, memoryview(old))
                 new = core.provision(f"write to thin device {dev}")
             except (NoSpace, IOFailure) as err:
                 # dm splits a bio per data block and each part completes on
@@ -181,14 +188,11 @@ class SimThin:
                     maps = self._mappings(core, vblock, last)
                 continue
             if hit is not None:                # break sharing
-                if whole:
+                if old is None:
                     core.queue_write(new, 0, part)
                 else:
-                    core.flush_writes()
-                    buf = bytearray(bs)
-                    core.data.read_into(hit[0], 0, memoryview(buf))
-                    buf[boff:boff + chunk] = part
-                    core.queue_write(new, 0, buf)
+                    old[boff:boff + chunk] = part
+                    core.queue_write(new, 0, old)
             else:                              # provision
                 if not whole and core.zero_new_blocks:
                     core.data.zero(new)

@@ -53,7 +53,8 @@ from ..units import DATA_BLOCK_SIZE_MIN_SECTORS as MIN_DATA_BLOCK_SIZE
 from ..units import MAX_METADATA_BLOCKS, is_valid_data_block_sectors
 from .format import (INCOMPAT_SUPP, MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, METADATA_BLOCK_SECTORS,
                      THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION, TIME_BITS,
-                     DeviceDetails, Superblock, superblock_magic)
+                     DeviceDetails, INCOMPLETE_RESTORE_MARK, Superblock,
+                     superblock_magic)
 
 DEFAULT_MAX_LINES = 20               # per kind of per-block problem
 
@@ -218,7 +219,10 @@ class _Checker:
             return False
         magic = superblock_magic(buf)
         if magic != THIN_SUPERBLOCK_MAGIC:
-            if _looks_like_xml(buf[:64]):
+            if bytes(buf[:len(INCOMPLETE_RESTORE_MARK)]) == INCOMPLETE_RESTORE_MARK:
+                err("superblock is marked 'incomplete restore': a restore into this metadata "
+                    "was interrupted; run the restore again")
+            elif _looks_like_xml(buf[:64]):
                 err(_XML_HINT)
             else:
                 err(f"bad superblock magic {magic} (expected {THIN_SUPERBLOCK_MAGIC}): "

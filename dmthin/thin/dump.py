@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..errors import MetadataError
 from ..pdata.btree.walk import iter_items
+from .format import MAPPING_VALUE_SIZE
 from .ir import RunBuilder, Superblock, to_map
 from .reader import iter_mapping_leaves, open_block_manager, read_details, select_superblock
 
@@ -42,7 +43,7 @@ def dump(bm, visitor, *, metadata_snap: bool | int | None = None,
         def emit_runs(runs):
             for r in runs:
                 emit_map(to_map(r))
-    for dev_id, subroot in iter_items(bm, sb.data_mapping_root):
+    for dev_id, subroot in iter_items(bm, sb.data_mapping_root, MAPPING_VALUE_SIZE):
         if wanted is not None and dev_id not in wanted:
             continue
         dev = details.get(dev_id)

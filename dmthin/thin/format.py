@@ -108,6 +108,18 @@ _TAIL_OFFSET = METADATA_SM_ROOT.stop
 _MAGIC = struct.Struct("<Q")
 
 
+#: what block 0 holds while a restore rewrites metadata in place (dmthin's
+#: own mark, not the kernel's): not all zeroes, so no kernel formats over it,
+#: and its magic field is 0, so no kernel or tool opens it
+INCOMPLETE_RESTORE_MARK = b"dmthin: incomplete restore\n"
+assert len(INCOMPLETE_RESTORE_MARK) <= MAGIC_OFFSET
+
+
+def incomplete_restore_block() -> bytes:
+    """The block 0 written before an in-place restore writes anything else."""
+    return INCOMPLETE_RESTORE_MARK + bytes(BLOCK_SIZE - len(INCOMPLETE_RESTORE_MARK))
+
+
 def superblock_magic(buf: bytes | bytearray) -> int:
     """The magic number field of a (would-be) superblock block."""
     magic: int = _MAGIC.unpack_from(buf, MAGIC_OFFSET)[0]

@@ -8,6 +8,16 @@ subtree is walked once per device), *not* by reading the data space map's
 reference counts.  Pass 2 counts, per device, the mappings whose block is
 exclusive.  ``SHARED_* = mapped_blocks (from the details) - exclusive``.
 
+Damage (as 0.9.0): the details tree must be readable; a damaged mapping
+tree fails the listing only when exclusive or shared counts are asked for
+(the other columns come from the details).
+
+Memory follows the metadata, never a number read from it: the marks of
+pass 1 live in chunks allocated on first use, covering at most the data
+blocks a data space map in this metadata file could address; mappings to
+blocks beyond that (or beyond ``nr_data_blocks``: damage, which 0.9.0
+counts too) are marked in a dict, one entry per such mapping.
+
 Output: a grid whose columns are right-justified to the widest cell (header
 included), every cell followed by one space, a newline per row.
 """
@@ -20,7 +30,8 @@ from operator import rshift
 from ..errors import MetadataError, UsageError
 from ..pdata.btree.walk import lookup
 from ..units import SECTOR_SIZE
-from .format import TIME_BITS
+from ..pdata.space_map.format import ENTRIES_PER_BITMAP
+from .format import MAPPING_VALUE_SIZE, TIME_BITS
 from .reader import iter_mapping_leaves, read_details, select_superblock
 
 FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS",
@@ -61,13 +72,55 @@ def format_disk_unit(sectors: int) -> str:
 
 CACHE_ENTRIES = 16 << 20     # keep up to 16M data block numbers (128 MiB) between passes
 _DATA_BLOCK_SHIFT = repeat(TIME_BITS)
+_CHUNK = ENTRIES_PER_BITMAP
+
+
+class _Marks:
+    """Pass 1's mark per data block: seen once (1) or more (2).  Blocks
+    below *limit* are marked in chunks of one bitmap's worth, allocated on
+    first use; others in a dict."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.chunks: dict[int, bytearray] = {}
+        self.other: dict[int, int] = {}
+
+    def mark(self, blocks: array) -> None:
+        chunks, limit = self.chunks, self.limit
+        lo = hi = 0
+        chunk = bytearray()
+        for b in blocks:
+            if not lo <= b < hi:
+                if b >= limit:
+                    self.other[b] = min(2, self.other.get(b, 0) + 1)
+                    continue
+                i = b // _CHUNK
+                lo, hi = i * _CHUNK, min((i + 1) * _CHUNK, limit)
+                chunk = chunks.get(i)
+                if chunk is None:
+                    chunk = chunks[i] = bytearray(_CHUNK)
+            s = chunk[b - lo]
+            if s < 2:
+                chunk[b - lo] = s + 1
+
+    def exclusive(self, blocks: array) -> int:
+        """How many of *blocks* were seen once."""
+        chunks, other, limit = self.chunks, self.other, self.limit
+        n = 0
+        empty = bytes(_CHUNK)
+        for b in blocks:
+            if b >= limit:
+                n += other.get(b) == 1
+            else:
+                n += chunks.get(b // _CHUNK, empty)[b % _CHUNK] == 1
+        return n
 
 
 def _subtree_root(bm, sb, dev_id: int) -> int:
-    root = lookup(bm, sb.data_mapping_root, dev_id)
+    root = lookup(bm, sb.data_mapping_root, dev_id, MAPPING_VALUE_SIZE)
     if root is None:
         raise MetadataError(f"device {dev_id} is in the details tree but has no mapping tree "
-                            "root (run check)")
+                            "root")
     return root
 
 
@@ -79,19 +132,12 @@ def _blocks(bm, root: int) -> array:
     return out
 
 
-def _mark(blocks, states: bytearray) -> None:
-    """Pass 1: states[b] = min(2, occurrences of b so far); *states* must
-    cover every block."""
-    for b in blocks:
-        s = states[b]
-        if s < 2:
-            states[b] = s + 1
-
-
 def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
             metadata_snap: bool | int | None = None) -> str:
     """Return thin_ls output for the metadata behind *bm*.  Raises
-    :class:`~dmthin.errors.MetadataError` (damage, no metadata snapshot)."""
+    :class:`~dmthin.errors.MetadataError` (a damaged details tree, a
+    damaged mapping tree when exclusive or shared counts are asked for, no
+    metadata snapshot)."""
     sb = select_superblock(bm, metadata_snap)
     bs = sb.data_block_size
     devs = read_details(bm, sb.device_details_root)
@@ -100,16 +146,17 @@ def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
     roots = {}
     cache: dict[int, array] = {}
     cached = 0
-    states = bytearray(sb.data_sm.nr_blocks)
-    # 0.9.0 runs pass 1 over every device whatever the fields are.
-    for dev_id in ids:
-        roots[dev_id] = root = _subtree_root(bm, sb, dev_id)
-        blocks = _blocks(bm, root)
-        top = max(blocks, default=-1)
-        if top >= len(states):
-            states.extend(bytes(top + 1 - len(states)))
-        _mark(blocks, states)
-        if need_excl and cached + len(blocks) <= CACHE_ENTRIES:
+    marks = _Marks(min(sb.data_sm.nr_blocks, ENTRIES_PER_BITMAP * bm.file_blocks))
+    # Pass 1 only matters for the exclusive and shared counts.
+    for dev_id in ids if need_excl else ():
+        try:
+            roots[dev_id] = root = _subtree_root(bm, sb, dev_id)
+            blocks = _blocks(bm, root)
+        except MetadataError as e:
+            raise MetadataError(f"metadata contains errors (the mapping tree of device "
+                                f"{dev_id}: {e}); run 'dmthin check' for details") from e
+        marks.mark(blocks)
+        if cached + len(blocks) <= CACHE_ENTRIES:
             cache[dev_id] = blocks
             cached += len(blocks)
     rows: list[list[str]] = []
@@ -121,7 +168,7 @@ def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
             blocks = cache.get(dev_id)
             if blocks is None:
                 blocks = _blocks(bm, roots[dev_id])
-            excl = bytes(map(states.__getitem__, blocks)).count(1)
+            excl = marks.exclusive(blocks)
         else:
             excl = 0
         shared = d.mapped_blocks - excl

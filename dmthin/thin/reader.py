@@ -11,7 +11,7 @@ from typing import Iterator
 from ..errors import BTreeError, MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import iter_leaves
-from .format import DeviceDetails, Superblock
+from .format import MAPPING_VALUE_SIZE, DeviceDetails, Superblock
 from .ir import Device
 from .superblock import read_superblock
 
@@ -55,11 +55,8 @@ def read_details(bm: BlockManager, root: int) -> dict[int, Device]:
     """Decode the device-details tree into ``{dev_id: Device}``.  Raises
     :class:`~dmthin.errors.MetadataError` on damage."""
     devs: dict[int, Device] = {}
-    for _b, keys, values in iter_leaves(bm, root):
+    for _b, keys, values in iter_leaves(bm, root, DeviceDetails.SIZE):
         for k, v in zip(keys, values):
-            if not isinstance(v, bytes) or len(v) != DeviceDetails.SIZE:
-                raise BTreeError(f"device details tree: leaf {_b} has values of the wrong "
-                                 f"size (expected {DeviceDetails.SIZE} bytes)", _b)
             d = DeviceDetails.unpack(v)
             devs[k] = Device(k, d.mapped_blocks, d.transaction_id, d.creation_time,
                              d.snapshotted_time)
@@ -69,13 +66,12 @@ def read_details(bm: BlockManager, root: int) -> dict[int, Device]:
 def iter_mapping_leaves(bm: BlockManager,
                         root: int) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Yield ``(keys, packed_values)`` for each leaf of one device's mapping
-    subtree, checking value size and key order across leaves."""
+    subtree, validated as thin_dump does (see
+    :func:`~dmthin.pdata.btree.walk.iter_leaves`), key order across leaves too."""
     last = -1
-    for b, keys, values in iter_leaves(bm, root):
+    for b, keys, values in iter_leaves(bm, root, MAPPING_VALUE_SIZE):
         if not keys:
             continue
-        if not isinstance(values, tuple):
-            raise BTreeError(f"mapping leaf {b} does not hold 8-byte block_time values", b)
         if keys[0] <= last:
             raise BTreeError(f"mapping leaf {b}: keys out of order ({keys[0]} after {last})", b)
         last = keys[-1]

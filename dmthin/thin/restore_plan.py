@@ -13,6 +13,7 @@ from array import array
 
 from ..errors import InvalidArgument, UsageError
 from ..pdata.btree.builder import btree_blocks
+from ..pdata.btree.node import calc_max_entries
 from ..pdata.refcounts import RefCounts
 from ..pdata.space_map.build import disk_space_map_blocks, metadata_space_map_blocks
 from ..pdata.space_map.format import nr_bitmaps
@@ -23,6 +24,8 @@ from .ir import Device, Map, Superblock
 
 
 _PENDING_MAX = 1 << 16
+#: mappings per full leaf: no mapping tree uses fewer blocks than this allows
+_LEAF_ENTRIES = calc_max_entries(MAPPING_VALUE_SIZE)
 
 
 class _Dev:
@@ -43,13 +46,23 @@ class Restorer:
     Keeps per-device summaries, ``<def>`` mappings and the data block
     reference counts (:attr:`counts`), never the mappings themselves.
     Overrides (``None`` = from the XML): *transaction_id*,
-    *data_block_sectors*, *nr_data_blocks*.
+    *data_block_sectors*, *nr_data_blocks*.  *capacity*, the output's size in
+    metadata blocks, bounds what the input may claim before anything is
+    allocated for it: the data space map's bitmaps and one leaf per 252
+    mappings must fit, so no number in the input drives memory or time
+    beyond what the output could hold (as thin_restore, which fails at once).
     Raises :class:`~dmthin.errors.InvalidArgument` (a ``ValueError``: the XML
-    reader adds the position) for inconsistent input."""
+    reader adds the position) for inconsistent input, :class:`UsageError`
+    for input that cannot fit the output."""
 
     def __init__(self, *, transaction_id: int | None = None,
-                 data_block_sectors: int | None = None, nr_data_blocks: int | None = None):
+                 data_block_sectors: int | None = None, nr_data_blocks: int | None = None,
+                 capacity: int | None = None):
         self.overrides = (transaction_id, data_block_sectors, nr_data_blocks)
+        self.capacity = capacity
+        #: mappings counted so far, and the most the output can hold
+        self.nr_mappings = 0
+        self.max_mappings = -1
         self.sb: Superblock | None = None
         self.devices: dict[int, _Dev] = {}
         self.defs: dict[str, list[Map]] = {}
@@ -80,6 +93,14 @@ class Restorer:
             raise InvalidArgument(f"superblock time={sb.time} does not fit 32 bits")
         if sb.version is not None and sb.version not in (1, 2):
             raise InvalidArgument(f"superblock version={sb.version} is not 1 or 2")
+        if self.capacity is not None:
+            need = nr_bitmaps(sb.nr_data_blocks)
+            if need >= self.capacity:
+                raise UsageError(f"the output is too small: nr_data_blocks="
+                                 f"{sb.nr_data_blocks} alone needs {need} space-map bitmap "
+                                 f"blocks but the output holds {self.capacity}; use a bigger "
+                                 "metadata file or device")
+            self.max_mappings = (self.capacity - 1 - need) * _LEAF_ENTRIES
         self.sb = sb
         self.nr_data_blocks = sb.nr_data_blocks
         self.counts = RefCounts(sb.nr_data_blocks)
@@ -122,6 +143,7 @@ class Restorer:
         if o < cur.end:
             cur.sorted = False
         cur.end = o + 1
+        self.nr_mappings += 1
         pending = self._pending
         pending.append(d)
         if len(pending) >= _PENDING_MAX:
@@ -140,6 +162,12 @@ class Restorer:
         if d + n > self.nr_data_blocks:
             raise InvalidArgument(f"mapping to data block {d + n - 1} is beyond the end of the "
                                   f"data device (nr_data_blocks={self.nr_data_blocks})")
+        self.nr_mappings += n
+        if 0 <= self.max_mappings < self.nr_mappings:
+            raise UsageError(f"the output is too small: {self.nr_mappings} mappings need at "
+                             f"least {-(-self.nr_mappings // _LEAF_ENTRIES)} btree leaves but "
+                             f"the output holds {self.capacity} blocks; use a bigger metadata "
+                             "file or device")
         cur = self._cur
         if cur is None:
             raise InvalidArgument("a mapping outside any device")

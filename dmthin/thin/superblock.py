@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from ..errors import BadSuperblock
 from ..pdata.checksum import SUPERBLOCK
-from .format import (INCOMPAT_SUPP, METADATA_BLOCK_SECTORS, SUPERBLOCK_LOCATION, THIN_MIN_VERSION,
-                     THIN_SUPERBLOCK_MAGIC, THIN_VERSION, Superblock, superblock_magic)
+from .format import (INCOMPAT_SUPP, INCOMPLETE_RESTORE_MARK, METADATA_BLOCK_SECTORS,
+                     SUPERBLOCK_LOCATION, THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION,
+                     Superblock, superblock_magic)
 
 __all__ = ["Superblock", "read_superblock"]
 
@@ -20,6 +21,11 @@ def read_superblock(bm, location: int = SUPERBLOCK_LOCATION, *,
         raise BadSuperblock(f"superblock at block {location} is all zeroes: "
                             "this metadata has not been formatted", location)
     magic = superblock_magic(buf)
+    if magic != THIN_SUPERBLOCK_MAGIC and bytes(buf[:len(INCOMPLETE_RESTORE_MARK)]) == \
+            INCOMPLETE_RESTORE_MARK:
+        raise BadSuperblock(f"block {location} is marked 'incomplete restore': a restore into "
+                            "this metadata was interrupted, so it holds neither the old nor "
+                            "the new pool; run the restore (or thin_restore) again", location)
     if magic != THIN_SUPERBLOCK_MAGIC:
         raise BadSuperblock(f"bad superblock magic {magic} at block {location} (expected "
                             f"{THIN_SUPERBLOCK_MAGIC}): not thin-pool metadata", location)

@@ -90,6 +90,15 @@ def value_offset(mx: int, vs: int, i: int) -> int:
     return HEADER_SIZE + 8 * mx + i * vs
 
 
+def check_leaf_value_size(node: "Node", want: int, blocknr: int) -> None:
+    """A leaf reached in a tree of *want*-byte values must hold such
+    values (else it belongs to another tree: a lookup would read garbage,
+    an insert would mix value sizes).  Raises :class:`BTreeError`."""
+    if node.flags & LEAF_NODE and node.value_size != want:
+        raise BTreeError(f"btree leaf {blocknr} holds {node.value_size}-byte values where "
+                         f"{want}-byte values belong (a node of another tree)", blocknr)
+
+
 class Node:
     """A decoded btree node: mutable lists of keys and values.
 
@@ -125,7 +134,18 @@ class Node:
 
     @classmethod
     def decode(cls, buf, blocknr: int = -1) -> "Node":
+        """The node in *buf*: :func:`check_header`, and a node the btree code
+        can use: exactly one of the INTERNAL and LEAF flags, an internal
+        node's values 8-byte block numbers (the tools' rules; the kernel's
+        ``node_check`` takes both flags and then reads the node both ways).
+        Raises :class:`BTreeError`."""
         flags, nr, mx, vs = check_header(buf, blocknr)
+        if flags & (INTERNAL_NODE | LEAF_NODE) == INTERNAL_NODE | LEAF_NODE:
+            raise BTreeError(f"btree node {blocknr} is both internal and leaf "
+                             f"(flags {flags})", blocknr)
+        if flags & INTERNAL_NODE and vs != 8:
+            raise BTreeError(f"internal btree node {blocknr} has value size {vs}, not 8",
+                             blocknr)
         keys = list(struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE))
         return cls(flags, mx, vs, keys, list(read_values(buf, nr, mx, vs)))
 

@@ -11,8 +11,8 @@ metadata block counts, follow the kernel's.
 from __future__ import annotations
 
 from ...errors import BTreeError
-from .node import (INTERNAL_NODE, LEAF_NODE, MAX_SPINE_DEPTH, Node, calc_max_entries, lower_bound,
-                   upper_bound)
+from .node import (INTERNAL_NODE, LEAF_NODE, MAX_SPINE_DEPTH, Node, calc_max_entries,
+                   check_leaf_value_size, lower_bound, upper_bound)
 from .spine import BTreeInfo, ShadowSpine, ValueType, inc_children, le64_type
 
 SPACE_THRESHOLD = 8
@@ -43,6 +43,8 @@ def lookup(info: BTreeInfo, root: int, keys) -> object | None:
             if i < 0 or i >= len(node.keys):
                 return None
             if node.flags & LEAF_NODE:
+                check_leaf_value_size(node, info.value_type.size if level == info.levels - 1
+                                      else 8, b)
                 break
             b = node.values[i]
         else:
@@ -56,6 +58,7 @@ def lookup(info: BTreeInfo, root: int, keys) -> object | None:
 def lookup_next(info: BTreeInfo, root: int, key: int) -> tuple[int, object] | None:
     """The first (key, value) at or after *key* in a one-level tree."""
     node = info.tm.read_node(root)
+    check_leaf_value_size(node, info.value_type.size, root)
     nr = len(node.keys)
     if not node.flags & LEAF_NODE:
         i = lower_bound(node.keys, key)
@@ -79,6 +82,7 @@ def find_highest_key(info: BTreeInfo, root: int) -> int | None:
     b = root
     for _depth in range(MAX_SPINE_DEPTH):
         node = tm.read_node(b)
+        check_leaf_value_size(node, info.value_type.size, b)
         if not node.keys:
             return None
         if node.flags & LEAF_NODE:

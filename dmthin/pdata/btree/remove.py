@@ -8,7 +8,7 @@ a third full; a root left with a single child absorbs it.
 from __future__ import annotations
 
 from ...errors import BTreeError
-from .node import LEAF_NODE, MAX_SPINE_DEPTH, Node, lower_bound
+from .node import LEAF_NODE, MAX_SPINE_DEPTH, Node, check_leaf_value_size, lower_bound
 from .spine import BTreeInfo, ShadowSpine, ValueType, inc_children, le64_type
 
 
@@ -40,6 +40,7 @@ class _Child:
     def __init__(self, info: BTreeInfo, vt: ValueType, parent: Node, index: int):
         tm = info.tm
         b, node, inc = tm.shadow_node(parent.values[index])
+        check_leaf_value_size(node, vt.size, b)
         if inc:
             inc_children(tm, node, vt)
         parent.values[index] = b
@@ -136,6 +137,7 @@ def _rebalance_children(info, s: ShadowSpine, vt, key: int) -> None:
         b = n.values[0]
         shared = tm.is_shared(b)
         child = tm.read_node(b)
+        check_leaf_value_size(child, vt.size, b)
         if shared:
             inc_children(tm, child, vt)
         n.flags, n.max_entries, n.value_size = child.flags, child.max_entries, child.value_size
@@ -257,7 +259,10 @@ def delete(info: BTreeInfo, root: int) -> None:
         if tm.ref(b) > 1:
             tm.dec(b)      # shared: just drop our reference
         else:
-            stack.append([b, tm.read_node(b), level, 0])
+            node = tm.read_node(b)
+            if node.flags & LEAF_NODE:
+                check_leaf_value_size(node, info.value_type.size if level == last else 8, b)
+            stack.append([b, node, level, 0])
 
     push(root, 0)
     while stack:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 from ..transaction import TransactionManager
-from .node import Node, calc_max_entries
+from .node import Node, calc_max_entries, check_leaf_value_size
 
 
 class ValueType:
@@ -88,6 +88,7 @@ class ShadowSpine:
     def step(self, b: int, vt: ValueType) -> None:
         """Shadow *b* and make it current (``shadow_step``)."""
         new_b, node, inc = self.tm.shadow_node(b)
+        check_leaf_value_size(node, vt.size, b)
         if inc:
             inc_children(self.tm, node, vt)
         if len(self.nodes) == 2:

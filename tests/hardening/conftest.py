@@ -1,0 +1,18 @@
+"""Fixtures of the hardening tests: small pools with known contents."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from forge import make_pool  # noqa: E402
+
+
+@pytest.fixture
+def pool_dir(tmp_path: Path) -> Path:
+    """A closed sim pool: thin 1 (three mapped blocks), thin 2 its snapshot
+    with one block rewritten, thin 3 empty."""
+    return make_pool(tmp_path / "pool")
