@@ -83,7 +83,10 @@ def _abort(msg: str) -> Failure:
 
 
 def _atoll(digits: str) -> int:
-    return min(int(digits), LLONG_MAX) if digits else 0
+    # atoll saturates; never convert more digits than can matter (int()
+    # refuses more than 4300)
+    digits = digits.lstrip("0")
+    return LLONG_MAX if len(digits) > 19 else min(int(digits), LLONG_MAX) if digits else 0
 
 
 def _size(req: Request, opt: str, arg: str) -> None:

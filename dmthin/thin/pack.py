@@ -18,6 +18,7 @@ import io
 import os
 import stat
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterator
 from typing import Self
@@ -25,6 +26,7 @@ from typing import Self
 from ..errors import MetadataError, UsageError
 from ..pdata.checksum import BLOCK_SIZE, block_kind
 from .format import THIN_SUPERBLOCK_MAGIC, superblock_magic
+from .output import MetadataOutput, pwrite_all
 
 MAGIC = 0xA537A0AA6309EF77
 PACK_VERSION = 3
@@ -303,8 +305,8 @@ def _create(path: str | os.PathLike[str], force: bool) -> _Output:
     p = os.fspath(path)
     if os.path.lexists(p) and not force:
         raise UsageError(f"{p} exists: give -f/--force to replace it")
-    tmp = os.path.join(os.path.dirname(os.path.abspath(p)), f".{os.path.basename(p)}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(p)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(p)))
     return _Output(p, fd, tmp)
 
 
@@ -344,17 +346,22 @@ def unpack(input_path: str | os.PathLike[str], output_path: str | os.PathLike[st
     exists = os.path.lexists(p)
     if exists and not force:
         raise UsageError(f"{p} exists: give -f/--force to write over it")
-    fd = os.open(p, (os.O_WRONLY if exists else os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-                 | os.O_CLOEXEC, 0o600)
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.ftruncate(fd, 0)
-            os.ftruncate(fd, nr * BLOCK_SIZE)
-        elif _size(fd) < nr * BLOCK_SIZE:
-            raise UsageError(f"{p} is smaller than the packed metadata ({nr} blocks)")
+    # crash-safe (dmthin.thin.output): a new file renamed into place, or in
+    # place behind the "incomplete restore" mark; the superblock last
+    with MetadataOutput(p, new_size=nr * BLOCK_SIZE) as out:
+        if out.in_place:
+            if _size(out.fd) < nr * BLOCK_SIZE:
+                raise UsageError(f"{p} is smaller than the packed metadata ({nr} blocks)")
+        else:
+            os.ftruncate(out.fd, 0)
+            os.ftruncate(out.fd, nr * BLOCK_SIZE)
+        out.begin()
+        superblock = bytes(BLOCK_SIZE)
         for b, data in sorted(blocks):
-            os.pwrite(fd, data, b * BLOCK_SIZE)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            if b == 0:
+                superblock = data
+            else:
+                pwrite_all(out.fd, data, b * BLOCK_SIZE, p)
+        out.write_superblock(superblock)
+        out.commit()
     return len(blocks)

@@ -20,7 +20,7 @@ Bad input never touches the output, because the input is read twice:
    fsync, and the superblock last.  A crash never leaves a mix of old and
    new metadata that opens: a regular output file is replaced by a new file
    renamed over it; a block device or a pool's metadata is first marked
-   "incomplete restore" in block 0 (:class:`_Target`).
+   "incomplete restore" in block 0 (:class:`~dmthin.thin.output.MetadataOutput`).
 
 The result passes thin_check 0.9.0 and 1.1.0.  ``mapped_blocks`` is
 recomputed from the mappings (as 0.9.0 does); ``metadata_snap`` is ignored.
@@ -41,10 +41,10 @@ from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
 from ..pdata.space_map.build import build_disk_space_map, build_metadata_space_map
 from ..pdata.space_map.format import nr_bitmaps
 from ..units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
-from .format import (THIN_VERSION, TIME_BITS, DeviceDetails, incomplete_restore_block,
-                     pack_sm_root)
+from .format import THIN_VERSION, TIME_BITS, DeviceDetails, pack_sm_root
 from .format import Superblock as DiskSuperblock
 from .ir import Device, Map, Superblock
+from .output import MetadataOutput
 from .restore_plan import Restorer, plan_blocks
 from .xml import read_xml
 
@@ -198,7 +198,7 @@ class _Builder(_Passive):
                 cur.leaf_full()
 
 
-def _write(drive, target: "_Target", r: Restorer, nr_meta: int, total: int) -> None:
+def _write(drive, target: MetadataOutput, r: Restorer, nr_meta: int, total: int) -> None:
     """Pass 2: stream the metadata to *target* (blocks 1..total-1), fsync,
     then the superblock, fsync; then the target is committed."""
     fd = target.fd
@@ -222,7 +222,6 @@ def _write(drive, target: "_Target", r: Restorer, nr_meta: int, total: int) -> N
     w.flush()
     if w.next != total:
         raise RuntimeError(f"restore wrote {w.next} blocks but planned {total}")
-    os.fsync(fd)
     sb = r.sb
     version = THIN_VERSION if sb.version is None else sb.version
     disk = DiskSuperblock(flags=sb.flags or 0, version=version, time=sb.time,
@@ -234,95 +233,8 @@ def _write(drive, target: "_Target", r: Restorer, nr_meta: int, total: int) -> N
     sbuf = bytearray(BLOCK_SIZE)
     disk.pack_into(sbuf)
     SUPERBLOCK.prepare_for_write(sbuf, 0)
-    _pwrite_all(fd, sbuf, 0, target.path)
-    os.fsync(fd)
+    target.write_superblock(sbuf)
     target.commit()
-
-
-def _pwrite_all(fd: int, buf: bytes | bytearray, pos: int, path: str) -> None:
-    done = 0
-    while done < len(buf):
-        n = os.pwrite(fd, memoryview(buf)[done:], pos + done)
-        if n <= 0:
-            raise OSError(f"short write to {path}")
-        done += n
-
-
-class _Target:
-    """Where a restore writes, so that a crash at any point leaves the old
-    metadata, the new metadata, or a clear error -- never a mix that opens.
-
-    * A regular file (not *in_place*): the metadata is built in a new file
-      (``mkstemp`` in the same directory, the output's size, mode and owner),
-      fsync'ed, then renamed over the output (the file a symlink names) and
-      the directory fsync'ed.  A file with several hard links is written in
-      place (a rename would split them).
-    * *in_place* (a block device, or the metadata of a pool directory, which
-      a loop device may hold open): block 0 is first overwritten with the
-      "incomplete restore" mark and synced, then blocks 1.. are written, then
-      the new superblock last.  The mark is not all zeroes (no kernel formats
-      it) and has no superblock magic (nothing opens it); readers name it.
-
-    Raises ``OSError``."""
-
-    def __init__(self, output: str, in_place: bool | None):
-        self.path = output
-        st = os.stat(output)
-        if in_place is None:
-            in_place = not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
-        self.in_place = in_place
-        self._tmp: str | None = None
-        if in_place:
-            self.fd = os.open(output, os.O_WRONLY | os.O_CLOEXEC)
-            self._marked = False
-            return
-        # a symlink stays: the file it names is replaced
-        self.path = output = os.path.realpath(output)
-        directory = os.path.dirname(output)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(output)}.",
-                                         suffix=".restore", dir=directory)
-        self.fd = fd
-        try:
-            os.ftruncate(fd, st.st_size)
-            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-                os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)
-        except BaseException:
-            self.abort()
-            raise
-
-    def begin(self) -> None:
-        """Before the first block is written: mark an in-place output."""
-        if self.in_place:
-            _pwrite_all(self.fd, incomplete_restore_block(), 0, self.path)
-            os.fsync(self.fd)
-            self._marked = True
-
-    def commit(self) -> None:
-        """The new metadata is complete and synced: publish it."""
-        if self._tmp is not None:
-            os.replace(self._tmp, self.path)
-            self._tmp = None
-            dfd = os.open(os.path.dirname(os.path.abspath(self.path)),
-                          os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-
-    def abort(self) -> None:
-        """Drop an unpublished new file (an in-place output keeps its mark)."""
-        if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
-            self._tmp = None
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # -- output ----------------------------------------------------------------------------
@@ -362,7 +274,7 @@ def restore_events(drive, output, *, transaction_id=None, data_block_size=None,
     the same events each time.  Nothing is written unless everything is
     valid and fits.  The overrides (``None``: the input's own) are named for
     the XML attributes they replace: *transaction_id*, *data_block_size* (in
-    sectors), *nr_data_blocks*.  *in_place*: see :class:`_Target` (None: a
+    sectors), *nr_data_blocks*.  *in_place*: see :class:`~dmthin.thin.output.MetadataOutput` (None: a
     regular file gets a new file renamed over it, anything else is written in
     place).  Raises :class:`~dmthin.errors.InvalidArgument`,
     :class:`UsageError`, ``OSError`` and whatever the producer raises."""
@@ -378,15 +290,9 @@ def restore_events(drive, output, *, transaction_id=None, data_block_size=None,
     if unsorted:
         drive(_Collector(r, unsorted))
     total = plan_blocks(r, nr_meta)
-    target = _Target(os.fspath(output), in_place)
-    try:
+    with MetadataOutput(output, in_place=in_place) as target:
         target.begin()
         _write(drive, target, r, nr_meta, total)
-    except BaseException:
-        target.abort()
-        raise
-    finally:
-        target.close()
     return r
 
 
@@ -415,7 +321,7 @@ def restore(xml_source, output, *, transaction_id=None, data_block_size=None,
     into the existing *output*.  Nothing is written unless the whole input is
     valid and fits.  *progress*, if given, is called with a byte count
     growing to the input size over both passes.  *in_place*: how the output
-    is replaced (:class:`_Target`; None: by its type).  Raises
+    is replaced (:class:`~dmthin.thin.output.MetadataOutput`; None: by its type).  Raises
     :class:`~dmthin.thin.xml.XmlError`, :class:`UsageError`, ``OSError``.
     The overrides are :func:`restore_events`'s."""
     output_blocks(output)                       # fail early, before any spooling

@@ -24,6 +24,7 @@ from ..pdata.block import BlockManager
 from ..pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, WALK_MAX_DEPTH, check_header
 from ..pdata.btree.walk import iter_leaves
 from ..pdata.checksum import BTREE_NODE
+from ..units import MAX_DATA_BLOCKS, parse_int
 from .format import TIME_BITS
 from .reader import select_superblock
 
@@ -39,7 +40,8 @@ def parse_region(text: str) -> tuple[int, int]:
         raise UsageError(f"badly formed region (no dots): {text!r}")
     if not (begin.isascii() and begin.isdigit() and end.isascii() and end.isdigit()):
         raise UsageError(f"badly formed region (couldn't parse numbers): {text!r}")
-    lo, hi = int(begin), int(end)
+    lo = parse_int(begin, "region begin", maximum=MAX_DATA_BLOCKS)
+    hi = parse_int(end, "region end", maximum=MAX_DATA_BLOCKS)
     if hi <= lo:
         raise UsageError(f"badly formed region (end <= begin): {text!r}")
     return lo, hi
