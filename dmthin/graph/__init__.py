@@ -16,4 +16,4 @@ from .dsstatus import format_status
 from .options import DeviceSetOptions, parse_options
 from .store import DevInfo
 
-__all__ = ["DeviceSet", "Driver", "DeviceSetOptions", "DevInfo", "parse_options", "format_status"]
+__all__ = ["DevInfo", "DeviceSet", "DeviceSetOptions", "Driver", "format_status", "parse_options"]

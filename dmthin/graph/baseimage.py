@@ -5,22 +5,28 @@ start, grown when ``dm.basesize`` rises, never shrunk.
 
 In the simulator the tools run on an image mirror (:mod:`.blockfs`); the
 UUID is read from an image of the device's first MiB.  Growing the base
-(or a layer created larger than it) uses ``Pool.resize_thin``.
+(or a layer created larger than it) reactivates the device with the size
+in its record, then grows the filesystem.
 """
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from .. import ThinDevice
+from ..errors import DmThinError, UsageError
 from ..units import human_size_decimal
 from . import blockfs
 from .options import auto_filesystem
 from .store import DevInfo
 
+if TYPE_CHECKING:
+    from .deviceset import DeviceSet
+
 log = logging.getLogger("dmthin.graph.deviceset")
 
 
-def setup_base_image(ds) -> None:
+def setup_base_image(ds: DeviceSet) -> None:
     """Docker's setupBaseImage: verify (UUID, growth) or (re)create the base."""
     old = ds.devices.get("")
     if old is not None:
@@ -30,19 +36,18 @@ def setup_base_image(ds) -> None:
             return
         log.debug("devmapper: Removing uninitialized base image")
         ds.delete_device("", sync_delete=True)
-    if ds.options.thin_pool_dev and old is None:
-        st = ds.pool.status()
+    if not ds.managed and old is None:
+        st = ds.live_pool.status()
         if st.used_data_blocks != 0:
             raise UsageError(f"devmapper: Unable to take ownership of thin-pool "
-                             f"({ds.options.thin_pool_dev}) that already has used data "
-                             "blocks")
+                             f"({ds.pool_name}) that already has used data blocks")
         if st.transaction_id != 0:
             raise UsageError(f"devmapper: Unable to take ownership of thin-pool "
-                             f"({ds.options.thin_pool_dev}) with non-zero transaction ID")
+                             f"({ds.pool_name}) with non-zero transaction ID")
     create_base_image(ds)
 
 
-def create_base_image(ds) -> None:
+def create_base_image(ds: DeviceSet) -> None:
     """createBaseImage: register, activate, mkfs, mark initialized, save UUID."""
     if not ds.filesystem:
         ds.filesystem = auto_filesystem()
@@ -54,7 +59,7 @@ def create_base_image(ds) -> None:
     ds.store.save_device(info)
     try:
         ds.base_uuid = read_uuid(ds, thin)
-    except Exception as err:
+    except (OSError, DmThinError) as err:
         raise UsageError(f"devmapper: Could not query and save base device UUID:{err}") \
             from None
     ds.base_fs = ds.filesystem
@@ -62,7 +67,7 @@ def create_base_image(ds) -> None:
     ds._deactivate(info)
 
 
-def read_uuid(ds, thin) -> str:
+def read_uuid(ds: DeviceSet, thin: ThinDevice) -> str:
     """blkid's UUID of *thin* (an image of its first MiB in the simulator)."""
     if thin.path is not None:
         return blockfs.fs_uuid(thin.path)
@@ -74,7 +79,7 @@ def read_uuid(ds, thin) -> str:
         mirror.remove()
 
 
-def verify_base_uuid_fs(ds, info: DevInfo) -> None:
+def verify_base_uuid_fs(ds: DeviceSet, info: DevInfo) -> None:
     """Compare the base's UUID with the recorded one; adopt its filesystem."""
     thin = ds._activate(info)
     try:
@@ -99,7 +104,7 @@ def verify_base_uuid_fs(ds, info: DevInfo) -> None:
         ds._deactivate(info)
 
 
-def check_grow_base(ds, info: DevInfo) -> None:
+def check_grow_base(ds: DeviceSet, info: DevInfo) -> None:
     """Grow the base when dm.basesize rose; refuse shrinking."""
     if not ds.options.user_base_size:
         return
@@ -113,15 +118,10 @@ def check_grow_base(ds, info: DevInfo) -> None:
     grow_fs(ds, info)
 
 
-def resize_thin(ds, info: DevInfo) -> None:
-    """Set the thin's size to ``info.size``."""
-    ds.pool.resize_thin(info.device_id, info.size)
-
-
-def grow_fs(ds, info: DevInfo) -> None:
-    """growFS: resize the device, then the filesystem on it."""
+def grow_fs(ds: DeviceSet, info: DevInfo) -> None:
+    """growFS: reactivate the device with its recorded size, then grow the
+    filesystem on it."""
     ds._deactivate(info)
-    resize_thin(ds, info)
     thin = ds._activate(info)
     try:
         fs = ds.base_fs or "ext4"

@@ -24,8 +24,10 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from .. import ThinDevice
 from ..errors import IOFailure, NotSupported
 
 READ_SIZE = 1 << 20
@@ -58,7 +60,7 @@ def run_tool(argv: list[str], on_image: bool = False, input: bytes | None = None
     return proc.stdout.decode(errors="replace")
 
 
-def holes_reliable(directory: str | os.PathLike) -> bool:
+def holes_reliable(directory: str | os.PathLike[str]) -> bool:
     """True if the filesystem of *directory* reports holes (SEEK_HOLE)."""
     fd, name = tempfile.mkstemp(prefix=".holecheck", dir=directory)
     try:
@@ -73,7 +75,7 @@ def holes_reliable(directory: str | os.PathLike) -> bool:
         os.unlink(name)
 
 
-def _data_regions(fd: int, size: int):
+def _data_regions(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """(start, end) byte ranges holding data, per SEEK_DATA/SEEK_HOLE."""
     pos = 0
     while pos < size:
@@ -89,7 +91,7 @@ def _data_regions(fd: int, size: int):
 class ImageMirror:
     """A thin device's bytes in a sparse file, written back by :meth:`sync`."""
 
-    def __init__(self, thin, path: Path, chunk: int):
+    def __init__(self, thin: ThinDevice, path: Path, chunk: int):
         self.thin = thin
         self.path = Path(path)
         self.chunk = chunk
@@ -98,8 +100,8 @@ class ImageMirror:
         self._reliable = holes_reliable(self.path.parent)
 
     @classmethod
-    def export(cls, thin, path: str | os.PathLike, chunk: int,
-               limit: int | None = None) -> "ImageMirror":
+    def export(cls, thin: ThinDevice, path: str | os.PathLike[str], chunk: int,
+               limit: int | None = None) -> ImageMirror:
         """Copy *thin* (or its first *limit* bytes) into a new sparse file.
 
         Raises :class:`~dmthin.errors.ThinOSError` from the device.
@@ -174,7 +176,8 @@ def _digest(piece: bytes) -> bytes:
 
 
 @contextlib.contextmanager
-def device_access(thin, workdir: str | os.PathLike, chunk: int, write: bool = True):
+def device_access(thin: ThinDevice, workdir: str | os.PathLike[str], chunk: int,
+                  write: bool = True) -> Iterator[str]:
     """Yield a path the fs tools can use for *thin*: its device node, or (in
     the simulator) an :class:`ImageMirror` synced back on success."""
     if thin.path is not None:
@@ -238,7 +241,7 @@ def grow_fs_offline(path: str, fs: str) -> None:
     run_tool(["resize2fs", path], on_image=True)
 
 
-def mount(dev: str, path, fstype: str, options: str) -> None:
+def mount(dev: str, path: str | os.PathLike[str], fstype: str, options: str) -> None:
     """``mount -t fstype [-o options] dev path``; on failure raise
     :class:`~dmthin.errors.IOFailure` with Docker's text and dmesg's tail."""
     argv = ["mount", "-t", fstype, *(["-o", options] if options else []), dev, str(path)]
@@ -251,6 +254,6 @@ def mount(dev: str, path, fstype: str, options: str) -> None:
                         f"options='{options}'): {proc.stderr.strip()}; dmesg: {tail}")
 
 
-def umount(path) -> None:
+def umount(path: str | os.PathLike[str]) -> None:
     """Detach-unmount (``umount -l``, MNT_DETACH as Docker does)."""
     run_tool(["umount", "-l", str(path)])

@@ -1,16 +1,24 @@
 """Docker's devicemapper ``DeviceSet`` over a dmthin pool.
 
-One thin pool per driver root, in ``<root>/devicemapper/`` (an ordinary
-dmthin pool directory: ``Pool.open`` accepts it), device records in
-``<root>/metadata/`` (:mod:`dmthin.graph.store`), mount points in
-``<root>/mnt/``.  The algorithms are moby's (see
-docs/docker-devmapper.md §4): 24-bit ids walked from ``next_device_id``,
-an open transaction around every create and delete closed with
-``set_transaction_id``, rollback of an open transaction on restart, retry
-with the next id when the pool says EEXIST, a base device formatted once
-and verified by UUID, snapshots guarded by the ``dm.min_free_space`` check,
-discard-then-delete with deferred deletion of busy devices retried by a
-background worker every 30 s.
+A driver home (Docker's ``/var/lib/docker/devicemapper``) holds the pool
+in ``devicemapper/`` (:mod:`dmthin.graph.rootpool`: created, opened, or
+adopted from dockerd without formatting), device records in ``metadata/``
+(:mod:`dmthin.graph.store`, moby's bytes), mount points in ``mnt/``.  The
+algorithms are moby's: 24-bit ids walked from ``next_device_id``, an open
+transaction around every create and delete closed with
+``set_transaction_id``, rollback of an open transaction on restart only when
+its id is above the pool's, retry with the next id when the pool says
+EEXIST, a base device formatted once and verified by UUID, snapshots
+guarded by the ``dm.min_free_space`` check, discard-then-delete with
+deferred deletion of busy devices retried by a background worker every 30 s.
+Which devices exist is the pool's metadata; their sizes are Docker's
+records.
+
+``readonly=True`` inspects a root without changing a byte of it: the pool
+is opened read-only, nothing is created, rolled back or saved, mount points
+and scratch files live in a private temporary directory, mounts are
+read-only without journal replay, and every mutating call raises
+:class:`~dmthin.errors.ReadOnly`.
 
 Built only on the public facade (:class:`dmthin.Pool`).  The facade has no
 DM_DEFERRED_REMOVE, so deferred removal is emulated here: a deactivation
@@ -29,116 +37,138 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Self
 
-from .. import Pool
-from ..errors import Busy, DeviceExists, DeviceNotFound, NoSpace, NotSupported, UsageError
+from .. import Pool, ThinDevice
+from ..errors import (
+    Busy,
+    DeviceExists,
+    DeviceNotFound,
+    DmThinError,
+    NoSpace,
+    NotSupported,
+    ReadOnly,
+    UsageError,
+)
 from ..units import human_size_decimal
 from . import baseimage, blockfs
-from .options import DeviceSetOptions, join_mount_options, parse_options
-from .store import DevInfo, IdAllocator, MetadataStore, Transaction, check_hash
 from .dsstatus import deviceset_status
+from .mounts import MountTable
+from .options import DeviceSetOptions, parse_options, ram_in_bytes
+from .rootpool import device_prefix, open_root_pool
+from .store import DeviceSetMeta, DevInfo, IdAllocator, MetadataStore, Transaction, check_hash
 
 log = logging.getLogger(__name__)
 
-POOL_CONFIG = "pool.json"      # marks a dmthin pool directory
 CLEANUP_INTERVAL = 30.0        # Docker's deletion worker ticker
-
-
-def device_prefix(root: Path) -> str:
-    """Docker's ``docker-<major>:<minor>-<inode>`` of the driver home."""
-    st = os.stat(root)
-    dev = st.st_dev
-    major = (dev >> 8) & 0xFFF
-    minor = (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
-    return f"docker-{major}:{minor}-{st.st_ino}"
 
 
 class DeviceSet:
     """Thin devices for image layers and containers, Docker's way.
 
-    ``DeviceSet(root, options=(), backend=None)``: *options* are Docker's
-    ``dm.*`` strings; *backend* is ``"sim"`` or ``"kernel"`` (default: the
-    pool's own, ``"sim"`` for a new pool).  Raises
-    :class:`~dmthin.errors.UsageError` for bad options or metadata, and the
-    pool's errors.
+    ``DeviceSet(root, options=(), backend=None, readonly=False)``: *root* is
+    the driver home; *options* are Docker's ``dm.*`` strings; *backend* is
+    ``"sim"`` or ``"kernel"`` (default: the pool's own, ``"sim"`` for a new
+    or adopted pool).  Raises :class:`~dmthin.errors.UsageError` for bad
+    options, metadata or (read-only) a directory that is no graph root, and
+    the pool's errors.
     """
 
     remove_retries = 200          # removeDevice: 200 x 100 ms on EBUSY
     retry_interval = 0.1
 
-    def __init__(self, root, options=(), backend: str | None = None,
-                 cleanup_interval: float | None = CLEANUP_INTERVAL):
+    def __init__(self, root: str | os.PathLike[str],
+                 options: DeviceSetOptions | Iterable[str] = (), backend: str | None = None,
+                 cleanup_interval: float | None = CLEANUP_INTERVAL, readonly: bool = False):
         self.root = Path(root)
         self.options = options if isinstance(options, DeviceSetOptions) \
             else parse_options(options)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.home = self.root / "devicemapper"
-        self.mnt_dir = self.root / "mnt"
-        self.work_dir = self.root / "tmp"
+        self.readonly = readonly
+        self.loop_dir = self.root / "devicemapper"
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        if readonly:
+            if not (self.root / "metadata").is_dir():
+                raise UsageError(f"{self.root} is not a devicemapper graph root (no metadata/ "
+                                 "directory): give dockerd's DATA_ROOT/devicemapper")
+            self._scratch = tempfile.TemporaryDirectory(prefix="dmthin-graph-")
+            self.mnt_dir = Path(self._scratch.name) / "mnt"
+            self.work_dir = Path(self._scratch.name) / "tmp"
+        else:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.mnt_dir = self.root / "mnt"
+            self.work_dir = self.root / "tmp"
         for d in (self.mnt_dir, self.work_dir):
             d.mkdir(mode=0o700, exist_ok=True)
-        self.store = MetadataStore(self.root / "metadata")
+        self.store = MetadataStore(self.root / "metadata", readonly=readonly)
         self.prefix = device_prefix(self.root)
         self._lock = threading.RLock()
         self.devices: dict[str, DevInfo] = {}
         self.ids = IdAllocator()
         self.transaction_id = 0
         self.open_transaction: Transaction | None = None
+        #: read-only: the open transaction a read-write start would roll back
+        self.pending_rollback: Transaction | None = None
         self.nr_deleted = 0
         self.base_uuid = ""
         self.base_fs = ""
         self.filesystem = self.options.filesystem or ""
-        self._active: dict[str, object] = {}          # hash -> ThinDevice
+        self._active: dict[str, ThinDevice] = {}
         self._pending_removal: set[str] = set()
-        self._mounts: dict[str, list] = {}            # hash -> [path, count]
-        self.pool = self._open_pool(backend)
-        self.pool_name = self.options.thin_pool_dev or f"{self.prefix}-pool"
+        self._mounts = MountTable(readonly, self.options.mount_options)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        try:
+            rp = open_root_pool(self.root, self.options, self.prefix, backend, readonly)
+        except BaseException:
+            self._cleanup_scratch()
+            raise
+        self.pool: Pool | None = rp.pool
+        self.pool_name = rp.name
+        self.managed = rp.managed
         try:
             self._init_metadata()
-            self._setup_base_image()
+            if not readonly:
+                self._setup_base_image()
         except BaseException:
-            self.pool.close()
+            self._release()
             raise
-        self._stop = threading.Event()
-        self._worker = None
-        if cleanup_interval:
+        if cleanup_interval and not readonly:
             self._worker = threading.Thread(target=self._deletion_worker,
                                             args=(cleanup_interval,), daemon=True,
                                             name="dmthin-deletion-worker")
             self._worker.start()
 
     # -- pool ------------------------------------------------------------------
-    def _open_pool(self, backend: str | None) -> Pool:
-        o = self.options
-        if o.thin_pool_dev:
-            return Pool.open(o.thin_pool_dev, backend=backend)
-        if (self.home / POOL_CONFIG).exists():
-            for name, size in (("data", o.loop_data_size), ("metadata", o.loop_metadata_size)):
-                path = self.home / name
-                have = path.stat().st_size
-                if have < size:
-                    os.truncate(path, size)      # grows only; the pool sees it on open
-                elif have > size:
-                    log.warning("devmapper: Can't shrink loopback file %s", path)
-            return Pool.open(self.home, backend=backend)
-        return Pool.create(self.home, data_size=o.loop_data_size,
-                           metadata_size=o.loop_metadata_size, block_size=o.block_size,
-                           backend=backend or "sim")
+    @property
+    def live_pool(self) -> Pool:
+        """The open pool; raises :class:`~dmthin.errors.UsageError` after
+        :meth:`shutdown`."""
+        if self.pool is None:
+            raise UsageError(f"devmapper: the device set of {self.root} is shut down")
+        return self.pool
 
     @property
     def chunk(self) -> int:
-        return self.pool.data_block_size
+        """The pool's data block size in bytes."""
+        return self.live_pool.data_block_size
+
+    def _check_writable(self, what: str) -> None:
+        if self.readonly:
+            raise ReadOnly(f"devmapper: {self.root} is open read-only; cannot {what}")
 
     # -- startup ---------------------------------------------------------------
     def _init_metadata(self) -> None:
-        self.transaction_id = self.pool.status().transaction_id
-        ds = self.store.load_deviceset()
-        self.ids = IdAllocator(int(ds.get("next_device_id", 0)))
-        self.base_uuid = ds.get("BaseDeviceUUID", "")
-        self.base_fs = ds.get("BaseDeviceFilesystem", "")
+        """moby's ``initMetaData`` + ``loadDeviceSetMetaData``."""
+        self.transaction_id = self.live_pool.status().transaction_id
+        meta = self.store.load_deviceset()
+        self.ids = IdAllocator(meta.next_device_id)
+        self.base_uuid = meta.base_uuid
+        self.base_fs = meta.base_fs
         self.devices = self.store.load_devices()
         for info in self.devices.values():
             self.ids.mark_used(info.device_id)
@@ -147,6 +177,11 @@ class DeviceSet:
         self._process_pending_transaction()
 
     def _process_pending_transaction(self) -> None:
+        """moby's ``processPendingTransaction``: nothing to do when the open
+        id equals the pool's (or there is no file); log when it is below;
+        roll back (delete the device, its record and the transaction file)
+        only when it is above.  Read-only: remember it in
+        :attr:`pending_rollback` and change nothing."""
         t = self.open_transaction
         if t is None or t.open_transaction_id == self.transaction_id:
             return
@@ -154,10 +189,16 @@ class DeviceSet:
             log.error("devmapper: Open Transaction id %d is less than pool transaction id %d",
                       t.open_transaction_id, self.transaction_id)
             return
+        if self.readonly:
+            log.warning("devmapper: open transaction %d (device %s, id %d) is above the pool's "
+                        "%d; a read-write start rolls it back", t.open_transaction_id,
+                        t.device_hash or "base", t.device_id, self.transaction_id)
+            self.pending_rollback = t
+            return
         log.warning("devmapper: Rolling back open transaction: TransactionID=%d hash=%s "
                     "device_id=%d", t.open_transaction_id, t.device_hash, t.device_id)
         try:
-            self.pool.delete(t.device_id)
+            self.live_pool.delete(t.device_id)
         except (DeviceNotFound, Busy) as err:
             log.error("devmapper: Unable to delete device: %s", err)
         self.store.remove_device(t.device_hash)
@@ -167,55 +208,59 @@ class DeviceSet:
         self.open_transaction = Transaction(self.transaction_id, "", 0)
 
     def _save_deviceset(self) -> None:
-        self.store.save_deviceset(self.ids.next_id, self.base_uuid, self.base_fs)
+        self.store.save_deviceset(DeviceSetMeta(self.ids.next_id, self.base_uuid, self.base_fs))
 
     # -- transactions ------------------------------------------------------------
-    def _open_tx(self, hash_: str, dev_id: int) -> None:
-        self.open_transaction = Transaction(self.transaction_id + 1, hash_, dev_id)
-        self.store.save_transaction(self.open_transaction)
+    def _open_tx(self, hash_: str, dev_id: int) -> Transaction:
+        self._check_writable("change the pool")
+        t = Transaction(self.transaction_id + 1, hash_, dev_id)
+        self.open_transaction = t
+        self.store.save_transaction(t)
+        return t
 
-    def _refresh_tx(self, dev_id: int) -> None:
-        self.open_transaction.device_id = dev_id
-        self.store.save_transaction(self.open_transaction)
+    def _refresh_tx(self, t: Transaction, dev_id: int) -> None:
+        t.device_id = dev_id
+        self.store.save_transaction(t)
 
-    def _close_tx(self) -> None:
-        new = self.open_transaction.open_transaction_id
+    def _close_tx(self, t: Transaction) -> None:
+        new = t.open_transaction_id
         if new != self.transaction_id:
-            self.pool.set_transaction_id(self.transaction_id, new)
+            self.live_pool.set_transaction_id(self.transaction_id, new)
             self.transaction_id = new
 
     def _create_register(self, hash_: str, size: int, origin: DevInfo | None) -> DevInfo:
         """createRegisterDevice / createRegisterSnapDevice."""
+        pool = self.live_pool
         dev_id = self.ids.next_free()
-        self._open_tx(hash_, dev_id)
+        t = self._open_tx(hash_, dev_id)
+        name = self.device_name(hash_)
         while True:
             try:
                 if origin is None:
-                    thin = self.pool.create_thin(dev_id, size)
+                    pool.create_thin(dev_id, size, name=name, activate=False)
                 else:
-                    thin = self.pool.create_snap(dev_id, origin.device_id)
+                    pool.create_snap(dev_id, origin.device_id, name=name, activate=False,
+                                     size=size)
             except DeviceExists:
                 log.error("devmapper: Device ID %d exists in pool but it is supposed to be "
                           "unused", dev_id)
                 dev_id = self.ids.next_free()
-                self._refresh_tx(dev_id)
+                self._refresh_tx(t, dev_id)
                 continue
             except BaseException:
                 self.ids.mark_free(dev_id)
                 raise
             break
-        if hash_ not in self._active:
-            thin.deactivate()        # the facade activates new devices; Docker does not
-        info = DevInfo(hash_, dev_id, size, self.open_transaction.open_transaction_id)
+        info = DevInfo(hash_, dev_id, size, t.open_transaction_id)
         try:
             self.store.save_device(info)
             self.devices[hash_] = info
-            self._close_tx()
+            self._close_tx(t)
         except BaseException:
             self.devices.pop(hash_, None)
             self.store.remove_device(hash_)
             with contextlib.suppress(Exception):
-                self.pool.delete(dev_id)
+                pool.delete(dev_id)
             self.ids.mark_free(dev_id)
             raise
         self._save_deviceset()
@@ -227,9 +272,6 @@ class DeviceSet:
 
     def _grow_fs(self, info: DevInfo) -> None:
         baseimage.grow_fs(self, info)
-
-    def _resize_thin(self, info: DevInfo) -> None:
-        baseimage.resize_thin(self, info)
 
     # -- lookup -----------------------------------------------------------------------
     def _lookup(self, hash_: str) -> DevInfo:
@@ -257,7 +299,7 @@ class DeviceSet:
         pct = self.options.min_free_space_percent
         if pct == 0:
             return
-        st = self.pool.status()
+        st = self.live_pool.status()
         for what, total, used in (("data", st.total_data_blocks, st.used_data_blocks),
                                   ("metadata", st.total_metadata_blocks,
                                    st.used_metadata_blocks)):
@@ -289,21 +331,22 @@ class DeviceSet:
             if size < base.size:
                 raise UsageError(f"devmapper: Container size cannot be smaller than "
                                  f"{human_size_decimal(base.size)}")
+            self._check_writable("add a device")
             self._check_free_space()
             pending = base_hash in self._pending_removal
             self._pending_removal.discard(base_hash)     # cancel a deferred removal...
             try:
-                info = self._create_register(hash_, base.size, base)
+                info = self._create_register(hash_, size, base)
             finally:
                 if pending:                              # ...and defer it again after
                     self._deactivate(base, deferred=True)
             if size > base.size:
-                info.size = size
-                self.store.save_device(info)
                 self._grow_fs(info)
 
     # -- activation -----------------------------------------------------------------------
-    def _activate(self, info: DevInfo, ignore_deleted: bool = False):
+    def _activate(self, info: DevInfo, ignore_deleted: bool = False) -> ThinDevice:
+        """Activate *info*'s device with the size Docker recorded, under
+        Docker's dm name."""
         if info.deleted and not ignore_deleted:
             raise Busy(f"devmapper: Can't activate device {info.hash} as it is marked for "
                        "deferred deletion")
@@ -311,11 +354,8 @@ class DeviceSet:
         if thin is not None:
             self._pending_removal.discard(info.hash)
             return thin
-        thin = self.pool.thin(info.device_id)
-        if thin.size != info.size:
-            thin.deactivate()
-            self._resize_thin(info)
-            thin = self.pool.thin(info.device_id)
+        thin = self.live_pool.thin(info.device_id, size=info.size,
+                                   name=self.device_name(info.hash))
         self._active[info.hash] = thin
         return thin
 
@@ -347,7 +387,7 @@ class DeviceSet:
         self._active.pop(info.hash, None)
         self._pending_removal.discard(info.hash)
 
-    def activate_device(self, hash_: str):
+    def activate_device(self, hash_: str) -> ThinDevice:
         """Activate *hash*; return its :class:`~dmthin.ThinDevice`.
 
         Raises ``DeviceNotFound``, and ``Busy`` for a device marked deleted.
@@ -373,10 +413,11 @@ class DeviceSet:
 
         With deferred deletion on and ``sync_delete`` false, a device the
         pool reports busy is marked ``deleted`` and retried by the worker.
-        Raises ``DeviceNotFound``, ``Busy``.
+        Raises ``DeviceNotFound``, ``Busy``, ``ReadOnly``.
         """
         with self._lock:
             info = self._lookup(hash_)
+            self._check_writable("delete a device")
             if self.options.blkdiscard:
                 self._issue_discard(info)
             deferred = self.options.deferred_removal and self.options.deferred_deletion
@@ -387,8 +428,7 @@ class DeviceSet:
         """Docker's issueDiscard: activate (even if marked deleted) and
         discard the whole device, unless something holds it open."""
         thin = self._activate(info, ignore_deleted=True)
-        in_use = getattr(thin, "in_use", None)        # not (yet) public on ThinDevice
-        if info.hash in self._mounts or (callable(in_use) and in_use()):
+        if info.hash in self._mounts or thin.in_use():
             log.debug("devmapper: Device: %s is in use. Not issuing discards.", info.hash)
             return
         try:
@@ -397,11 +437,11 @@ class DeviceSet:
             log.debug("devmapper: Error discarding block on device: %s (ignoring)", err)
 
     def _delete_transaction(self, info: DevInfo, sync_delete: bool) -> None:
-        self._open_tx(info.hash, info.device_id)
+        t = self._open_tx(info.hash, info.device_id)
         try:
             busy = None
             try:
-                self.pool.delete(info.device_id)
+                self.live_pool.delete(info.device_id)
             except DeviceNotFound:
                 pass                                   # already gone from the pool
             except Busy as err:
@@ -421,23 +461,23 @@ class DeviceSet:
                 self.store.save_device(info)
                 self.nr_deleted += 1
         finally:
-            self._close_tx()
+            self._close_tx(t)
 
     def cleanup_deleted_devices(self) -> None:
         """One pass of the deletion worker: retry deferred removals and
         deferred deletions (errors are logged, as Docker does)."""
         with self._lock:
             for hash_ in list(self._pending_removal):
-                info = self.devices.get(hash_)
-                if info is not None:
+                pending = self.devices.get(hash_)
+                if pending is not None:
                     with contextlib.suppress(Busy):
-                        self._deactivate(info, deferred=True)
-            if self.nr_deleted == 0:
+                        self._deactivate(pending, deferred=True)
+            if self.nr_deleted == 0 or self.readonly:
                 return
             for info in [i for i in self.devices.values() if i.deleted]:
                 try:
                     self.delete_device(info.hash, sync_delete=False)
-                except Exception as err:     # logged and retried next tick, as Docker does
+                except (OSError, DmThinError) as err:   # logged, retried next tick (moby)
                     log.warning("devmapper: Deletion of device %s, device_id=%d failed:%s",
                                 info.hash, info.device_id, err)
 
@@ -446,64 +486,52 @@ class DeviceSet:
             self.cleanup_deleted_devices()
 
     # -- mounting (kernel backend) ----------------------------------------------------------
-    def mount_device(self, hash_: str, path, mount_label: str = "") -> None:
-        """Activate *hash* and mount it at *path* (reference counted).
+    def mount_device(self, hash_: str, path: str | os.PathLike[str],
+                     mount_label: str = "") -> None:
+        """Activate *hash* and mount it at *path* (reference counted,
+        :mod:`dmthin.graph.mounts`).  A read-only set mounts read-only
+        without journal replay.
 
-        Raises ``Busy`` (marked deleted), ``NotSupported`` (simulator:
-        mounting needs the kernel backend), ``IOFailure`` (mount failed).
+        Raises ``Busy`` (marked deleted, or mounted elsewhere),
+        ``NotSupported`` (simulator: mounting needs the kernel backend),
+        ``IOFailure`` (mount failed).
         """
-        path = str(path)
+        where = str(path)
         with self._lock:
             info = self._lookup(hash_)
             if info.deleted:
                 raise Busy(f"devmapper: Can't mount device {hash_} as it has been marked for "
                            "deferred deletion")
-            if hash_ in self._mounts:
-                mounted = self._mounts[hash_]
-                if mounted[0] != path:
-                    raise Busy(f"devmapper: Trying to mount devmapper device in multiple "
-                               f"places ({mounted[0]}, {path})")
-                mounted[1] += 1
+            if self._mounts.add_ref(hash_, where):
                 return
             thin = self._activate(info)
             if thin.path is None:
                 raise NotSupported(f"devmapper: mounting {hash_ or 'base'} needs the kernel "
                                    "backend (root and device-mapper); in the simulator use "
                                    "DeviceSet.device_access() or Driver.open_fs()")
-            fstype = blockfs.probe_fs_type(thin.path)
-            opts = "nouuid" if fstype == "xfs" else ""
-            opts = join_mount_options(opts, self.options.mount_options)
-            if mount_label:
-                opts = join_mount_options(opts, f'context="{mount_label}"')
-            blockfs.mount(thin.path, path, fstype, opts)
-            self._mounts[hash_] = [path, 1]
+            self._mounts.mount(hash_, thin.path, where, mount_label)
 
-    def unmount_device(self, hash_: str, path) -> None:
+    def unmount_device(self, hash_: str, path: str | os.PathLike[str]) -> None:
         """Drop one reference; at zero detach-unmount, remove the mount
         point and deactivate.  Raises ``DeviceNotFound``, ``IOFailure``."""
         with self._lock:
             info = self._lookup(hash_)
-            mounted = self._mounts.get(hash_)
-            if mounted is None:
-                return
-            mounted[1] -= 1
-            if mounted[1] > 0:
-                return
-            del self._mounts[hash_]
-            blockfs.umount(mounted[0])
-            with contextlib.suppress(OSError):
-                os.rmdir(mounted[0])
-            self._deactivate(info)
+            if hash_ in self._mounts and self._mounts.drop_ref(hash_):
+                self._deactivate(info)
 
     @contextlib.contextmanager
-    def device_access(self, hash_: str, write: bool = True):
+    def device_access(self, hash_: str, write: bool = True) -> Iterator[str]:
         """Yield a path for fs tools: the device node (kernel) or an image
         mirror synced back on success (simulator).  The device must not be
-        mounted.  Raises ``DeviceNotFound``, ``Busy``."""
+        mounted.  Raises ``DeviceNotFound``, ``Busy``, ``ReadOnly`` (*write*
+        on a read-only set)."""
+        if write:
+            self._check_writable("write a device")
         with self._lock:
             info = self._lookup(hash_)
-            if hash_ in self._mounts:
-                raise Busy(f"devmapper: device {hash_} is mounted at {self._mounts[hash_][0]}; "
+            mounted = self._mounts.where(hash_)
+            if mounted is not None:
+                raise Busy(f"devmapper: device {hash_} is mounted at {mounted}; "
                            "unmount it first")
             was_active = hash_ in self._active
             thin = self._activate(info)
@@ -517,30 +545,27 @@ class DeviceSet:
     # -- pool size, status, shutdown --------------------------------------------------------
     def resize_pool(self, data_size: int | str | None = None,
                     metadata_size: int | str | None = None) -> None:
-        """Grow the pool's data/metadata files and reload the pool (Docker's
-        ``ResizePool``).  Needs every device inactive; raises ``Busy``,
-        ``UsageError`` (shrinking)."""
-        from .options import ram_in_bytes
+        """Grow the pool's data and/or metadata live (Docker's ``ResizePool``).
+
+        Raises ``UsageError`` (shrinking, or a pool the driver does not
+        manage), ``ReadOnly``, and the pool's errors."""
+        self._check_writable("resize the pool")
         with self._lock:
-            if self._active or self._mounts:
-                raise Busy("devmapper: cannot resize the pool while devices are active; "
-                           "put or unmount them first")
-            if self.options.thin_pool_dev:
+            if not self.managed:
                 raise UsageError("devmapper: the pool is not driver-managed (dm.thinpooldev); "
-                                 "resize it with dmthin directly")
-            backend = self.pool.backend
-            self.pool.close()
-            try:
-                for name, size in (("data", data_size), ("metadata", metadata_size)):
-                    if size is None:
-                        continue
-                    nbytes = ram_in_bytes(size) if isinstance(size, str) else int(size)
-                    path = self.home / name
-                    if nbytes < path.stat().st_size:
-                        raise UsageError(f"devmapper: Can't shrink file {path}")
-                    os.truncate(path, nbytes)
-            finally:
-                self.pool = Pool.open(self.home, backend=backend)
+                                 "resize it with 'dmthin pool resize'")
+            pool = self.live_pool
+            for name, size, resize in (("data", data_size, pool.resize_data),
+                                       ("metadata", metadata_size, pool.resize_metadata)):
+                if size is None:
+                    continue
+                nbytes = ram_in_bytes(size) if isinstance(size, str) else int(size)
+                path = self.loop_dir / name
+                have = path.stat().st_size
+                if nbytes < have:
+                    raise UsageError(f"devmapper: Can't shrink file {path}")
+                if nbytes > have:
+                    resize(nbytes)
 
     def status(self) -> list[tuple[str, str]]:
         """Docker's ``Status()`` pairs, in Docker's order."""
@@ -548,33 +573,42 @@ class DeviceSet:
             return deviceset_status(self)
 
     def shutdown(self) -> None:
-        """Stop the worker, save metadata, unmount and deactivate everything
-        this set activated, and close the pool.  Safe to call twice."""
-        if getattr(self, "_worker", None) is not None:
+        """Stop the worker, save metadata (read-write), unmount and
+        deactivate everything this set activated, and close the pool (a pool
+        the set attached to stays active).  Safe to call twice."""
+        if self._worker is not None:
             self._stop.set()
             self._worker.join()
             self._worker = None
         with self._lock:
             if self.pool is None:
                 return
-            self._save_deviceset()
-            for hash_, (path, _) in list(self._mounts.items()):
-                with contextlib.suppress(Exception):
-                    blockfs.umount(path)
-                    os.rmdir(path)
-                del self._mounts[hash_]
+            if not self.readonly:
+                self._save_deviceset()
+            self._mounts.unmount_all()
             for hash_ in list(self._active):
                 info = self.devices.get(hash_)
                 if info is not None:
                     with contextlib.suppress(Busy):
                         self._deactivate(info, deferred=False)
             self._active.clear()
-            self.pool.close()
-            self.pool = None
+            self._release()
 
-    def __enter__(self) -> "DeviceSet":
+    def _release(self) -> None:
+        try:
+            if self.pool is not None:
+                self.pool.close()
+        finally:
+            self.pool = None
+            self._cleanup_scratch()
+
+    def _cleanup_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.shutdown()
-

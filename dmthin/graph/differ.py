@@ -19,9 +19,12 @@ import stat
 import tarfile
 import time
 from dataclasses import dataclass
+from typing import IO
 
 from ..errors import InvalidArgument
-from .tree import Entry
+from .tree import DirTree, Entry, ImageTree
+
+Tree = DirTree | ImageTree
 
 MODIFY, ADD, DELETE = 0, 1, 2
 _KIND = {MODIFY: "C", ADD: "A", DELETE: "D"}
@@ -80,7 +83,8 @@ def changes_size(new: dict[str, Entry], chs: list[Change]) -> int:
     return total
 
 
-def export_changes(tree, new: dict[str, Entry], chs: list[Change], out) -> None:
+def export_changes(tree: Tree, new: dict[str, Entry], chs: list[Change],
+                   out: IO[bytes]) -> None:
     """Write a tar of *chs* (contents read from *tree*) to file object *out*."""
     now = time.time()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -132,7 +136,7 @@ _TYPE = {tarfile.DIRTYPE: stat.S_IFDIR, tarfile.SYMTYPE: stat.S_IFLNK,
          tarfile.BLKTYPE: stat.S_IFBLK}
 
 
-def _ensure_parents(tree, d: str) -> None:
+def _ensure_parents(tree: Tree, d: str) -> None:
     """Create missing parent directories (0755 root), as UnpackLayer does."""
     missing = []
     while d and tree.lookup(d) is None:
@@ -143,7 +147,7 @@ def _ensure_parents(tree, d: str) -> None:
         tree.mkdir(Entry(p, stat.S_IFDIR | 0o755, 0, 0, 0, now))
 
 
-def apply_layer(tree, layer) -> int:
+def apply_layer(tree: Tree, layer: IO[bytes]) -> int:
     """Apply tar stream *layer* to *tree*; return the summed entry sizes.
 
     Raises :class:`~dmthin.errors.InvalidArgument` for entries outside the
@@ -175,7 +179,7 @@ def apply_layer(tree, layer) -> int:
                 continue
             rdev = os.makedev(m.devmajor, m.devminor) if m.ischr() or m.isblk() else 0
             e = Entry(rel, ftype | (m.mode & 0o7777), m.uid, m.gid, m.size,
-                      int(round(m.mtime * 1e9)), m.linkname if m.issym() else "", rdev)
+                      round(m.mtime * 1e9), m.linkname if m.issym() else "", rdev)
             if m.isdir():
                 old = tree.lookup(rel)
                 if old is not None and not old.is_dir:
@@ -184,8 +188,9 @@ def apply_layer(tree, layer) -> int:
                 dirs.append(e)
                 continue
             tree.remove(rel)
-            if m.isreg():
-                tree.write_file(e, tar.extractfile(m))
+            src = tar.extractfile(m) if m.isreg() else None
+            if src is not None:
+                tree.write_file(e, src)
             elif m.issym():
                 tree.symlink(e)
             else:

@@ -6,49 +6,66 @@ reference counts, an ``id`` file beside ``rootfs``); ``put`` drops a
 reference and unmounts at zero.  ``diff``/``apply_diff``/``changes``/
 ``diff_size`` are Docker's naive tar differ (:mod:`dmthin.graph.differ`).
 
-Kernel backend: ``get``/``put`` mount for real and the differ works on the
-mounted directories.  Simulator backend: there is nothing to mount, so
-``get`` raises EOPNOTSUPP; :meth:`Driver.open_fs` gives the same differ
-(and the replay workload) the layer's ext4 filesystem through debugfs on an
-image mirror of the thin device, whose changed blocks go back to the pool.
+A layer's files live under ``rootfs/`` of its device's filesystem on both
+backends, as in Docker, so a root moves between dmthin (either backend) and
+dockerd.  Kernel backend: ``get``/``put`` mount for real and the differ
+works on the mounted directories.  Simulator backend: there is nothing to
+mount, so ``get`` raises EOPNOTSUPP; :meth:`Driver.open_fs` gives the same
+differ (and the replay workload) the layer's ext4 ``rootfs/`` through
+debugfs on an image mirror of the thin device, whose changed blocks go back
+to the pool.
+
+``Driver(root, readonly=True)`` inspects a root without writing to it:
+mounts are read-only, in a private temporary directory.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO, Self
 
 from ..errors import UsageError
 from . import differ
-from .deviceset import DeviceSet
-from .options import ram_in_bytes
+from .deviceset import CLEANUP_INTERVAL, DeviceSet
+from .options import DeviceSetOptions, ram_in_bytes
 from .store import check_hash
-from .tree import DirTree, ImageTree
+from .tree import DirTree, Entry, ImageTree
+
+#: the directory of a device's filesystem holding the layer (moby's Get)
+ROOTFS = "rootfs"
 
 
 class Driver:
-    """``Driver(root, options=(), backend=None)``: Docker's devicemapper
-    graph driver.  Raises what :class:`DeviceSet` raises."""
+    """``Driver(root, options=(), backend=None, readonly=False)``: Docker's
+    devicemapper graph driver.  Raises what :class:`DeviceSet` raises."""
 
-    def __init__(self, root, options=(), backend: str | None = None, **kwargs):
+    def __init__(self, root: str | os.PathLike[str],
+                 options: DeviceSetOptions | Iterable[str] = (), backend: str | None = None,
+                 cleanup_interval: float | None = CLEANUP_INTERVAL, readonly: bool = False):
         self.home = Path(root)
-        self.deviceset = DeviceSet(root, options, backend, **kwargs)
+        self.deviceset = DeviceSet(root, options, backend, cleanup_interval=cleanup_interval,
+                                   readonly=readonly)
+        self.readonly = readonly
         self._refs: dict[str, int] = {}
         self._lock = threading.RLock()
 
     def __str__(self) -> str:
         return "devicemapper"
 
-    def __enter__(self) -> "Driver":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.cleanup()
 
     # -- layers ------------------------------------------------------------
-    def create(self, id: str, parent: str = "", storage_opt: dict | None = None) -> None:
+    def create(self, id: str, parent: str = "",
+               storage_opt: dict[str, str] | None = None) -> None:
         """Create layer *id* as a snapshot of *parent* (or of the base).
 
         ``storage_opt`` may hold ``size`` (e.g. ``"50M"``).  Raises
@@ -62,17 +79,17 @@ class Driver:
         self.deviceset.add_device(id, parent or "", size)
 
     def create_read_write(self, id: str, parent: str = "",
-                          storage_opt: dict | None = None) -> None:
+                          storage_opt: dict[str, str] | None = None) -> None:
         """A container's read-write layer: the same as :meth:`create`."""
         self.create(id, parent, storage_opt)
 
     def remove(self, id: str) -> None:
-        """Delete layer *id* (a no-op if absent).  Raises ``Busy``."""
+        """Delete layer *id* (a no-op if absent).  Raises ``Busy``, ``ReadOnly``."""
         if not self.deviceset.has_device(id):
             return
         self.deviceset.delete_device(id, sync_delete=False)
         with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self.home / "mnt" / id)
+            os.rmdir(self.deviceset.mnt_dir / id)
 
     def exists(self, id: str) -> bool:
         return self.deviceset.has_device(id)
@@ -84,8 +101,8 @@ class Driver:
         Raises ``NotSupported`` with the simulator, ``DeviceNotFound``,
         ``IOFailure`` when mount fails."""
         check_hash(id)
-        mp = self.home / "mnt" / id
-        rootfs = mp / "rootfs"
+        mp = self.deviceset.mnt_dir / id
+        rootfs = mp / ROOTFS
         with self._lock:
             if self._refs.get(id, 0) > 0:
                 self._refs[id] += 1
@@ -97,17 +114,12 @@ class Driver:
                 with contextlib.suppress(OSError):
                     mp.rmdir()
                 raise
-            try:
-                rootfs.mkdir(mode=0o755, exist_ok=True)
-                os.chmod(rootfs, 0o755)
-                id_file = mp / "id"
-                if not id_file.exists():
-                    fd = os.open(id_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                    with os.fdopen(fd, "w") as f:
-                        f.write(id)
-            except BaseException:
-                self.deviceset.unmount_device(id, mp)
-                raise
+            if not self.readonly:
+                try:
+                    _make_rootfs(mp, id)
+                except BaseException:
+                    self.deviceset.unmount_device(id, mp)
+                    raise
             self._refs[id] = 1
             return str(rootfs)
 
@@ -119,15 +131,19 @@ class Driver:
                 self._refs[id] = count
                 return
             self._refs.pop(id, None)
-            self.deviceset.unmount_device(id, self.home / "mnt" / id)
+            self.deviceset.unmount_device(id, self.deviceset.mnt_dir / id)
 
     @contextlib.contextmanager
-    def open_fs(self, id: str, write: bool = False):
-        """Yield a file tree of layer *id*: the mounted rootfs
-        (:class:`DirTree`, kernel) or its ext4 through debugfs
-        (:class:`ImageTree`, simulator; written back if *write*)."""
-        was_active = self.deviceset.is_active(id)
-        thin = self.deviceset.activate_device(id)
+    def open_fs(self, id: str, write: bool = False) -> Iterator[DirTree | ImageTree]:
+        """Yield layer *id*'s file tree, rooted at its ``rootfs/``: the
+        mounted rootfs (:class:`DirTree`, kernel) or its ext4 through debugfs
+        (:class:`ImageTree`, simulator; written back if *write*, creating
+        ``rootfs/`` and ``id`` as ``get`` does).  Raises ``DeviceNotFound``,
+        ``NotSupported`` (xfs in the simulator), ``ReadOnly`` (*write* on a
+        read-only driver)."""
+        ds = self.deviceset
+        was_active = ds.is_active(id)
+        thin = ds.activate_device(id)
         if thin.path is not None:
             rootfs = self.get(id)
             try:
@@ -136,15 +152,17 @@ class Driver:
                 self.put(id)
             return
         try:
-            with self.deviceset.device_access(id, write=write) as image:
-                tree = ImageTree(image, self.deviceset.work_dir)
+            with ds.device_access(id, write=write) as image:
+                tree = ImageTree(image, ds.work_dir, base=ROOTFS)
                 try:
+                    if write:
+                        tree.ensure_base(id)
                     yield tree
                 finally:
                     tree.close()
         finally:
             if not was_active:
-                self.deviceset.deactivate_device(id)
+                ds.deactivate_device(id)
 
     # -- differ -------------------------------------------------------------------
     def changes(self, id: str, parent: str = "") -> list[differ.Change]:
@@ -152,14 +170,14 @@ class Driver:
         new_entries = self._walk(id)
         return differ.changes(new_entries, self._walk(parent) if parent else {})
 
-    def _walk(self, id: str) -> dict:
+    def _walk(self, id: str) -> dict[str, Entry]:
         with self.open_fs(id) as tree:
             return tree.walk()
 
-    def diff(self, id: str, parent: str = ""):
+    def diff(self, id: str, parent: str = "") -> IO[bytes]:
         """A tar of *id*'s changes against *parent*, as a file object at 0."""
         old_entries = self._walk(parent) if parent else {}
-        out = tempfile.TemporaryFile(dir=self.deviceset.work_dir)
+        out = tempfile.TemporaryFile(dir=self.deviceset.work_dir)  # noqa: SIM115 (returned)
         with self.open_fs(id) as new:
             new_entries = new.walk()
             differ.export_changes(new, new_entries,
@@ -173,17 +191,17 @@ class Driver:
         old_entries = self._walk(parent) if parent else {}
         return differ.changes_size(new_entries, differ.changes(new_entries, old_entries))
 
-    def apply_diff(self, id: str, parent: str, diff) -> int:
+    def apply_diff(self, id: str, parent: str, diff: bytes | IO[bytes]) -> int:
         """Apply tar *diff* (bytes or a file object) to layer *id*; return
         its size.  Raises ``InvalidArgument`` for a malformed layer."""
         if isinstance(diff, (bytes, bytearray)):
-            import io
             diff = io.BytesIO(diff)
         with self.open_fs(id, write=True) as tree:
             return differ.apply_layer(tree, diff)
 
     # -- driver info -------------------------------------------------------------------
     def status(self) -> list[tuple[str, str]]:
+        """Docker's ``Status()`` pairs."""
         return self.deviceset.status()
 
     def get_metadata(self, id: str) -> dict[str, str]:
@@ -197,3 +215,17 @@ class Driver:
         with self._lock:
             self._refs.clear()
         self.deviceset.shutdown()
+
+
+def _make_rootfs(mp: Path, id: str) -> None:
+    """moby's Get after mounting: ``rootfs/`` (0755) and an ``id`` file."""
+    rootfs = mp / ROOTFS
+    if not rootfs.is_dir():
+        rootfs.mkdir(mode=0o755)
+        os.chmod(rootfs, 0o755)          # whatever the umask, as the graph tests expect
+    id_file = mp / "id"
+    if not id_file.exists():
+        fd = os.open(id_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(id)

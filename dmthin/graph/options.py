@@ -9,15 +9,21 @@ direct-lvm family) are refused with a message naming the alternative.
 Deferred removal and deletion default to on, as Docker does on any kernel
 whose device-mapper driver is at least 4.27.0.
 
-``dm.thinpooldev`` names an existing dmthin pool *directory* (what
-``Pool.open`` takes) rather than a ``/dev/mapper`` name; as in Docker the
-pool must be unused (no data blocks, transaction id 0) on first use, and
-``dm.blkdiscard`` then defaults to false.
+``dm.thinpooldev`` names an active kernel pool (``/dev/mapper/NAME`` or
+``NAME``, e.g. one from ``dmthin pool activate``; the prefix is stripped as
+Docker does) or, for the simulator, the absolute path of a dmthin pool
+directory; as in Docker the pool must be unused (no data
+blocks, transaction id 0) on first use, and ``dm.blkdiscard`` then defaults
+to false.
+
+``dm.loopdatasize``/``dm.loopmetadatasize`` grow an existing root's files
+only when given (Docker also grows them to its defaults on restart).
 """
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
@@ -32,10 +38,11 @@ _RAM_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?$", re.IGNORECASE)
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 _UNSUPPORTED = {
-    "dm.datadev": "use dm.thinpooldev with a dmthin pool directory",
-    "dm.metadatadev": "use dm.thinpooldev with a dmthin pool directory",
-    "dm.directlvm_device": "create a pool with 'dmthin pool create' and use dm.thinpooldev",
-    "dm.directlvm_device_force": "create a pool with 'dmthin pool create' and use dm.thinpooldev",
+    "dm.datadev": "activate a pool with 'dmthin pool activate' and use dm.thinpooldev",
+    "dm.metadatadev": "activate a pool with 'dmthin pool activate' and use dm.thinpooldev",
+    "dm.directlvm_device": "activate a pool with 'dmthin pool activate' and use dm.thinpooldev",
+    "dm.directlvm_device_force": "activate a pool with 'dmthin pool activate' and use "
+                                 "dm.thinpooldev",
     "dm.thinp_percent": "direct-lvm setup is not supported",
     "dm.thinp_metapercent": "direct-lvm setup is not supported",
     "dm.thinp_autoextend_percent": "direct-lvm setup is not supported",
@@ -85,7 +92,9 @@ class DeviceSetOptions:
     base_size: int = DEFAULT_BASE_SIZE
     user_base_size: bool = False
     loop_data_size: int = DEFAULT_LOOP_DATA_SIZE
+    user_loop_data_size: bool = False
     loop_metadata_size: int = DEFAULT_LOOP_METADATA_SIZE
+    user_loop_metadata_size: bool = False
     filesystem: str | None = None
     mkfs_args: list[str] = field(default_factory=list)
     mount_options: str = ""
@@ -105,7 +114,7 @@ def join_mount_options(a: str, b: str) -> str:
     return ",".join(x for x in (a, b) if x)
 
 
-def parse_options(options) -> DeviceSetOptions:
+def parse_options(options: Iterable[str] | None) -> DeviceSetOptions:
     """Parse Docker ``key=value`` storage options.
 
     Raises :class:`~dmthin.errors.UsageError` with Docker's texts, e.g.
@@ -121,9 +130,9 @@ def parse_options(options) -> DeviceSetOptions:
         if key == "dm.basesize":
             opts.base_size, opts.user_base_size = ram_in_bytes(val), True
         elif key == "dm.loopdatasize":
-            opts.loop_data_size = ram_in_bytes(val)
+            opts.loop_data_size, opts.user_loop_data_size = ram_in_bytes(val), True
         elif key == "dm.loopmetadatasize":
-            opts.loop_metadata_size = ram_in_bytes(val)
+            opts.loop_metadata_size, opts.user_loop_metadata_size = ram_in_bytes(val), True
         elif key == "dm.fs":
             if val not in ("ext4", "xfs"):
                 raise UsageError(f"devmapper: Unsupported filesystem {val} (use ext4 or xfs)")

@@ -30,9 +30,11 @@ import os
 import stat
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..units import human_size_decimal
+from .deviceset import DeviceSet
 from .driver import Driver
 from .tree import DirTree, Entry
 
@@ -79,7 +81,7 @@ class Replay:
     root: str
     backend: str = "sim"
     scale: float = 1.0
-    out: object = print
+    out: Callable[[str], object] = print
     steps: list[Step] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
 
@@ -142,23 +144,24 @@ class Replay:
         with self.driver.open_fs(CONTAINER, write=True) as tree:
             tree.begin()
             tree.remove("test.txt")
-            src = ZeroReader(size) if isinstance(tree, DirTree) else PatternReader(size)
+            raw = ZeroReader(size) if isinstance(tree, DirTree) else PatternReader(size)
             now = time.time_ns()
-            tree.write_file(Entry("test.txt", stat.S_IFREG | 0o644, 0, 0, size, now), src)
+            tree.write_file(Entry("test.txt", stat.S_IFREG | 0o644, 0, 0, size, now),
+                            io.BufferedReader(raw))
             tree.commit()
 
     def _step(self, name: str, t: float) -> None:
         ds = self.driver.deviceset
-        st = ds.pool.status()
-        home = ds.home
+        st = ds.live_pool.status()
+        home = ds.loop_dir
         step = Step(name, du(home / "data"), du(home / "metadata"),
-                    int(st.used_data_blocks) * ds.pool.data_block_size,
+                    int(st.used_data_blocks) * ds.live_pool.data_block_size,
                     int(st.used_metadata_blocks) * 4096, time.monotonic() - t,
                     ARTICLE.get(name))
         self.steps.append(step)
         self.report(step, ds)
 
-    def report(self, step: Step, ds) -> None:
+    def report(self, step: Step, ds: DeviceSet) -> None:
         p = self.out
         p(f"== {step.name} ({step.seconds:.1f}s)")
         p(f"   du data {fmt_du(step.du_data)}   du metadata {fmt_du(step.du_metadata)}"
@@ -169,12 +172,12 @@ class Replay:
             p(f"   article: du data {fmt_du(a_data)}   du metadata {fmt_du(a_meta)}"
               + (f"   ours / scale: {fmt_du(step.du_data / self.scale)}, "
                  f"{fmt_du(step.du_metadata / self.scale)}" if self.scale != 1 else ""))
-        p(f"   pool status: {ds.pool.status_line()}")
+        p(f"   pool status: {ds.live_pool.status_line()}")
         for line in image_tree(ds, self.sizes):
             p("   " + line)
 
 
-def du(path) -> int:
+def du(path: str | os.PathLike[str]) -> int:
     """What ``du`` counts: allocated blocks of the file."""
     return os.stat(path).st_blocks * 512
 
@@ -188,7 +191,7 @@ def fmt_du(n: float) -> str:
     return str(n)
 
 
-def image_tree(ds, sizes: dict[str, int]) -> list[str]:
+def image_tree(ds: DeviceSet, sizes: dict[str, int]) -> list[str]:
     """``docker images --tree`` style lines for the devices in *ds*."""
     parents = {layer: parent for layer, parent, _ in UBUNTU_1410 + UBUNTU_1210}
     parents.update({COMMITTED: "2185fd50e2ca", CONTAINER + "-init": "2185fd50e2ca",
@@ -223,7 +226,7 @@ class PatternReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
         n = min(len(b), self.left, len(self.block))
         b[:n] = self.block[:n]
         self.left -= n
@@ -288,9 +291,9 @@ def plot(steps: list[Step], path: str, scale: float = 1.0, backend: str = "") ->
     matplotlib is optional: without it, say how to get it.
     """
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found]
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
     except ImportError:
         return ("plot not saved: matplotlib is not installed "
                 "(apt-get install python3-matplotlib, or pip install matplotlib)")

@@ -1,20 +1,6 @@
-"""Fixtures for the graph-driver tests.
-
-Backend: the simulator (``sim``).  For graph-layer development before the
-simulator existed, DMTHIN_GRAPH_BACKEND=graphfake selects the in-memory
-model in fakepool.py.
-"""
-import os
-import sys
-
+"""Fixtures for the graph-driver tests (host: the simulator backend)."""
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from graph_helpers import BACKEND, SMALL  # noqa: E402
-
-if BACKEND == "graphfake":          # development only; never changes the registry otherwise
-    import fakepool  # noqa: E402
-    fakepool.register()
+from graph_helpers import BACKEND, SMALL
 
 
 @pytest.fixture

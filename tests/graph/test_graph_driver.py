@@ -8,13 +8,12 @@ import subprocess
 import tarfile
 
 import pytest
+from graph_helpers import SMALL
 
 from dmthin.errors import NotSupported
 from dmthin.graph import Driver
 from dmthin.graph.differ import ADD, DELETE, MODIFY, Change
 from dmthin.graph.tree import Entry
-
-from graph_helpers import SMALL
 
 NOW = 1_700_000_000 * 10**9
 
@@ -42,9 +41,8 @@ def write_files(driver, id, files=(), dirs=(), remove=()):
 
 
 def read(driver, id, path):
-    with driver.open_fs(id) as tree:
-        with tree.open_read(path) as f:
-            return f.read()
+    with driver.open_fs(id) as tree, tree.open_read(path) as f:
+        return f.read()
 
 
 def listing(driver, id):

@@ -240,7 +240,7 @@ def test_restart_rolls_back_open_transaction(tmp_path):
     try:
         assert not drv.exists("victim")
         assert not (root / "metadata/transaction-metadata").exists()
-        assert 2 not in drv.deviceset.pool.thin_ids()
+        assert 2 not in drv.deviceset.live_pool.thin_ids()
         drv.create("after", "")
         assert drv.get_metadata("after")["DeviceId"] == "2"
     finally:
@@ -248,11 +248,11 @@ def test_restart_rolls_back_open_transaction(tmp_path):
     # the crashed process left its pool active (kernel state persists, as after a killed
     # dockerd); the restarted driver attached to it, so it does not tear it down
     Pool.open(root / "devicemapper", backend="kernel").deactivate()
-    assert not [n for n in dm_names() if n.startswith("dmthin-")]
+    assert not [n for n in dm_names() if n.startswith(("dmthin-", "docker-"))]
 
 
 def test_id_collision_retry(driver):
-    driver.deviceset.pool.create_thin(2, "1M").deactivate()
+    driver.deviceset.live_pool.create_thin(2, "1M", activate=False)
     driver.create("a", "")
     assert driver.get_metadata("a")["DeviceId"] == "3"
 
@@ -287,9 +287,10 @@ def test_loop_file_growth_on_restart(tmp_path):
         status = drv.status()
         st = dict(status)
         assert st["Data Space Total"] == "325.1MB"
-        # Docker's kernel-mode fields: the real dm pool name, the loop devices,
-        # libdevmapper's version (no udevd in the guest: no udev sync)
-        assert st["Pool Name"].startswith("dmthin-") and st["Pool Name"].endswith("-pool")
+        # Docker's kernel-mode fields: the real dm pool name (Docker's), the loop
+        # devices, libdevmapper's version (no udevd in the guest: no udev sync)
+        assert st["Pool Name"] == drv.deviceset.prefix + "-pool"
+        assert st["Pool Name"] in dm_names()
         assert st["Data file"].startswith("/dev/loop")
         assert st["Metadata file"].startswith("/dev/loop")
         assert st["Library Version"].startswith("1.02.")
@@ -310,5 +311,5 @@ def test_shutdown_leaves_no_dm_or_loop_device(tmp_path):
     drv.deviceset.activate_device("b")
     assert dm_names()
     drv.cleanup()
-    assert not [n for n in dm_names() if n.startswith("dmthin-")]
+    assert not [n for n in dm_names() if n.startswith(("dmthin-", "docker-"))]
     assert not loops_on(root / "devicemapper")
