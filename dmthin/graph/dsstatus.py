@@ -16,10 +16,14 @@ sizes agree).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ..pool import Pool
 from ..target import PoolStatus
 from ..units import human_size_decimal as human
+
+if TYPE_CHECKING:
+    from .deviceset import DeviceSet
 
 METADATA_BLOCK = 4096
 
@@ -66,42 +70,40 @@ def pool_summary(pool: Pool, st: PoolStatus) -> list[tuple[str, str]]:
         space_usage(pool, st, loop_files=True)
 
 
-def deviceset_status(ds) -> list[tuple[str, str]]:
+def deviceset_status(ds: DeviceSet) -> list[tuple[str, str]]:
     """Ordered (name, value) pairs, as ``docker info`` prints them."""
-    pool = ds.pool
+    pool = ds.live_pool
     st = pool.status()
+    info = pool.info()
     bs = pool.data_block_size
-    managed = not ds.options.thin_pool_dev
-    data_file = pool.pooldir.data_path
-    meta_file = pool.pooldir.metadata_path
     min_free = (int(st.total_data_blocks) * ds.options.min_free_space_percent // 100) * bs
     base = ds.devices.get("")
-    out = [("Pool Name", pool.device_name or ds.pool_name),
+    out = [("Pool Name", info.device_name or ds.pool_name),
            ("Pool Blocksize", human(bs)),
            ("Base Device Size", human(base.size if base else 0)),
            ("Backing Filesystem", ds.base_fs),
-           ("Udev Sync Supported", _bool(getattr(pool, "udev_sync_supported", False)))]
-    if pool.data_device:
-        out.append(("Data file", pool.data_device))
-    if pool.metadata_device:
-        out.append(("Metadata file", pool.metadata_device))
-    if managed:
-        out += [("Data loop file", str(data_file)), ("Metadata loop file", str(meta_file))]
-    out += space_usage(pool, st, loop_files=managed)
+           ("Udev Sync Supported", _bool(info.udev_sync_supported))]
+    if info.data_device:
+        out.append(("Data file", info.data_device))
+    if info.metadata_device:
+        out.append(("Metadata file", info.metadata_device))
+    if ds.managed:
+        out += [("Data loop file", str(ds.loop_dir / "data")),
+                ("Metadata loop file", str(ds.loop_dir / "metadata"))]
+    out += space_usage(pool, st, loop_files=ds.managed)
     out += [("Thin Pool Minimum Free Space", human(min_free)),
             ("Deferred Removal Enabled", _bool(ds.options.deferred_removal)),
             ("Deferred Deletion Enabled", _bool(ds.options.deferred_deletion)),
             ("Deferred Deleted Device Count", str(ds.nr_deleted))]
-    version = getattr(pool, "library_version", "")
-    if version:
-        out.append(("Library Version", str(version)))
+    if info.library_version:
+        out.append(("Library Version", info.library_version))
     return out
 
 
-def _bool(value) -> str:
+def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def format_status(pairs) -> str:
+def format_status(pairs: list[tuple[str, str]]) -> str:
     """``docker info`` style lines: `` Name: value``."""
     return "".join(f" {k}: {v}\n" for k, v in pairs)
