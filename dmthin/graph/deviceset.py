@@ -239,8 +239,9 @@ class DeviceSet:
                 if origin is None:
                     pool.create_thin(dev_id, size, name=name, activate=False)
                 else:
-                    pool.create_snap(dev_id, origin.device_id, name=name, activate=False,
-                                     size=size)
+                    # the message, not create_snap(): the origin's size is Docker's record,
+                    # which the pool need not know (an adopted root records no sizes)
+                    pool.message(f"create_snap {dev_id} {origin.device_id}")
             except DeviceExists:
                 log.error("devmapper: Device ID %d exists in pool but it is supposed to be "
                           "unused", dev_id)

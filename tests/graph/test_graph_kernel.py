@@ -243,10 +243,12 @@ def test_restart_rolls_back_open_transaction(tmp_path):
         assert 2 not in drv.deviceset.live_pool.thin_ids()
         drv.create("after", "")
         assert drv.get_metadata("after")["DeviceId"] == "2"
+        pool_name = drv.deviceset.pool_name
     finally:
         drv.cleanup()
     # the crashed process left its pool active (kernel state persists, as after a killed
     # dockerd); the restarted driver attached to it, so it does not tear it down
+    assert pool_name in dm_names()
     Pool.open(root / "devicemapper", backend="kernel").deactivate()
     assert not [n for n in dm_names() if n.startswith(("dmthin-", "docker-"))]
 
