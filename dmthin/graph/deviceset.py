@@ -93,7 +93,7 @@ class DeviceSet:
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         if readonly:
             if not (self.root / "metadata").is_dir():
-                raise UsageError(f"{self.root} is not a devicemapper graph root (no metadata/ "
+                raise UsageError(f"{self.root} is not a graph root (no metadata/ "
                                  "directory): give dockerd's DATA_ROOT/devicemapper")
             self._scratch = tempfile.TemporaryDirectory(prefix="dmthin-graph-")
             self.mnt_dir = Path(self._scratch.name) / "mnt"

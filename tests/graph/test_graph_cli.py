@@ -120,7 +120,7 @@ def test_errors_are_one_line(root, unchanged, tmp_path):
     one_line_error(dmthin("graph", "cat", r, "ctr", "/etc/nope"), "/etc/nope")
     one_line_error(dmthin("graph", "cat", r, "ctr", "/etc"), "not a regular file")
     one_line_error(dmthin("graph", "cat", r, "zzz", "/etc/motd"), "'zzz'", "dmthin graph ls")
-    one_line_error(dmthin("graph", "ls", tmp_path), "not a devicemapper graph root")
+    one_line_error(dmthin("graph", "ls", tmp_path), "not a graph root")
     one_line_error(dmthin("graph", "export", r, "ctr", "-o", tmp_path / "no" / "x.tar"))
     assert not (tmp_path / "no").exists()
     assert list(tmp_path.iterdir()) == []

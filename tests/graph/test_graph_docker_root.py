@@ -104,7 +104,7 @@ def test_readonly_inspection_changes_no_byte(docker_root, backend, tmp_path):
 
 
 def test_readonly_needs_a_graph_root(tmp_path, backend):
-    with pytest.raises(UsageError, match="not a devicemapper graph root"):
+    with pytest.raises(UsageError, match="not a graph root"):
         DeviceSet(tmp_path, backend=backend, readonly=True)
     assert list(tmp_path.iterdir()) == []
 
