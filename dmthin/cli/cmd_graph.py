@@ -20,6 +20,7 @@ from typing import IO, Any
 from ..graph import Driver, format_status
 from ..graph.inspection import cat, export, find_device, list_devices
 from ..graph.layerdb import LayerDB
+from ..graph.rootpool import driver_home
 from .commands import SUMMARIES
 from .common import add_backend_arg, add_command, add_group, emit_json
 
@@ -50,7 +51,8 @@ def register(subs: Any) -> None:
 
 
 def _root_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", metavar="ROOT", help="the driver home (DATA_ROOT/devicemapper)")
+    p.add_argument("root", metavar="ROOT",
+                   help="the driver home, DATA_ROOT/devicemapper (DATA_ROOT also works)")
     add_backend_arg(p)
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a dm.* storage option as given to dockerd (repeatable), e.g. "
@@ -58,7 +60,7 @@ def _root_args(p: argparse.ArgumentParser) -> None:
 
 
 def _open(args: argparse.Namespace) -> Driver:
-    return Driver(args.root, args.opt, backend=args.backend, cleanup_interval=None,
+    return Driver(driver_home(args.root), args.opt, backend=args.backend, cleanup_interval=None,
                   readonly=True)
 
 
@@ -72,7 +74,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_ls(args: argparse.Namespace) -> int:
     """List the devices in ROOT's pool and Docker's records of them."""
     with _open(args) as drv:
-        rows = list_devices(drv, LayerDB.for_root(args.root))
+        rows = list_devices(drv, LayerDB.for_root(drv.home))
     if args.json:
         emit_json([r.to_dict() for r in rows])
         return 0
@@ -92,7 +94,7 @@ def run_ls(args: argparse.Namespace) -> int:
 def run_cat(args: argparse.Namespace) -> int:
     """Copy one file of a layer to stdout."""
     with _open(args) as drv:
-        device = find_device(drv, LayerDB.for_root(args.root), args.id)
+        device = find_device(drv, LayerDB.for_root(drv.home), args.id)
         sys.stdout.flush()
         cat(drv, device, args.path, sys.stdout.buffer)
         sys.stdout.buffer.flush()
@@ -101,8 +103,8 @@ def run_cat(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Write a layer's diff against its parent as a tar."""
-    layers = LayerDB.for_root(args.root)
     with _open(args) as drv:
+        layers = LayerDB.for_root(drv.home)
         device = find_device(drv, layers, args.id)
         if args.parent is not None:
             parent = find_device(drv, layers, args.parent)

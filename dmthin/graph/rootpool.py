@@ -49,6 +49,15 @@ def device_prefix(home: str | os.PathLike[str]) -> str:
     return f"docker-{major}:{minor}-{st.st_ino}"
 
 
+def driver_home(path: str | os.PathLike[str]) -> Path:
+    """The driver home a user means by *path*: *path* itself, or dockerd's
+    ``DATA_ROOT/devicemapper`` when given the data root (``/var/lib/docker``)."""
+    p = Path(path)
+    if not (p / "metadata").is_dir() and (p / "devicemapper" / "metadata").is_dir():
+        return p / "devicemapper"
+    return p
+
+
 @dataclass(frozen=True)
 class RootPool:
     """The opened pool and what Docker knows about it."""

@@ -72,8 +72,9 @@ def test_ls(root, unchanged):
     assert rows[2]["parent"] == "layer1" and rows[4]["parent"] == "ctr-init"
 
 
-def test_status(root, unchanged):
-    p = dmthin("graph", "status", root[0])
+@pytest.mark.parametrize("level", ["home", "data-root"])
+def test_status(root, unchanged, level):
+    p = dmthin("graph", "status", root[0] if level == "home" else root[0].parent)
     assert p.returncode == 0, p.stderr
     out = p.stdout.decode()
     assert out.startswith("Storage Driver: devicemapper\n Pool Name: docker-")
