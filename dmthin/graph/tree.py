@@ -59,7 +59,9 @@ class DirTree:
         self.root = Path(root)
 
     def _abs(self, path: str) -> Path:
-        return self.root / path
+        """*path* (relative to the tree; a leading ``/`` is the tree's root,
+        never the host's) below :attr:`root`."""
+        return self.root / path.lstrip("/")
 
     def walk(self) -> dict[str, Entry]:
         """Every entry below the root (the root itself excluded)."""
@@ -190,7 +192,9 @@ class ImageTree:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def _q(self, path: str) -> str:
-        """*path* (relative to the tree) quoted for debugfs."""
+        """*path* (relative to the tree; a leading ``/`` is the tree's root)
+        quoted for debugfs."""
+        path = path.strip("/")
         full = f"{self.base}/{path}" if self.base and path else (self.base or path)
         return _quote(full)
 

@@ -226,7 +226,8 @@ def test_layers_written_in_a_docker_root_show_in_the_same_paths(docker_root, bac
     root, _ = docker_root
     with Driver(root, SMALL, backend=backend, cleanup_interval=None) as drv:
         drv.create("new", "ctr")
-        write_files(drv, "new", files=[("etc/new", b"new file", 0o600, 0, 0)])
+        # a leading "/" is the layer's root (the container's view), never the host's
+        write_files(drv, "new", files=[("/etc/new", b"new file", 0o600, 0, 0)])
     with Driver(root, backend=backend, readonly=True) as drv, drv.open_fs("new") as tree:
         names = set(tree.walk())
     assert {"etc/new", "etc/hostname", "etc/motd", "bin/tool"} <= names
