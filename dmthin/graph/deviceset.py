@@ -55,12 +55,13 @@ from ..errors import (
     ReadOnly,
     UsageError,
 )
+from ..pooldir import device_prefix
 from ..units import human_size_decimal
 from . import baseimage, blockfs
 from .dsstatus import deviceset_status
 from .mounts import MountTable
 from .options import DeviceSetOptions, parse_options, ram_in_bytes
-from .rootpool import device_prefix, open_root_pool
+from .rootpool import open_root_pool
 from .store import DeviceSetMeta, DevInfo, IdAllocator, MetadataStore, Transaction, check_hash
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class DeviceSet:
         for d in (self.mnt_dir, self.work_dir):
             d.mkdir(mode=0o700, exist_ok=True)
         self.store = MetadataStore(self.root / "metadata", readonly=readonly)
-        self.prefix = device_prefix(self.root)
+        self.prefix = device_prefix(self.root, head="docker")
         self._lock = threading.RLock()
         self.devices: dict[str, DevInfo] = {}
         self.ids = IdAllocator()

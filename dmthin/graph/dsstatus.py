@@ -48,7 +48,7 @@ def space_usage(pool: Pool, st: PoolStatus, *, loop_files: bool) -> list[tuple[s
     meta_used = int(st.used_metadata_blocks) * METADATA_BLOCK
     meta_total = int(st.total_metadata_blocks) * METADATA_BLOCK
     meta_avail = meta_total - meta_used
-    if loop_files:
+    if loop_files and pool.pooldir is not None:      # None: attached by device name
         free = _fs_free(pool.pooldir.data_path)
         if free is not None and free < data_avail:
             data_avail = free

@@ -16,7 +16,7 @@ by ``dm.thinpooldev``.  This module finds or makes that pool:
   (default 64K), low water mark 32768 blocks, ``skip_block_zeroing``.
 
 Names are Docker's: ``docker-MAJ:MIN-INO`` of the driver home (see
-:func:`device_prefix`), the pool ``<prefix>-pool``, thin devices
+:func:`dmthin.pooldir.device_prefix` with ``head="docker"``), the pool ``<prefix>-pool``, thin devices
 ``<prefix>-<hash>`` and the base ``<prefix>-base``; the kernel backend uses
 them as device-mapper names.
 """
@@ -37,16 +37,6 @@ log = logging.getLogger("dmthin.graph.deviceset")
 DOCKER_LOW_WATER_MARK = 32768               # blocks: "... 128 32768 1 skip_block_zeroing"
 DOCKER_FEATURES = ("skip_block_zeroing",)
 MAPPER_DIR = "/dev/mapper/"
-
-
-def device_prefix(home: str | os.PathLike[str]) -> str:
-    """Docker's ``docker-<major>:<minor>-<inode>`` of the driver home
-    (glibc's ``major``/``minor`` split of ``st_dev``)."""
-    st = os.stat(home)
-    dev = st.st_dev
-    major = (dev >> 8) & 0xFFF
-    minor = (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
-    return f"docker-{major}:{minor}-{st.st_ino}"
 
 
 def driver_home(path: str | os.PathLike[str]) -> Path:
