@@ -3,17 +3,21 @@
 its filesystem UUID recorded in ``deviceset-metadata`` and verified on every
 start, grown when ``dm.basesize`` rises, never shrunk.
 
-In the simulator the tools run on an image mirror (:mod:`.blockfs`); the
-UUID is read from an image of the device's first MiB.  Growing the base
-(or a layer created larger than it) reactivates the device with the size
-in its record, then grows the filesystem.
+A device without a node (the simulator) is formatted by
+:func:`dmthin.extfs.mkfs` (mke2fs on a sparse scratch file, only the blocks
+it wrote go to the device) and its UUID read from its superblock; only
+ext4 there (``dm.fs=xfs`` is refused naming ``dm.fs=ext4``; the automatic
+choice is ext4).  Growing the base (or a layer created larger than it)
+reactivates the device with the size in its record, then grows the
+filesystem (e2fsck + resize2fs on an image mirror, :mod:`.blockfs`, in the
+simulator).
 """
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
 
-from .. import ThinDevice
+from .. import ThinDevice, extfs
 from ..errors import DmThinError, UsageError
 from ..units import human_size_decimal
 from . import blockfs
@@ -49,12 +53,16 @@ def setup_base_image(ds: DeviceSet) -> None:
 
 def create_base_image(ds: DeviceSet) -> None:
     """createBaseImage: register, activate, mkfs, mark initialized, save UUID."""
-    if not ds.filesystem:
-        ds.filesystem = auto_filesystem()
     info = ds._create_register("", ds.options.base_size, None)
     thin = ds._activate(info)
-    with blockfs.device_access(thin, ds.work_dir, ds.chunk) as path:
-        blockfs.mkfs(path, ds.filesystem, ds.options.mkfs_args, thin.path is None)
+    if not ds.filesystem:
+        # Docker's automatic choice is xfs where it can mount it; a device without a node
+        # (the simulator) is formatted and read through libext2fs: ext4
+        ds.filesystem = auto_filesystem() if thin.path is not None else "ext4"
+    if thin.path is None:
+        extfs.mkfs(thin, ds.filesystem, ds.options.mkfs_args, ds.work_dir)
+    else:
+        blockfs.mkfs(thin.path, ds.filesystem, ds.options.mkfs_args, False)
     info.initialized = True
     ds.store.save_device(info)
     try:
@@ -68,15 +76,10 @@ def create_base_image(ds: DeviceSet) -> None:
 
 
 def read_uuid(ds: DeviceSet, thin: ThinDevice) -> str:
-    """blkid's UUID of *thin* (an image of its first MiB in the simulator)."""
+    """blkid's UUID of *thin* (read from its superblock when it has no node)."""
     if thin.path is not None:
         return blockfs.fs_uuid(thin.path)
-    mirror = blockfs.ImageMirror.export(thin, ds.work_dir / f".uuid{thin.dev_id}.img",
-                                        ds.chunk, limit=1 << 20)
-    try:
-        return blockfs.fs_uuid(str(mirror.path))
-    finally:
-        mirror.remove()
+    return extfs.read_uuid(thin)
 
 
 def verify_base_uuid_fs(ds: DeviceSet, info: DevInfo) -> None:

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Self
 
-from .. import Pool, ThinDevice
+from .. import Pool, ThinDevice, extfs
 from ..errors import (
     Busy,
     DeviceExists,
@@ -55,6 +55,7 @@ from ..errors import (
     ReadOnly,
     UsageError,
 )
+from ..extfs import Filesystem
 from ..pooldir import device_prefix
 from ..units import human_size_decimal
 from . import baseimage, blockfs
@@ -62,7 +63,14 @@ from .dsstatus import deviceset_status
 from .mounts import MountTable
 from .options import DeviceSetOptions, parse_options, ram_in_bytes
 from .rootpool import open_root_pool
-from .store import DeviceSetMeta, DevInfo, IdAllocator, MetadataStore, Transaction, check_hash
+from .store import (
+    DeviceSetMeta,
+    DevInfo,
+    IdAllocator,
+    MetadataStore,
+    Transaction,
+    check_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -540,6 +548,34 @@ class DeviceSet:
             try:
                 with blockfs.device_access(thin, self.work_dir, self.chunk, write) as path:
                     yield path
+            finally:
+                if not was_active:
+                    self._deactivate(info)
+
+    @contextlib.contextmanager
+    def open_filesystem(self, hash_: str, write: bool = False) -> Iterator[Filesystem]:
+        """Yield the ext4 filesystem of *hash* read and written in place,
+        through its thin device's own blocks (:class:`dmthin.extfs.Filesystem`;
+        closed, hence written and committed, at the end).  The device must
+        not be mounted.  Raises ``DeviceNotFound``, ``Busy``, ``ReadOnly``
+        (*write* on a read-only set), ``NotSupported`` (not ext4, naming
+        ``dm.fs=ext4``), ``BackendUnavailable`` (dmthin built without
+        libext2fs)."""
+        if write:
+            self._check_writable("write a device")
+        with self._lock:
+            info = self._lookup(hash_)
+            mounted = self._mounts.where(hash_)
+            if mounted is not None:
+                raise Busy(f"devmapper: device {hash_} is mounted at {mounted}; "
+                           "unmount it first")
+            was_active = hash_ in self._active
+            thin = self._activate(info)
+            try:
+                if extfs.probe_fs_type(thin) != "ext4":
+                    raise NotSupported(extfs.XFS_REFUSAL)
+                with extfs.Filesystem(thin, write=write) as fs:
+                    yield fs
             finally:
                 if not was_active:
                     self._deactivate(info)

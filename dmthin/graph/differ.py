@@ -9,7 +9,7 @@ changes is listed as modified; a deleted directory is listed alone.
 tar (whiteouts delete, ``.wh..wh.*`` bookkeeping entries are skipped) and
 returns the summed sizes of its entries, as ``ApplyUncompressedLayer`` does.
 Trees are :class:`~dmthin.graph.tree.DirTree` (kernel mode, a mounted
-rootfs) or :class:`~dmthin.graph.tree.ImageTree` (simulator, debugfs).
+rootfs) or :class:`~dmthin.graph.exttree.ExtTree` (simulator, libext2fs).
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..errors import InvalidArgument
-from .tree import DirTree, Entry, ImageTree
+from .exttree import ExtTree
+from .tree import DirTree, Entry
 
-Tree = DirTree | ImageTree
+Tree = DirTree | ExtTree
 
 MODIFY, ADD, DELETE = 0, 1, 2
 _KIND = {MODIFY: "C", ADD: "A", DELETE: "D"}

@@ -32,9 +32,10 @@ from typing import IO, Self
 from ..errors import UsageError
 from . import differ
 from .deviceset import CLEANUP_INTERVAL, DeviceSet
+from .exttree import ExtTree
 from .options import DeviceSetOptions, ram_in_bytes
 from .store import check_hash
-from .tree import DirTree, Entry, ImageTree
+from .tree import DirTree, Entry
 
 #: the directory of a device's filesystem holding the layer (moby's Get)
 ROOTFS = "rootfs"
@@ -134,13 +135,14 @@ class Driver:
             self.deviceset.unmount_device(id, self.deviceset.mnt_dir / id)
 
     @contextlib.contextmanager
-    def open_fs(self, id: str, write: bool = False) -> Iterator[DirTree | ImageTree]:
+    def open_fs(self, id: str, write: bool = False) -> Iterator[DirTree | ExtTree]:
         """Yield layer *id*'s file tree, rooted at its ``rootfs/``: the
-        mounted rootfs (:class:`DirTree`, kernel) or its ext4 through debugfs
-        (:class:`ImageTree`, simulator; written back if *write*, creating
-        ``rootfs/`` and ``id`` as ``get`` does).  Raises ``DeviceNotFound``,
-        ``NotSupported`` (xfs in the simulator), ``ReadOnly`` (*write* on a
-        read-only driver)."""
+        mounted rootfs (:class:`DirTree`, kernel) or its ext4 read and
+        written in place through libext2fs (:class:`ExtTree`, simulator;
+        with *write*, creating ``rootfs/`` and ``id`` as ``get`` does).
+        Raises ``DeviceNotFound``, ``NotSupported`` (xfs in the simulator),
+        ``ReadOnly`` (*write* on a read-only driver), ``BackendUnavailable``
+        (simulator, dmthin built without libext2fs)."""
         ds = self.deviceset
         was_active = ds.is_active(id)
         thin = ds.activate_device(id)
@@ -152,14 +154,11 @@ class Driver:
                 self.put(id)
             return
         try:
-            with ds.device_access(id, write=write) as image:
-                tree = ImageTree(image, ds.work_dir, base=ROOTFS)
-                try:
-                    if write:
-                        tree.ensure_base(id)
-                    yield tree
-                finally:
-                    tree.close()
+            with ds.open_filesystem(id, write=write) as fs:
+                tree = ExtTree(fs, base=ROOTFS)
+                if write:
+                    tree.ensure_base(id)
+                yield tree
         finally:
             if not was_active:
                 ds.deactivate_device(id)
