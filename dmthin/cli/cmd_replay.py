@@ -9,7 +9,8 @@ from typing import Any
 
 from ..backend import DEFAULT_BACKEND
 from ..errors import UsageError
-from ..graph.replay import Replay, plot
+from ..graph.article import plot
+from ..graph.replay import Replay
 from .commands import SUMMARIES
 from .common import add_backend_arg, add_command
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"replaying docker-article at scale {args.scale} on the {args.backend} backend "
               f"in {root}")
         steps = rep.run()
+        print(f"replay took {rep.seconds:.0f} s ({rep.seconds / 60:.1f} min)")
         if not args.no_plot:
             print(plot(steps, args.plot or f"dmthin-replay-{args.backend}.png", args.scale,
                        args.backend))

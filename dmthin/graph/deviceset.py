@@ -127,6 +127,8 @@ class DeviceSet:
         self.base_fs = ""
         self.filesystem = self.options.filesystem or ""
         self._active: dict[str, ThinDevice] = {}
+        #: hash -> (readers, writers) of open_filesystem views
+        self._fs_open: dict[str, tuple[int, int]] = {}
         self._pending_removal: set[str] = set()
         self._mounts = MountTable(readonly, self.options.mount_options)
         self._stop = threading.Event()
@@ -512,6 +514,9 @@ class DeviceSet:
             if info.deleted:
                 raise Busy(f"devmapper: Can't mount device {hash_} as it has been marked for "
                            "deferred deletion")
+            if hash_ in self._fs_open:
+                raise Busy(f"devmapper: the filesystem of device {hash_} is open "
+                           "(Driver.open_fs); close it before mounting")
             if self._mounts.add_ref(hash_, where):
                 return
             thin = self._activate(info)
@@ -556,11 +561,13 @@ class DeviceSet:
     def open_filesystem(self, hash_: str, write: bool = False) -> Iterator[Filesystem]:
         """Yield the ext4 filesystem of *hash* read and written in place,
         through its thin device's own blocks (:class:`dmthin.extfs.Filesystem`;
-        closed, hence written and committed, at the end).  The device must
-        not be mounted.  Raises ``DeviceNotFound``, ``Busy``, ``ReadOnly``
-        (*write* on a read-only set), ``NotSupported`` (not ext4, naming
-        ``dm.fs=ext4``), ``BackendUnavailable`` (dmthin built without
-        libext2fs)."""
+        closed, hence written and committed, at the end).  The set's lock is
+        held only to activate and deactivate, so other devices stay usable
+        meanwhile (a streamed diff reads one layer while another is written).
+        Raises ``DeviceNotFound``, ``Busy`` (mounted, or open for writing
+        elsewhere), ``ReadOnly`` (*write* on a read-only set),
+        ``NotSupported`` (not ext4, naming ``dm.fs=ext4``),
+        ``BackendUnavailable`` (dmthin built without libext2fs)."""
         if write:
             self._check_writable("write a device")
         with self._lock:
@@ -569,15 +576,25 @@ class DeviceSet:
             if mounted is not None:
                 raise Busy(f"devmapper: device {hash_} is mounted at {mounted}; "
                            "unmount it first")
+            readers, writers = self._fs_open.get(hash_, (0, 0))
+            if writers or (write and readers):
+                raise Busy(f"devmapper: the filesystem of device {hash_} is open "
+                           f"{'for writing ' if writers else ''}elsewhere")
             was_active = hash_ in self._active
             thin = self._activate(info)
-            try:
-                if extfs.probe_fs_type(thin) != "ext4":
-                    raise NotSupported(extfs.XFS_REFUSAL)
-                with extfs.Filesystem(thin, write=write) as fs:
-                    yield fs
-            finally:
-                if not was_active:
+            self._fs_open[hash_] = (readers + (not write), writers + write)
+        try:
+            if extfs.probe_fs_type(thin) != "ext4":
+                raise NotSupported(extfs.XFS_REFUSAL)
+            with extfs.Filesystem(thin, write=write) as fs:
+                yield fs
+        finally:
+            with self._lock:
+                readers, writers = self._fs_open.pop(hash_)
+                readers, writers = readers - (not write), writers - write
+                if readers or writers:
+                    self._fs_open[hash_] = (readers, writers)
+                elif not was_active:
                     self._deactivate(info)
 
     # -- pool size, status, shutdown --------------------------------------------------------

@@ -1,18 +1,23 @@
 """Docker's naive differ (``graphdriver.NaiveDiffDriver``) over file trees.
 
 :func:`changes` compares two trees as moby's ``ChangesDirs`` does: an entry
-is modified when its mode, owner, group or device number differ, or (not
-for directories) its mtime, size or symlink target; a directory holding
-changes is listed as modified; a deleted directory is listed alone.
-:func:`export_changes` writes a tar of the changed entries with
-``.wh.<name>`` whiteouts for deletions; :func:`apply_layer` applies such a
-tar (whiteouts delete, ``.wh..wh.*`` bookkeeping entries are skipped) and
-returns the summed sizes of its entries, as ``ApplyUncompressedLayer`` does.
+is modified when its mode, owner, group, device number or
+``security.capability`` differ, or (not for directories) its mtime, size or
+symlink target; a directory holding changes is listed as modified; a
+deleted directory is listed alone.  :func:`export_changes` writes a tar of
+the changed entries with ``.wh.<name>`` whiteouts for deletions, hard links
+as links to the first path written, ``security.capability`` as a PAX
+``SCHILY.xattr`` record (moby's addTarFile); :func:`apply_layer` applies
+such a tar as moby's UnpackLayer: whiteouts delete, ``.wh..wh..opq`` empties
+its directory of what the layer did not unpack, top-level ``.wh..wh.*``
+aufs bookkeeping is skipped, PAX xattrs are set; it returns the summed
+sizes of the entries, as ``ApplyUncompressedLayer`` does.
 Trees are :class:`~dmthin.graph.tree.DirTree` (kernel mode, a mounted
 rootfs) or :class:`~dmthin.graph.exttree.ExtTree` (simulator, libext2fs).
 """
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -23,7 +28,7 @@ from typing import IO
 
 from ..errors import InvalidArgument
 from .exttree import ExtTree
-from .tree import DirTree, Entry
+from .tree import CAPABILITY, DirTree, Entry
 
 Tree = DirTree | ExtTree
 
@@ -31,6 +36,8 @@ MODIFY, ADD, DELETE = 0, 1, 2
 _KIND = {MODIFY: "C", ADD: "A", DELETE: "D"}
 WHITEOUT = ".wh."
 WHITEOUT_META = ".wh..wh."
+OPAQUE = ".wh..wh..opq"
+XATTR_PAX = "SCHILY.xattr."
 
 
 @dataclass(frozen=True, order=True)
@@ -44,7 +51,8 @@ class Change:
 
 
 def _differs(old: Entry, new: Entry) -> bool:
-    if (old.mode, old.uid, old.gid, old.rdev) != (new.mode, new.uid, new.gid, new.rdev):
+    if (old.mode, old.uid, old.gid, old.rdev, old.capability) != \
+            (new.mode, new.uid, new.gid, new.rdev, new.capability):
         return True
     if new.is_dir:
         return False
@@ -88,6 +96,7 @@ def export_changes(tree: Tree, new: dict[str, Entry], chs: list[Change],
                    out: IO[bytes]) -> None:
     """Write a tar of *chs* (contents read from *tree*) to file object *out*."""
     now = time.time()
+    seen: dict[int, str] = {}            # inode -> first path written (moby's SeenFiles)
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for c in chs:
             rel = c.path[1:]
@@ -102,6 +111,15 @@ def export_changes(tree: Tree, new: dict[str, Entry], chs: list[Change],
             ti.mode = stat.S_IMODE(e.mode)
             ti.uid, ti.gid = e.uid, e.gid
             ti.mtime = e.mtime_ns / 1e9
+            if e.capability:
+                ti.pax_headers = {XATTR_PAX + CAPABILITY:
+                                  e.capability.decode("utf-8", "surrogateescape")}
+            if not e.is_dir and e.nlink > 1 and e.ino:
+                first = seen.setdefault(e.ino, rel)
+                if first != rel:
+                    ti.type, ti.linkname = tarfile.LNKTYPE, first
+                    tar.addfile(ti)
+                    continue
             if e.is_dir:
                 ti.type = tarfile.DIRTYPE
                 tar.addfile(ti)
@@ -148,6 +166,35 @@ def _ensure_parents(tree: Tree, d: str) -> None:
         tree.mkdir(Entry(p, stat.S_IFDIR | 0o755, 0, 0, 0, now))
 
 
+def _opaque(tree: Tree, d: str, unpacked: set[str]) -> None:
+    """``.wh..wh..opq`` in *d*: remove everything below *d* that this layer
+    did not unpack (moby's UnpackLayer walks *d* the same way)."""
+    stack = [d]
+    while stack:
+        cur = stack.pop()
+        for name in tree.listdir(cur):
+            p = posixpath.join(cur, name) if cur else name
+            if p in unpacked:
+                e = tree.lookup(p)
+                if e is not None and e.is_dir:
+                    stack.append(p)
+                continue
+            tree.remove(p)
+
+
+def _xattrs(tree: Tree, rel: str, m: tarfile.TarInfo) -> None:
+    """Set the xattrs of PAX ``SCHILY.xattr.*`` records; EPERM and
+    EOPNOTSUPP are ignored, as moby's createTarFile does."""
+    for key, value in m.pax_headers.items():
+        if key.startswith(XATTR_PAX):
+            try:
+                tree.setxattr(rel, key[len(XATTR_PAX):],
+                              value.encode("utf-8", "surrogateescape"))
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.EOPNOTSUPP):
+                    raise
+
+
 def apply_layer(tree: Tree, layer: IO[bytes]) -> int:
     """Apply tar stream *layer* to *tree*; return the summed entry sizes.
 
@@ -156,20 +203,26 @@ def apply_layer(tree: Tree, layer: IO[bytes]) -> int:
     """
     size = 0
     dirs: list[Entry] = []
+    unpacked: set[str] = set()
     tree.begin()
-    with tarfile.open(fileobj=layer, mode="r|*") as tar:
+    with tarfile.open(fileobj=layer, mode="r|*", encoding="utf-8",
+                      errors="surrogateescape") as tar:
         for m in tar:
             rel = _clean(m.name)
             if not rel:
                 continue
             d, base = posixpath.split(rel)
-            if base.startswith(WHITEOUT_META):
+            if rel.startswith(WHITEOUT_META) and rel != OPAQUE:
+                continue                     # aufs bookkeeping at the top (moby: hdr.Name)
+            if base == OPAQUE:
+                _opaque(tree, d, unpacked)
                 continue
             if base.startswith(WHITEOUT):
                 tree.remove(posixpath.join(d, base[len(WHITEOUT):]))
                 continue
             size += m.size
             _ensure_parents(tree, d)
+            unpacked.add(rel)
             if m.islnk():
                 target = _clean(m.linkname)
                 tree.remove(rel)
@@ -186,6 +239,7 @@ def apply_layer(tree: Tree, layer: IO[bytes]) -> int:
                 if old is not None and not old.is_dir:
                     tree.remove(rel)
                 tree.mkdir(e)
+                _xattrs(tree, rel, m)
                 dirs.append(e)
                 continue
             tree.remove(rel)
@@ -196,6 +250,7 @@ def apply_layer(tree: Tree, layer: IO[bytes]) -> int:
                 tree.symlink(e)
             else:
                 tree.mknod(e)
+            _xattrs(tree, rel, m)
     for e in reversed(dirs):
         tree.set_times(e)
     tree.commit()

@@ -32,6 +32,7 @@ from typing import IO, Self
 from ..errors import UsageError
 from . import differ
 from .deviceset import CLEANUP_INTERVAL, DeviceSet
+from .diffstream import DiffStream
 from .exttree import ExtTree
 from .options import DeviceSetOptions, ram_in_bytes
 from .store import check_hash
@@ -173,8 +174,18 @@ class Driver:
         with self.open_fs(id) as tree:
             return tree.walk()
 
-    def diff(self, id: str, parent: str = "") -> IO[bytes]:
-        """A tar of *id*'s changes against *parent*, as a file object at 0."""
+    def diff(self, id: str, parent: str = "", stream: bool = False) -> IO[bytes]:
+        """A tar of *id*'s changes against *parent*: a temporary file at 0,
+        or with *stream* a pipe a thread fills while the caller reads, as
+        Docker's ``Diff`` streams (no scratch space; not seekable; reading
+        to the end or closing raises the writer's error)."""
+        if stream:
+            def produce(out: IO[bytes]) -> None:
+                old = self._walk(parent) if parent else {}
+                with self.open_fs(id) as new:
+                    entries = new.walk()
+                    differ.export_changes(new, entries, differ.changes(entries, old), out)
+            return DiffStream(produce)  # type: ignore[return-value]
         old_entries = self._walk(parent) if parent else {}
         out = tempfile.TemporaryFile(dir=self.deviceset.work_dir)  # noqa: SIM115 (returned)
         with self.open_fs(id) as new:

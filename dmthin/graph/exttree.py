@@ -17,14 +17,20 @@ from collections.abc import Iterator
 from typing import IO
 
 from ..extfs import Filesystem, Stat
-from .tree import Entry
+from .tree import CAPABILITY, Entry
 
 
-def entry(path: str, st: Stat, link: str = "") -> Entry:
+def entry(view: Filesystem, path: str, st: Stat) -> Entry:
     """The differ's :class:`Entry` for *st* (DirTree's rules: size only
-    for regular files, target for symlinks, rdev for device nodes)."""
+    for regular files, target for symlinks, rdev for device nodes,
+    security.capability)."""
+    link = view.readlink(path) if st.is_symlink else ""
+    try:
+        cap = view.getxattr(path, CAPABILITY)
+    except OSError:
+        cap = b""
     return Entry(path, st.st_mode, st.st_uid, st.st_gid, st.st_size if st.is_reg else 0,
-                 st.st_mtime_ns, link, st.st_rdev)
+                 st.st_mtime_ns, link, st.st_rdev, cap, st.st_ino, st.st_nlink)
 
 
 class ExtTree:
@@ -62,8 +68,7 @@ class ExtTree:
         view = self._view()
         if view is None:
             return {}
-        return {p: entry(p, st, view.readlink(p) if st.is_symlink else "")
-                for p, st in view.walk()}
+        return {p: entry(view, p, st) for p, st in view.walk()}
 
     def lstat(self, path: str) -> Entry | None:
         """*path*'s entry (a final symlink not followed), or None."""
@@ -74,7 +79,7 @@ class ExtTree:
             st = view.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return entry(path, st, view.readlink(path) if st.is_symlink else "")
+        return entry(view, path, st)
 
     def lookup(self, path: str) -> Entry | None:
         return self.lstat(path)
@@ -87,6 +92,14 @@ class ExtTree:
             raise OSError(f"{path!r} is not a regular file")
         with view.open(path) as f:
             yield f  # type: ignore[misc]
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory *path*."""
+        return self._need().listdir(path)
+
+    def setxattr(self, path: str, name: str, value: bytes) -> None:
+        """Set xattr *name* of *path* itself."""
+        self._need().setxattr(path, name, value)
 
     # -- writing -----------------------------------------------------------------------
     def begin(self) -> None:

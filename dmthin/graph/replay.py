@@ -16,11 +16,14 @@ metadata files) by F; the article's figures are shown unscaled and ours
 also divided by F.  Scaled down, the base is formatted with ``-T default``
 so it keeps the geometry mke2fs gave Docker's 10G base (4K blocks, 16K
 bytes per inode) instead of its "small" type; the journal is still smaller
-in proportion (mke2fs sizes it by filesystem size).  Kernel mode writes the large file as zeros through the
-mounted rootfs, exactly ``dd if=/dev/zero``.  Simulator mode writes it
-through debugfs, which stores all-zero blocks as holes, so it is filled
-with a non-zero pattern instead: the thin pool provisions the same blocks
-either way.
+in proportion (mke2fs sizes it by filesystem size).  Both backends write
+the large file as zeros, exactly ``dd if=/dev/zero``: through the mounted
+rootfs (kernel) or through the ext4 view of the thin device (simulator),
+so the pool provisions the same blocks.  The commit streams the diff into
+the new layer through a pipe (no scratch copy), and the simulator never
+copies a device: scratch space stays at mke2fs' scratch file for the base
+(the blocks it writes, removed at once).  Long steps show progress bars
+(stderr, on a terminal); :attr:`Replay.seconds` is the whole run's time.
 """
 from __future__ import annotations
 
@@ -32,11 +35,15 @@ import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import IO, Any
+
+from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
 from ..units import human_size_decimal
+from .article import Step, step_figures
 from .deviceset import DeviceSet
 from .driver import Driver
-from .tree import DirTree, Entry
+from .tree import Entry
 
 MB = 1000 * 1000   # Docker's decimal MB
 MiB = 1 << 20
@@ -56,25 +63,6 @@ TAGS = {"2185fd50e2ca": "ubuntu:14.10", "c5881f11ded9": "ubuntu:12.10"}
 CONTAINER = "4b1bd8c0f3a5"
 COMMITTED = "9d4e5a1c7b2f"
 
-#: the article's du figures (devicemapper): step -> (data, metadata), bytes as du -sh
-ARTICLE = {"pull ubuntu:14.10": (590 * MiB, int(1.2 * MiB)),
-           "pull ubuntu:12.10": (787 * MiB, int(1.4 * MiB)),
-           "start container": (789 * MiB, int(1.5 * MiB)),
-           "write 8000 MiB file": (int(8.6 * 1024) * MiB, int(9.4 * MiB))}
-
-
-@dataclass
-class Step:
-    """One replay step's measurements."""
-    name: str
-    du_data: int
-    du_metadata: int
-    data_used: int
-    metadata_used: int
-    seconds: float
-    article: tuple[int, int] | None = None
-
-
 @dataclass
 class Replay:
     """Runs the workload; see the module docstring."""
@@ -84,6 +72,7 @@ class Replay:
     out: Callable[[str], object] = print
     steps: list[Step] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
     def s(self, nbytes: float, align: int = 1) -> int:
         n = int(nbytes * self.scale)
@@ -124,9 +113,11 @@ class Replay:
             self._write_big(self.s(3000 * MiB, 4096))
             self._step("replace it with a 3000 MiB file", t)
             t = time.monotonic()
-            diff = self.driver.diff(CONTAINER, CONTAINER + "-init")
             self.driver.create(COMMITTED, "2185fd50e2ca")
-            self.sizes[COMMITTED] = self.driver.apply_diff(COMMITTED, "2185fd50e2ca", diff)
+            diff = self.driver.diff(CONTAINER, CONTAINER + "-init", stream=True)
+            with diff, io.BufferedReader(_Progress(diff, None, "commit (diff -> new layer)")) \
+                    as src:
+                self.sizes[COMMITTED] = self.driver.apply_diff(COMMITTED, "2185fd50e2ca", src)
             self._step("commit the container", t)
             t = time.monotonic()
             self.driver.remove(CONTAINER)
@@ -134,30 +125,35 @@ class Replay:
             self._step("remove the container", t)
         finally:
             self.driver.cleanup()
+            self.seconds = time.monotonic() - t0
         return self.steps
 
     def _pull(self, layer: str, parent: str, size: int) -> None:
         self.driver.create(layer, parent)
-        self.sizes[layer] = self.driver.apply_diff(layer, parent, synthetic_layer(layer, size))
+        tar = synthetic_layer(layer, size)
+        with io.BufferedReader(_Progress(tar, len(tar.getbuffer()), f"pull {layer}")) as src:
+            self.sizes[layer] = self.driver.apply_diff(layer, parent, src)
 
     def _write_big(self, size: int) -> None:
         with self.driver.open_fs(CONTAINER, write=True) as tree:
             tree.begin()
             tree.remove("test.txt")
-            raw = ZeroReader(size) if isinstance(tree, DirTree) else PatternReader(size)
             now = time.time_ns()
-            tree.write_file(Entry("test.txt", stat.S_IFREG | 0o644, 0, 0, size, now),
-                            io.BufferedReader(raw))
+            with io.BufferedReader(_Progress(io.BufferedReader(ZeroReader(size)), size,
+                                             f"dd if=/dev/zero of=test.txt "
+                                             f"({size // MiB} MiB)")) as src:
+                tree.write_file(Entry("test.txt", stat.S_IFREG | 0o644, 0, 0, size, now), src)
             tree.commit()
 
     def _step(self, name: str, t: float) -> None:
         ds = self.driver.deviceset
         st = ds.live_pool.status()
         home = ds.loop_dir
+        article, aufs = step_figures(name)
         step = Step(name, du(home / "data"), du(home / "metadata"),
                     int(st.used_data_blocks) * ds.live_pool.data_block_size,
                     int(st.used_metadata_blocks) * 4096, time.monotonic() - t,
-                    ARTICLE.get(name))
+                    article, aufs)
         self.steps.append(step)
         self.report(step, ds)
 
@@ -172,6 +168,10 @@ class Replay:
             p(f"   article: du data {fmt_du(a_data)}   du metadata {fmt_du(a_meta)}"
               + (f"   ours / scale: {fmt_du(step.du_data / self.scale)}, "
                  f"{fmt_du(step.du_metadata / self.scale)}" if self.scale != 1 else ""))
+        if step.aufs:
+            p(f"   article, aufs: {step.aufs[1]}"
+              + (f"   (ours / scale: du data {fmt_du(step.du_data / self.scale)})"
+                 if self.scale != 1 and not step.article else ""))
         p(f"   pool status: {ds.live_pool.status_line()}")
         for line in image_tree(ds, self.sizes):
             p("   " + line)
@@ -214,6 +214,30 @@ def image_tree(ds: DeviceSet, sizes: dict[str, int]) -> list[str]:
     for root in sorted(children.get("", [])):
         walk(root, 0, 0)
     return lines
+
+
+class _Progress(io.RawIOBase):
+    """Reads *src* while a progress bar counts the bytes (stderr; shown on a
+    terminal only)."""
+
+    def __init__(self, src: IO[bytes], total: int | None, desc: str):
+        super().__init__()
+        self.src = src
+        self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                        disable=None, leave=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.src.read(len(b))
+        b[:len(data)] = data
+        self.bar.update(len(data))
+        return len(data)
+
+    def close(self) -> None:
+        self.bar.close()
+        super().close()
 
 
 class PatternReader(io.RawIOBase):
@@ -282,43 +306,3 @@ def init_layer() -> io.BytesIO:
         tar.addfile(ti)
     buf.seek(0)
     return buf
-
-
-def plot(steps: list[Step], path: str, scale: float = 1.0, backend: str = "") -> str:
-    """Save a bar chart of du data/metadata per step, ours divided by
-    *scale* beside the article's figures; return a message.
-
-    matplotlib is optional: without it, say how to get it.
-    """
-    try:
-        import matplotlib  # type: ignore[import-not-found]
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
-    except ImportError:
-        return ("plot not saved: matplotlib is not installed "
-                "(apt-get install python3-matplotlib, or pip install matplotlib)")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = [s.name for s in steps]
-    for ax, attr, title in ((axes[0], "du_data", "du data"), (axes[1], "du_metadata",
-                                                             "du metadata")):
-        # Data grows with the workload: divide by the scale to compare.  The
-        # metadata has a large fixed part (superblock, bitmaps, one tree per
-        # device), so it is shown as measured.
-        div = scale if attr == "du_data" else 1.0
-        ours = [getattr(s, attr) / MiB / div for s in steps]
-        label = f"dmthin {backend}".strip()
-        if scale != 1:
-            label += f" / scale {scale:g}" if div != 1 else f" (at scale {scale:g})"
-        ax.bar(range(len(steps)), ours, label=label)
-        art = [(i, (s.article[0] if attr == "du_data" else s.article[1]) / MiB)
-               for i, s in enumerate(steps) if s.article]
-        if art:
-            ax.scatter([i for i, _ in art], [v for _, v in art], color="red", zorder=3,
-                       label="article (2014, devicemapper)")
-        ax.set_xticks(range(len(steps)), names, rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel("MiB")
-        ax.set_title(f"{title} after each step")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    return f"plot saved to {path}"

@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -35,6 +35,9 @@ class Entry:
     mtime_ns: int
     link: str = ""         # symlink target
     rdev: int = 0
+    capability: bytes = b""   # security.capability (moby's ChangesDirs compares it)
+    ino: int = field(default=0, compare=False)     # hard links: same ino, nlink > 1
+    nlink: int = field(default=1, compare=False)
 
     @property
     def is_dir(self) -> bool:
@@ -43,6 +46,16 @@ class Entry:
     @property
     def is_reg(self) -> bool:
         return stat.S_ISREG(self.mode)
+
+
+CAPABILITY = "security.capability"
+
+
+def _capability(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return os.getxattr(path, CAPABILITY, follow_symlinks=False)
+    except OSError:
+        return b""
 
 
 class DirTree:
@@ -69,7 +82,8 @@ class DirTree:
                     link = os.readlink(de.path) if stat.S_ISLNK(st.st_mode) else ""
                     size = st.st_size if stat.S_ISREG(st.st_mode) else 0
                     out[p] = Entry(p, st.st_mode, st.st_uid, st.st_gid, size,
-                                   st.st_mtime_ns, link, st.st_rdev)
+                                   st.st_mtime_ns, link, st.st_rdev, _capability(de.path),
+                                   st.st_ino, st.st_nlink)
                     if stat.S_ISDIR(st.st_mode):
                         stack.append(p)
         return out
@@ -99,7 +113,15 @@ class DirTree:
         link = os.readlink(self._abs(path)) if stat.S_ISLNK(st.st_mode) else ""
         size = st.st_size if stat.S_ISREG(st.st_mode) else 0
         return Entry(path, st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns, link,
-                     st.st_rdev)
+                     st.st_rdev, _capability(self._abs(path)), st.st_ino, st.st_nlink)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in directory *path*."""
+        return os.listdir(self._abs(path) if path else self.root)
+
+    def setxattr(self, path: str, name: str, value: bytes) -> None:
+        """Set xattr *name* of *path* itself."""
+        os.setxattr(self._abs(path), name, value, follow_symlinks=False)
 
     # -- writing: each call takes effect at once ---------------------------
     def begin(self) -> None:

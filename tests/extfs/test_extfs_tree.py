@@ -43,6 +43,9 @@ def layer(entries):
                 ti.type = tarfile.FIFOTYPE
             elif kind == "chr":
                 ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 5
+            if "xattrs" in extra:
+                ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                                  for k, v in extra["xattrs"].items()}
             tar.addfile(ti, io.BytesIO(data) if data is not None else None)
     buf.seek(0)
     return buf
@@ -59,7 +62,12 @@ BASE = [("etc", "dir", {}), ("etc/hosts", "file", {}),
         ("tmp", "dir", {"mode": 0o1777, "owner": (3, 4)})]
 if ROOT:
     BASE += [("dev", "dir", {}), ("dev/fifo", "fifo", {}), ("dev/null0", "chr", {})]
+CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12)
 TOP = [("etc", "dir", {}), ("etc/hosts", "file", {"data": b"changed\n"}),
+       ("usr", "dir", {}), ("usr/bin", "dir", {"mode": 0o711}),
+       ("usr/bin/ping", "file", {"xattrs": {"security.capability": CAP, "user.u": b"\xff"}}),
+       ("lib", "dir", {}), ("lib/.wh..wh..opq", "file", {"data": b""}),
+       ("lib/new.so", "file", {}), ("lib/new2.so", "hard", {"to": "lib/new.so"}),
        ("etc/.wh.passwd", "file", {"data": b""}), ("var", "dir", {}),
        ("var/.wh.lib", "file", {"data": b""}), ("home", "dir", {}),
        ("home/u", "dir", {"owner": (1000, 1000)}),
@@ -108,9 +116,15 @@ def test_changes_and_diff_tars_are_identical(trees, monkeypatch):
     new_e.pop("lost+found")
     ch_d, ch_e = differ.changes(new_d, old_d), differ.changes(new_e, old_e)
     assert ch_d == ch_e and "D /etc/passwd" in map(str, ch_e) and "D /var/lib" in map(str, ch_e)
+    assert "D /lib/libx.so" in map(str, ch_e) and "A /lib/new2.so" in map(str, ch_e)
     assert differ.changes_size(new_d, ch_d) == differ.changes_size(new_e, ch_e)
     tar_d, tar_e = io.BytesIO(), io.BytesIO()
     differ.export_changes(dirtree, new_d, ch_d, tar_d)
     differ.export_changes(ext, new_e, ch_e, tar_e)
     assert tar_d.getvalue() == tar_e.getvalue()
+    members = {m.name: m for m in tarfile.open(fileobj=io.BytesIO(tar_e.getvalue()))}
+    assert members["lib/new2.so"].islnk() and members["lib/new2.so"].linkname == "lib/new.so"
+    assert members["usr/bin/ping"].pax_headers["SCHILY.xattr.security.capability"] == \
+        CAP.decode("utf-8", "surrogateescape")
+    assert ext.fs.getxattr("usr/bin/ping", "user.u") == b"\xff"
     assert stat.S_ISDIR(new_e["home/u"].mode) and new_e["home/u"].uid == 1000

@@ -3,7 +3,8 @@ seconds and the pool moves the way the article's steps say it must."""
 import time
 
 from dmthin.cli.main import main
-from dmthin.graph.replay import COMMITTED, CONTAINER, MiB, Replay, plot
+from dmthin.graph.article import plot
+from dmthin.graph.replay import COMMITTED, CONTAINER, MiB, Replay
 
 
 def test_replay_small_scale_on_sim(tmp_path):
