@@ -97,7 +97,7 @@ def export_changes(tree: Tree, new: dict[str, Entry], chs: list[Change],
     """Write a tar of *chs* (contents read from *tree*) to file object *out*."""
     now = time.time()
     seen: dict[int, str] = {}            # inode -> first path written (moby's SeenFiles)
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for c in chs:
             rel = c.path[1:]
             if c.kind == DELETE:
