@@ -26,8 +26,8 @@ def test_replay_small_scale_on_sim(tmp_path):
     # the 80 MiB file provisions at least 80 MiB of new blocks
     assert used[4] - used[3] >= 80 * MiB
     # replacing it provisions at most the new 30 MiB: blocks ext4 freed stay provisioned
-    # (no discard mount option) and are partly reused (all of them through debugfs; the
-    # kernel's ext4 took 14.8 MB of new blocks at this scale)
+    # (no discard mount option) and are partly reused (the kernel's ext4 took 14.8 MB of new
+    # blocks at this scale)
     assert used[5] - used[4] <= 31 * MiB
     # the committed layer holds the 30 MiB file
     assert rep.sizes[COMMITTED] == 30 * MiB
@@ -37,6 +37,8 @@ def test_replay_small_scale_on_sim(tmp_path):
     assert steps["remove the container"].du_data <= steps["commit the container"].du_data
     text = "\n".join(lines)
     assert "article: du data 590M   du metadata 1.2M" in text
+    assert "article, aufs: the container's diff dir 7.5G" in text
+    assert 0 < rep.seconds < elapsed + 1
     assert "Tags: ubuntu:14.10" in text and CONTAINER not in text.split("== remove")[1]
     # the PNG plot of data and metadata usage over the steps
     png = tmp_path / "replay.png"
