@@ -14,7 +14,9 @@ cffi_modules = []
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 if not os.environ.get("DMTHIN_NO_EXT"):
     # libdevmapper (kernel backend) and libext2fs (the ext4 view, dmthin.extfs)
-    cffi_modules = [f"csrc/{name}.py:ffibuilder" for name in ("build_dm", "build_ext2fs")
+    # (and the metadata tools' hot loops, dmthin._tools_ffi: C++, optional)
+    cffi_modules = [f"csrc/{name}.py:ffibuilder"
+                    for name in ("build_dm", "build_ext2fs", "build_tools")
                     if os.path.exists(os.path.join(_CSRC, f"{name}.py"))]
 
 setup(

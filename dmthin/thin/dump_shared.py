@@ -23,7 +23,7 @@ from ..pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, WALK_MAX_DEPTH, check
 from ..pdata.checksum import BTREE_NODE
 from .ir import RunBuilder, Superblock, to_map
 from .reader import read_details, select_superblock
-from .rmap import top_level
+from .leaves import top_level
 from .xml import XmlWriter
 
 Entry = tuple[bool, int]              # (is a ref, leaf block or def name)
@@ -39,7 +39,7 @@ class XmlWriter1(XmlWriter):
         snap = "" if sb.metadata_snap is None else f' metadata_snap="{sb.metadata_snap}"'
         self.write(f'{self._ind}<superblock uuid="{sb.uuid}" time="{sb.time}" '
                    f'transaction="{sb.transaction}"{flags} version="{version}" '
-                   f'data_block_size="{sb.data_block_size}" '
+                   f'data_block_size="{sb.data_block_sectors}" '
                    f'nr_data_blocks="{sb.nr_data_blocks}"{snap}>\n')
         self._push()
 
@@ -185,7 +185,7 @@ def dump_shared(bm: BlockManager, visitor: Any, *, metadata_snap: bool | int | N
     defs, devices = optimise(lists)
     visitor.superblock_b(Superblock(
         uuid="", time=sb.time, transaction=sb.trans_id, flags=1 if sb.needs_check else None,
-        version=sb.version, data_block_size=sb.data_block_size,
+        version=sb.version, data_block_sectors=sb.data_block_size,
         nr_data_blocks=sb.data_sm.nr_blocks, metadata_snap=None))
     for name, run in defs.items():
         visitor.def_shared_b(str(name))

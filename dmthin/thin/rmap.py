@@ -15,17 +15,16 @@ by snapshots) come out in exactly 0.9.0's order.  Output lines:
 from __future__ import annotations
 
 import bisect
-import struct
-from collections.abc import Callable, Iterator, MutableSequence, Sequence
-from typing import TextIO, TypeVar, cast
+from array import array
+from collections.abc import Callable, MutableSequence, Sequence
+from typing import TextIO, TypeVar
 
-from ..errors import BTreeError, UsageError
+from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
-from ..pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, WALK_MAX_DEPTH, check_header
-from ..pdata.btree.walk import iter_leaves
-from ..pdata.checksum import BTREE_NODE
 from ..units import MAX_DATA_BLOCKS, parse_int
 from .format import TIME_BITS
+from .accel import ffi, lib
+from .leaves import leaf_blocks, leaf_items, top_level
 from .reader import select_superblock
 
 Run = tuple[int, int, int, int]          # data begin, data end, dev_id, thin begin
@@ -72,7 +71,7 @@ def rmap_runs(bm: BlockManager, regions: Sequence[tuple[int, int]]) -> list[Run]
     seen: set[int] = set()
     for dev_id, root in top_level(bm, sb.data_mapping_root):
         cur: list[int] | None = None          # [data_begin, data_end, thin_begin]
-        for keys, values in leaves_once(bm, root, seen):
+        for keys, values in leaf_items(bm, root, seen):
             for k, v in zip(keys, values):
                 d = v >> TIME_BITS
                 if single:
@@ -95,38 +94,14 @@ def rmap_runs(bm: BlockManager, regions: Sequence[tuple[int, int]]) -> list[Run]
     return runs
 
 
-def top_level(bm: BlockManager, root: int) -> Iterator[tuple[int, int]]:
-    """``(dev_id, mapping subtree root)`` of the top-level tree at *root*."""
-    for _b, keys, values in iter_leaves(bm, root):
-        yield from zip(keys, cast("tuple[int, ...]", values))
-
-
-def leaves_once(bm: BlockManager, root: int, seen: set[int]
-                ) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """``(keys, values)`` of the mapping leaves under *root* in key order,
-    skipping nodes already in *seen* (and adding the others)."""
-    stack = [(root, 0)]
-    while stack:
-        b, depth = stack.pop()
-        if b in seen:
-            continue
-        seen.add(b)
-        if depth > WALK_MAX_DEPTH:
-            raise BTreeError(f"mapping tree under block {root} is deeper than "
-                             f"{WALK_MAX_DEPTH} levels (a cycle?)", b)
-        buf = bm.read(b, BTREE_NODE)
-        flags, nr, mx, vs = check_header(buf, b)
-        if vs != 8:
-            raise BTreeError(f"mapping tree node {b} has value size {vs}, not 8", b)
-        values = struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx)
-        if flags & INTERNAL_NODE:
-            stack.extend((c, depth + 1) for c in reversed(values))
-        else:
-            yield struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE), values
-
-
-def rmap(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextIO) -> None:
-    """Write thin_rmap's lines for *regions* of the metadata behind *bm*."""
+def rmap(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextIO, *,
+         accelerated: bool = True) -> None:
+    """Write thin_rmap's lines for *regions* of the metadata behind *bm*.
+    With *accelerated* (and :mod:`dmthin.thin.accel` built) the visiting,
+    the sort (libstdc++'s own) and the lines run in C++; same bytes."""
+    if lib is not None and accelerated:
+        _rmap_accel(bm, regions, out)
+        return
     runs = rmap_runs(bm, regions)
     keys = [r[0] for r in runs]
     if len(set(keys)) == len(keys):
@@ -136,6 +111,39 @@ def rmap(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextIO) -> N
     write = out.write
     for b, e, dev, t in runs:
         write(f"data {b}..{e} -> thin({dev}) {t}..{t + (e - b)}\n")
+
+
+_LINES = 16384
+
+
+def _rmap_accel(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextIO) -> None:
+    begins, ends = _merge(regions)
+    cb, ce = ffi.new("uint64_t[]", begins), ffi.new("uint64_t[]", ends)
+    state = ffi.new("uint64_t[4]")
+    buf = ffi.new("uint64_t[]", 4 * 256)
+    recs = array("Q")
+    seen: set[int] = set()
+    sb = select_superblock(bm)
+    for dev, root in top_level(bm, sb.data_mapping_root):
+        state[0] = 0
+        for blk, _nr, _mx in leaf_blocks(bm, root, seen):
+            k = lib.dm_leaf_rmap(ffi.from_buffer(blk), cb, ce, len(begins), dev, state, buf, 256)
+            if k < 0:
+                raise MetadataError("a mapping leaf cannot be decoded")
+            if k:
+                recs.frombytes(ffi.buffer(buf, 32 * k))
+        if state[0]:
+            recs.extend((state[1], state[2], dev, state[3]))
+    n = len(recs) // 4
+    if not n:
+        return
+    order = ffi.new("uint32_t[]", n)
+    lib.dm_sort_by_key(ffi.from_buffer("uint64_t[]", recs), order, n)
+    text = ffi.new("char[]", 112 * _LINES)
+    for off in range(0, n, _LINES):
+        w = lib.dm_rmap_lines(ffi.from_buffer("uint64_t[]", recs), order + off,
+                              min(_LINES, n - off), text, 112 * _LINES)
+        out.write(ffi.buffer(text, w)[:].decode("ascii"))
 
 
 # -- libstdc++'s std::sort, step for step --------------------------------------------------

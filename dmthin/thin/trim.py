@@ -30,7 +30,7 @@ from ..pdata.checksum import BITMAP
 from ..pdata.space_map.format import ENTRIES_PER_BITMAP, IndexEntry, decode_bitmap_counts
 from ..units import SECTOR_SIZE
 from .format import TIME_BITS, Superblock
-from .rmap import leaves_once, top_level
+from .leaves import leaf_items, top_level
 from .superblock import read_superblock
 
 BLKDISCARD = 0x1277                      # _IO(0x12, 119)
@@ -66,7 +66,7 @@ def referenced(bm: BlockManager, sb: Superblock, nr_data: int) -> bytearray:
     seen: set[int] = set()
     for top in roots:
         for _dev, root in top_level(bm, top):
-            for _keys, values in leaves_once(bm, root, seen):
+            for _keys, values in leaf_items(bm, root, seen):
                 for v in values:
                     d = v >> TIME_BITS
                     if d >= nr_data:

@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark dmthin's metadata tools against thin-provisioning-tools 0.9.0.
+"""Benchmark dmthin's metadata tools against thin-provisioning-tools 0.9.0 and 1.1.0.
 
-  tools/bench/metadata_tools.py [--mappings 1000000] [--devices 100] [--dir DIR]
-                                [--repeat 1] [--profile dump|restore|ls]
+  tools/bench/metadata_tools.py [--mappings 1000000 [10000000 ...]] [--shapes ranges singles]
+                                [--devices 10] [--tools dump restore check ls delta rmap repair]
+                                [--repeat 1] [--dir DIR] [--profile TOOL]
 
-Builds an XML with N mappings over D devices, half of them snapshots of an
-origin (same mappings, a tenth of them rewritten to new blocks), restores
-it with ``thin_restore``, then times ``dmthin dump`` / ``thin_dump``,
-``dmthin restore`` / ``thin_restore``, ``dmthin ls`` / ``thin_ls`` and, if
-present, ``dmthin check`` / ``thin_check``.  Prints wall time, the ratio and
-each child's peak RSS (``wait4`` rusage).  ``--profile`` runs one dmthin
-command under cProfile in-process and prints the top functions.
+For each size and shape an XML is generated -- D devices, half of them
+snapshots of the other half (a tenth of their blocks rewritten) -- and
+restored by 0.9.0's thin_restore; every tool then runs on that metadata,
+dmthin, 0.9.0 and 1.1.0 (``pdata_tools``, from tools/fetch-thin-tools) side by
+side in the same run: dump (XML to a file), restore (that XML into a blank
+file), check, ls, delta (an origin against its snapshot, in a pool of just
+those two holding all the mappings), rmap (every data block) and repair (of
+the undamaged metadata).  Shapes: ``ranges`` -- runs
+of 1..256 blocks, as sequential writers leave -- and ``singles`` -- isolated
+blocks, as random 64 KiB writes leave.  Prints each wall time (best of
+``--repeat``), the ratios to both tools and each child's peak RSS (GNU time's
+``%M``).  ``--profile TOOL`` runs one dmthin command under cProfile.
 """
 from __future__ import annotations
 
@@ -24,52 +30,48 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-
-
+GNU_TIME = "/usr/bin/time"
+SBIN = "/usr/sbin"
+TOOLS = ("dump", "restore", "check", "ls", "delta", "rmap", "repair")
 PATTERNS = {
-    "ranges": [1, 1, 1, 2, 4, 8, 16, 64, 256],          # sequential writers
-    "mixed": [1] * 6 + [2, 4, 8, 16, 64],
+    "ranges": [1, 2, 4, 8, 16, 64, 256],                # sequential writers
     "singles": [1],                                     # random 64 KiB writes
 }
 
 
-def gen_xml(path: Path, nr_mappings: int, nr_devices: int, pattern: str = "mixed",
-            seed: int = 1) -> int:
+def gen_xml(path: Path, nr_mappings: int, nr_devices: int, pattern: str, seed: int = 1) -> int:
     """Write the benchmark XML; return nr_data_blocks."""
     rnd = random.Random(seed)
     lengths = PATTERNS[pattern]
-    origins = nr_devices - nr_devices // 2
+    origins = max(1, nr_devices - nr_devices // 2)
     per_dev = nr_mappings // nr_devices
-    nr_data = origins * per_dev + (nr_devices // 2) * (per_dev // 10 + 1) + 1000
-    data_cursor = 0
+    nr_data = origins * per_dev + (nr_devices // 2) * (per_dev // 5 + 1) + 1000
+    cursor = 0
     devs = []
-    for i in range(origins):
-        runs, v = [], 0
-        left = per_dev
+    for _ in range(origins):
+        runs, v, left = [], 0, per_dev
         while left:
             n = min(left, rnd.choice(lengths))
-            runs.append((v, data_cursor, rnd.randrange(0, 3), n))
-            data_cursor += n
-            v += n + rnd.choice([0, 0, 1, 3, 100]) + (1 if lengths == [1] else 0)
+            runs.append((v, cursor, rnd.randrange(0, 3), n))
+            cursor += n
+            v += n + (rnd.randrange(1, 16) if pattern == "singles" else rnd.choice([0, 0, 3]))
             left -= n
         devs.append(runs)
-    snaps = []
     for i in range(nr_devices // 2):
-        origin = devs[i % origins]
         runs = []
-        for (v, d, t, n) in origin:
+        for v, d, t, n in devs[i % origins]:
             if rnd.random() < 0.1:
-                runs.append((v, data_cursor, 3, n))     # rewritten after the snapshot
-                data_cursor += n
+                runs.append((v, cursor, 3, n))           # rewritten after the snapshot
+                cursor += n
             else:
                 runs.append((v, d, t, n))
-        snaps.append(runs)
-    assert data_cursor <= nr_data, (data_cursor, nr_data)
+        devs.append(runs)
+    assert cursor <= nr_data, (cursor, nr_data)
     with open(path, "w", buffering=1 << 20) as f:
         w = f.write
         w(f'<superblock uuid="" time="4" transaction="9" data_block_size="128" '
           f'nr_data_blocks="{nr_data}">\n')
-        for dev_id, runs in enumerate(devs + snaps):
+        for dev_id, runs in enumerate(devs):
             mapped = sum(r[3] for r in runs)
             w(f'  <device dev_id="{dev_id}" mapped_blocks="{mapped}" transaction="0" '
               f'creation_time="0" snap_time="3">\n')
@@ -84,60 +86,95 @@ def gen_xml(path: Path, nr_mappings: int, nr_devices: int, pattern: str = "mixed
     return nr_data
 
 
-GNU_TIME = "/usr/bin/time"
-
-
-def timed(argv, stdout=subprocess.DEVNULL) -> tuple[float, int, int]:
-    """(seconds, peak RSS in KiB, exit status) of one child process.
-
-    The peak comes from GNU time when present: a child forked straight from
-    this (large) benchmark process would report our RSS at fork time as its
-    peak; GNU time is small, so its own child's maxrss is the command's."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def timed(argv: list, prepare=None) -> tuple[float, int, int]:
+    """(seconds, peak RSS in KiB, exit status) of one child (GNU time measures
+    the peak of the command itself, not of this large process)."""
+    if prepare:
+        prepare()
     fd, rss_file = tempfile.mkstemp(prefix="dmthin-bench-rss-")
     os.close(fd)
-    use_time = os.access(GNU_TIME, os.X_OK)
-    full = ([GNU_TIME, "-q", "-f", "%M", "-o", rss_file] if use_time else []) + [
-        str(a) for a in argv]
+    full = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file] + [str(a) for a in argv]
     t0 = time.perf_counter()
-    p = subprocess.Popen(full, stdout=stdout, stderr=subprocess.PIPE, env=env)
-    _pid, status, ru = os.wait4(p.pid, 0)
+    p = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     dt = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read()
-    p.stderr.close()
     try:
-        rss = int(Path(rss_file).read_text().split()[-1]) if use_time else ru.ru_maxrss
+        rss = int(Path(rss_file).read_text().split()[-1])
     except (ValueError, IndexError):
-        rss = ru.ru_maxrss
+        rss = 0
     os.unlink(rss_file)
     if p.returncode != 0:
         print(f"  ! {' '.join(map(str, argv))}: exit {p.returncode}: "
-              f"{err.decode(errors='replace').strip()[:200]}")
+              f"{p.stderr.decode(errors='replace').strip()[:200]}")
     return dt, rss, p.returncode
 
 
-def best(argv, repeat: int, prepare=None):
-    runs = []
-    for _ in range(repeat):
-        if prepare:
-            prepare()
-        runs.append(timed(argv))
-    return min(runs)
+def best(argv: list, repeat: int, prepare=None) -> tuple[float, int, int]:
+    return min(timed(argv, prepare) for _ in range(repeat))
+
+
+def pdata_tools() -> str:
+    path = os.environ.get("DMTHIN_PDATA_TOOLS")
+    if path:
+        return path
+    p = subprocess.run([str(REPO / "tools" / "fetch-thin-tools"), "--quiet"],
+                       capture_output=True, text=True, check=False)
+    if p.returncode:
+        sys.exit("tools/fetch-thin-tools failed: " + p.stderr.strip())
+    return p.stdout.strip().splitlines()[-1]
+
+
+def commands(tool: str, md: Path, xml: Path, work: Path, devices: int, nr_data: int):
+    """{"dmthin": argv, "0.9.0": argv, "1.1.0": argv} and a prepare callable."""
+    out = work / "out.md"
+
+    def blank():
+        with open(out, "wb") as f:
+            f.truncate(md.stat().st_size)
+    py = [sys.executable, "-m", "dmthin"]
+    snap = devices - devices // 2            # the snapshot of origin 0
+    args = {
+        "dump": (["dump", "-o", work / "dump.xml", md], ["-o", work / "dump.xml", md], None),
+        "restore": (["restore", "-i", xml, "-o", out], ["-i", xml, "-o", out], blank),
+        "check": (["check", md], [md], None),
+        "ls": (["ls", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS", md],
+               ["-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS", md], None),
+        "delta": (["delta", "--snap1", "0", "--snap2", str(snap), md],
+                  ["--snap1", "0", "--snap2", str(snap), md], None),
+        "rmap": (["rmap", "--region", f"0..{nr_data}", md], ["--region", f"0..{nr_data}", md],
+                 None),
+        "repair": (["repair", "-i", md, "-o", out], ["-i", md, "-o", out], blank),
+    }[tool]
+    ours, theirs, prepare = args
+    pdata = pdata_tools()
+    return ({"dmthin": py + ours, "0.9.0": [f"{SBIN}/thin_{tool}"] + theirs,
+             "1.1.0": [pdata, f"thin_{tool}"] + theirs}, prepare)
+
+
+def _pool(work: Path, name: str, n: int, devices: int, shape: str) -> tuple[Path, Path, int]:
+    """(metadata, XML, nr_data_blocks) of a generated pool, restored by 0.9.0."""
+    xml, md = work / f"{name}.xml", work / f"{name}.md"
+    t0 = time.perf_counter()
+    nr_data = gen_xml(xml, n, devices, shape)
+    size = max(64, (n * 24 // (1 << 20)) + 64) << 20
+    with open(md, "wb") as f:
+        f.truncate(size)
+    if timed([f"{SBIN}/thin_restore", "-i", xml, "-o", md])[2]:
+        sys.exit(f"thin_restore 0.9.0 failed on {xml}")
+    print(f"{name}: {devices} devices, {xml.stat().st_size / 1e6:.0f} MB XML, {size >> 20} MiB "
+          f"metadata, {nr_data} data blocks ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return md, xml, nr_data
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mappings", type=int, default=1_000_000)
-    ap.add_argument("--devices", type=int, default=100)
-    ap.add_argument("--dir", help="work directory (default: a temp dir, removed)")
+    ap.add_argument("--mappings", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument("--shapes", nargs="+", choices=sorted(PATTERNS), default=["ranges", "singles"])
+    ap.add_argument("--devices", type=int, default=10)
+    ap.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS))
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--pattern", choices=sorted(PATTERNS), default="mixed",
-                    help="run lengths of the mappings (default mixed)")
-    ap.add_argument("--metadata-mib", type=int, default=256)
-    ap.add_argument("--profile", choices=("dump", "restore", "ls"))
+    ap.add_argument("--dir", help="work directory (default: a temp dir, removed)")
+    ap.add_argument("--profile", choices=TOOLS, help="profile one dmthin command instead")
     args = ap.parse_args()
-
     tmp = None
     if args.dir:
         work = Path(args.dir)
@@ -145,81 +182,62 @@ def main() -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="dmthin-bench-")
         work = Path(tmp.name)
-    xml = work / "bench.xml"
-    t0 = time.perf_counter()
-    nr_data = gen_xml(xml, args.mappings, args.devices, args.pattern)
-    print(f"generated {xml} ({xml.stat().st_size / 1e6:.1f} MB, {args.mappings} mappings, "
-          f"{args.devices} devices, {args.pattern} runs, {nr_data} data blocks) in {time.perf_counter() - t0:.1f}s")
-
-    size = args.metadata_mib << 20
-    ref_md, our_md = work / "ref.md", work / "ours.md"
-
-    def blank(p):
-        def f():
-            with open(p, "wb") as fh:
-                fh.truncate(size)
-        return f
-    blank(ref_md)()
-    t, rss, rc = timed(["/usr/sbin/thin_restore", "-i", xml, "-o", ref_md])
-    if rc:
-        return 1
-    py = [sys.executable, "-m", "dmthin"]
-
-    if args.profile:
-        return profile(args.profile, xml, ref_md, work)
-
     rows = []
-    rows.append(("dump", best(py + ["dump", "-o", work / "ours.xml", ref_md], args.repeat),
-                 best(["/usr/sbin/thin_dump", "-o", work / "ref.xml", ref_md], args.repeat)))
-    same = (work / "ours.xml").read_bytes() == (work / "ref.xml").read_bytes()
-    rows.append(("restore",
-                 best(py + ["restore", "-i", xml, "-o", our_md], args.repeat, blank(our_md)),
-                 best(["/usr/sbin/thin_restore", "-i", xml, "-o", ref_md], args.repeat,
-                      blank(ref_md))))
-    rows.append(("ls", best(py + ["ls", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS",
-                                  ref_md], args.repeat),
-                 best(["/usr/sbin/thin_ls", "-o", "DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,"
-                       "SHARED_BLOCKS", ref_md], args.repeat)))
-    if (REPO / "dmthin" / "cli" / "cmd_check.py").exists():
-        rows.append(("check", best(py + ["check", ref_md], args.repeat),
-                     best(["/usr/sbin/thin_check", ref_md], args.repeat)))
-    print(f"\n{'tool':8} {'dmthin s':>9} {'0.9.0 s':>9} {'ratio':>6} {'dmthin MiB':>11} "
-          f"{'0.9.0 MiB':>10}")
-    for name, (t1, r1, c1), (t2, r2, c2) in rows:
-        flag = "" if not (c1 or c2) else f"  (exit {c1}/{c2})"
-        print(f"{name:8} {t1:9.2f} {t2:9.2f} {t1 / t2:6.2f} {r1 / 1024:11.1f} "
-              f"{r2 / 1024:10.1f}{flag}")
-    print(f"\ndump output identical to thin_dump: {same}")
-    chk = timed(["/usr/sbin/thin_check", "-q", our_md])
-    print(f"thin_check 0.9.0 of dmthin restore's output: exit {chk[2]}")
+    for n in args.mappings:
+        for shape in args.shapes:
+            md, xml, nr_data = _pool(work, f"{shape}-{n}", n, args.devices, shape)
+            if args.profile:
+                return profile(args.profile, md, xml, work, args.devices, nr_data)
+            pair = None
+            for tool in args.tools:
+                if tool == "delta":
+                    if pair is None:
+                        pair = _pool(work, f"{shape}-{n}-pair", n, 2, shape)
+                    argvs, prepare = commands(tool, pair[0], pair[1], work, 2, pair[2])
+                else:
+                    argvs, prepare = commands(tool, md, xml, work, args.devices, nr_data)
+                res = {who: best(argv, args.repeat, prepare) for who, argv in argvs.items()}
+                rows.append((tool, shape, n, res))
+                show(rows[-1:], header=len(rows) == 1)
+    print()
+    show(rows, header=True)
     if tmp:
         tmp.cleanup()
     return 0
 
 
-def profile(what: str, xml: Path, md: Path, work: Path) -> int:
+def show(rows, header: bool) -> None:
+    if header:
+        print(f"{'tool':8} {'shape':8} {'mappings':>9} {'dmthin s':>9} {'0.9.0 s':>8} "
+              f"{'1.1.0 s':>8} {'/0.9.0':>7} {'/1.1.0':>7} {'RSS MiB dmthin/0.9.0/1.1.0':>28}")
+    for tool, shape, n, res in rows:
+        (t, r, c), (t0, r0, c0), (t1, r1, c1) = res["dmthin"], res["0.9.0"], res["1.1.0"]
+        flag = "" if not (c or c0 or c1) else f"  exit {c}/{c0}/{c1}"
+        print(f"{tool:8} {shape:8} {n:9} {t:9.2f} {t0:8.2f} {t1:8.2f} {t / t0:7.2f} "
+              f"{t / t1:7.2f} {r / 1024:10.0f} {r0 / 1024:8.0f} {r1 / 1024:8.0f}{flag}",
+              flush=True)
+
+
+def profile(tool: str, md: Path, xml: Path, work: Path, devices: int, nr_data: int) -> int:
     import cProfile
     import io
     import pstats
     sys.path.insert(0, str(REPO))
     from dmthin.cli.main import main as cli
-    argv = {"dump": ["dump", "-o", str(work / "prof.xml"), str(md)],
-            "restore": ["restore", "-i", str(xml), "-o", str(work / "prof.md")],
-            "ls": ["ls", "-o", "DEV,EXCLUSIVE_BLOCKS", str(md)]}[what]
-    if what == "restore":
-        with open(work / "prof.md", "wb") as f:
-            f.truncate(md.stat().st_size)
+    argvs, prepare = commands(tool, md, xml, work, devices, nr_data)
+    if prepare:
+        prepare()
     prof = cProfile.Profile()
-    prof.enable()
     with open(os.devnull, "w") as null:
         old, sys.stdout = sys.stdout, null
+        prof.enable()
         try:
-            cli(argv)
+            cli([str(a) for a in argvs["dmthin"][3:]])
         finally:
+            prof.disable()
             sys.stdout = old
-    prof.disable()
     s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(15)
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(20)
     print(s.getvalue())
     return 0
 

@@ -1,0 +1,41 @@
+"""cffi builder (API, out-of-line mode) for ``dmthin._tools_ffi``: the hot
+loops of thin_delta and thin_rmap in C++ (``tools_accel.cpp``; its sort is
+libstdc++'s ``std::sort``, the order thin_rmap 0.9.0 prints ties in).
+
+Optional, as the other bindings: without a C++ compiler dmthin installs
+and the tools use their pure-Python loops, which give the same bytes.  For
+a source checkout run ``python3 csrc/build_tools.py`` to build it in place.
+"""
+import os
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ffibuilder = FFI()
+ffibuilder.cdef("""
+long dm_leaf_runs(const uint8_t *blk, uint64_t *state, uint64_t *out, size_t cap);
+long dm_leaf_rmap(const uint8_t *blk, const uint64_t *begins, const uint64_t *ends,
+                  size_t nregions, uint64_t dev, uint64_t *state, uint64_t *out, size_t cap);
+void dm_sort_by_key(const uint64_t *recs, uint32_t *order, size_t n);
+long dm_rmap_lines(const uint64_t *recs, const uint32_t *order, size_t n, char *out,
+                   size_t cap);
+struct dm_delta {
+    uint64_t lv, ld, ln, rv, rd, rn;
+    int ldone, rdone;
+    int verbose, cur;
+    uint64_t cb, ce;
+    int finished;
+};
+void dm_delta_init(struct dm_delta *c, int verbose);
+int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li,
+                 const uint64_t *right, size_t nr, size_t *ri, char *out, size_t cap,
+                 size_t *pos);
+""")
+with open(os.path.join(HERE, "tools_accel.cpp"), encoding="utf-8") as f:
+    ffibuilder.set_source("dmthin._tools_ffi", f.read(), source_extension=".cpp",
+                          extra_compile_args=["-O2", "-std=c++17"], optional=True)
+
+if __name__ == "__main__":
+    os.chdir(os.path.dirname(HERE))
+    ffibuilder.compile(tmpdir=".", verbose=True)

@@ -1,0 +1,68 @@
+"""The C++ accelerator (``dmthin._tools_ffi``) and the pure-Python loops give
+the same bytes: delta and rmap on random pools both ways, and the Python
+port of libstdc++'s sort against ``std::sort`` itself on tie-heavy keys."""
+from __future__ import annotations
+
+import io
+import random
+from array import array
+
+import helpers
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from toolgen import build_pool, pool_ops
+
+from dmthin.thin import accel
+from dmthin.thin.delta import delta
+from dmthin.thin.leaves import top_level
+from dmthin.thin.reader import open_block_manager, select_superblock
+from dmthin.thin.rmap import libstdcxx_sort, rmap
+
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    if accel.lib is None:
+        helpers.skip_or_fail("dmthin._tools_ffi is not built (it needs g++; pip install -e . "
+                             "builds it) or DMTHIN_NO_ACCEL is set")
+
+
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(ops=pool_ops(), seed=st.integers(0, 1 << 20))
+def test_both_paths_same_bytes(tmp_path, ops, seed):
+    path = build_pool(tmp_path / "meta", ops + [("thin", 98), ("maps", 98, 0, 3, 700),
+                                                ("snap", 99, 98), ("maps", 99, 5, 7, 80)])
+    rnd = random.Random(seed)
+    bm = open_block_manager(path)
+    try:
+        devs = [d for d, _r in top_level(bm, select_superblock(bm).data_mapping_root)]
+        for verbose in (False, True):
+            a, b = rnd.choice(devs), rnd.choice(devs)
+            fast, slow = io.StringIO(), io.StringIO()
+            delta(bm, a, b, fast, verbose=verbose)
+            delta(bm, a, b, slow, verbose=verbose, accelerated=False)
+            assert fast.getvalue() == slow.getvalue()
+        regions = [(rnd.randrange(0, 3000), rnd.randrange(3000, 9000))
+                   for _ in range(rnd.randrange(1, 4))]
+        fast, slow = io.StringIO(), io.StringIO()
+        rmap(bm, regions, fast)
+        rmap(bm, regions, slow, accelerated=False)
+        assert fast.getvalue() == slow.getvalue()
+    finally:
+        bm.close()
+
+
+@given(st.lists(st.integers(0, 30), max_size=3000), st.integers(0, 5))
+def test_libstdcxx_port_is_std_sort(keys, spread):
+    recs = array("Q")
+    for i, k in enumerate(keys):
+        recs.extend((k << spread, 0, i, 0))
+    n = len(keys)
+    order = accel.ffi.new("uint32_t[]", max(n, 1))
+    accel.lib.dm_sort_by_key(accel.ffi.from_buffer("uint64_t[]", recs), order, n)
+    items = [(k << spread, i) for i, k in enumerate(keys)]
+    libstdcxx_sort(items, lambda x, y: x[0] < y[0])
+    assert [i for _k, i in items] == [order[j] for j in range(n)]
