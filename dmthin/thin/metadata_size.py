@@ -22,6 +22,7 @@ takes when no metadata size is given.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
@@ -129,10 +130,10 @@ _LONG = {"block-size": ("b", 1), "pool-size": ("s", 1), "max-thins": ("m", 1), "
 _SHORT = {"b": 1, "s": 1, "m": 1, "u": 1, "n": 2, "h": 0, "V": 0}
 
 
-def _getopt(argv: list[str]) -> list[tuple[str, str | None]]:
+def _getopt(argv: list[str]) -> Iterator[tuple[str, str | None]]:
     """getopt_long(argv, "b:s:m:u:n::hV", ...) as glibc does it: the options
-    in order (stray arguments are skipped).  Raises :class:`Failure`."""
-    out: list[tuple[str, str | None]] = []
+    one at a time, in order (stray arguments are skipped); a bad one raises
+    :class:`Failure` when it is reached."""
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -156,7 +157,7 @@ def _getopt(argv: list[str]) -> list[tuple[str, str | None]]:
                 if i >= len(argv):
                     raise Failure(f"{PROG}: option '--{hits[0]}' requires an argument\n")
                 val, i = argv[i], i + 1
-            out.append((key, val if (eq or has == 1) else None))
+            yield key, (val if (eq or has == 1) else None)
         elif a.startswith("-") and len(a) > 1:
             j = 1
             while j < len(a):
@@ -166,20 +167,19 @@ def _getopt(argv: list[str]) -> list[tuple[str, str | None]]:
                     raise Failure(f"{PROG}: invalid option -- '{c}'\n")
                 has = _SHORT[c]
                 if has == 0:
-                    out.append((c, None))
+                    yield c, None
                     continue
                 rest = a[j:]
                 if has == 2:
-                    out.append((c, rest if rest else None))
+                    yield c, (rest if rest else None)
                 elif rest:
-                    out.append((c, rest))
+                    yield c, rest
                 elif i < len(argv):
-                    out.append((c, argv[i]))
                     i += 1
+                    yield c, argv[i - 1]
                 else:
                     raise Failure(f"{PROG}: option requires an argument -- '{c}'\n")
                 break
-    return out
 
 
 def help_text() -> str:
