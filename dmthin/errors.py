@@ -29,9 +29,9 @@ class ThinOSError(DmThinError, OSError):
         OSError.__init__(self, code, message or os.strerror(code))
 
     def __str__(self) -> str:
-        return self.strerror or os.strerror(self.errno)
+        return self.strerror or os.strerror(self.errno or _errno.EIO)
 
-    def __reduce__(self) -> tuple[type, tuple[str | None], dict[str, int]]:
+    def __reduce__(self) -> tuple[type[ThinOSError], tuple[str | None], dict[str, int | None]]:
         return (self.__class__, (self.strerror,), {"errno": self.errno})
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import MetadataError
 from .checksum import BLOCK_SIZE, Validator
@@ -17,10 +19,17 @@ from .checksum import BLOCK_SIZE, Validator
 DEFAULT_CACHE_BLOCKS = 8192          # 32 MiB
 
 
+class CachedNode(Protocol):
+    """A decoded btree node the cache holds for a block."""
+
+    def encode_into(self, buf: bytearray) -> None: ...
+
+
 class _Entry:
     __slots__ = ("buf", "dirty", "validator", "node")
 
-    def __init__(self, buf, dirty: bool, validator: Validator | None, node=None):
+    def __init__(self, buf: bytes | bytearray, dirty: bool, validator: Validator | None,
+                 node: CachedNode | None = None):
         self.buf = buf
         self.dirty = dirty
         self.validator = validator
@@ -36,7 +45,7 @@ class BlockManager:
     subclasses) for blocks that fail validation or lie past the end.
     """
 
-    def __init__(self, path: str | os.PathLike, writable: bool = False,
+    def __init__(self, path: str | os.PathLike[str], writable: bool = False,
                  cache_blocks: int = DEFAULT_CACHE_BLOCKS, nr_blocks: int | None = None):
         self.path = os.fspath(path)
         self.writable = writable
@@ -92,11 +101,11 @@ class BlockManager:
                 self._write_out(old_b, old)
 
     def _write_out(self, b: int, entry: _Entry) -> None:
-        if entry.node is not None:
-            if not isinstance(entry.buf, bytearray):
-                entry.buf = bytearray(entry.buf)
-            entry.node.encode_into(entry.buf)
         buf = entry.buf
+        if not isinstance(buf, bytearray):  # (only a clean block's buffer is bytes)
+            buf = entry.buf = bytearray(buf)
+        if entry.node is not None:
+            entry.node.encode_into(buf)
         if entry.validator is not None:
             entry.validator.prepare_for_write(buf, b)
         os.pwrite(self.fd, buf, b * BLOCK_SIZE)
@@ -117,7 +126,8 @@ class BlockManager:
                 if not isinstance(entry.buf, bytearray):
                     entry.buf = bytearray(entry.buf)
                 entry.node.encode_into(entry.buf)
-                entry.validator.prepare_for_write(entry.buf, b)
+                if entry.validator is not None:
+                    entry.validator.prepare_for_write(entry.buf, b)
             elif entry.validator is not validator and validator is not None and not entry.dirty:
                 validator.check(entry.buf, b)
                 entry.validator = validator
@@ -128,7 +138,8 @@ class BlockManager:
         self._insert(b, _Entry(data, False, validator))
         return data
 
-    def read_node(self, b: int, validator: Validator, decode):
+    def read_node(self, b: int, validator: Validator,
+                  decode: Callable[[bytes | bytearray, int], Any]) -> Any:
         """Return the decoded btree node at *b* (cached).  The result must not
         be modified; use :meth:`write_node`."""
         entry = self._cache.get(b)
@@ -140,7 +151,7 @@ class BlockManager:
         self._cache[b].node = node
         return node
 
-    def write_node(self, b: int, validator: Validator, node) -> None:
+    def write_node(self, b: int, validator: Validator, node: CachedNode) -> None:
         """Make *node* the authoritative, dirty contents of block *b*."""
         entry = self._cache.get(b)
         if entry is None:
@@ -173,18 +184,20 @@ class BlockManager:
         if entry is None:
             data = self._read_raw(b)
             validator.check(data, b)
-            entry = _Entry(bytearray(data), True, validator)
-            self._insert(b, entry)
+            new = bytearray(data)
+            self._insert(b, _Entry(new, True, validator))
+            return new
         else:
             self._cache.move_to_end(b)
-            if not isinstance(entry.buf, bytearray):
-                entry.buf = bytearray(entry.buf)
+            buf = entry.buf
+            if not isinstance(buf, bytearray):
+                buf = entry.buf = bytearray(buf)
             if entry.node is not None:
-                entry.node.encode_into(entry.buf)
+                entry.node.encode_into(buf)
                 entry.node = None
             entry.dirty = True
             entry.validator = validator
-        return entry.buf
+            return buf
 
     def write_lock_zero(self, b: int, validator: Validator) -> bytearray:
         """Return a zeroed mutable buffer for block *b* (a new block)."""

@@ -25,8 +25,11 @@ _CSUM = struct.Struct("<I")
 _BLOCKNR = struct.Struct("<Q")
 _crc = _crc32c.crc32c
 
+#: what a block is read into or written from
+Buffer = bytes | bytearray | memoryview
 
-def block_checksum(buf, salt: int) -> int:
+
+def block_checksum(buf: Buffer, salt: int) -> int:
     """The checksum the kernel stores at offset 0 for a block of this kind."""
     return (_crc(memoryview(buf)[4:BLOCK_SIZE]) ^ 0xFFFFFFFF ^ salt) & 0xFFFFFFFF
 
@@ -42,11 +45,11 @@ class Validator:
     def __repr__(self) -> str:
         return f"<Validator {self.name}>"
 
-    def prepare_for_write(self, buf: bytearray, blocknr: int) -> None:
+    def prepare_for_write(self, buf: bytearray | memoryview, blocknr: int) -> None:
         _BLOCKNR.pack_into(buf, 8, blocknr)
         _CSUM.pack_into(buf, 0, block_checksum(buf, self.salt))
 
-    def check(self, buf, blocknr: int) -> None:
+    def check(self, buf: Buffer, blocknr: int) -> None:
         """Raise :class:`BlockNrMismatch` or :class:`ChecksumError`."""
         stored_nr = _BLOCKNR.unpack_from(buf, 8)[0]
         if stored_nr != blocknr:
@@ -68,7 +71,7 @@ INDEX = Validator("index", INDEX_CSUM_XOR)
 _KINDS = {v.salt: v.name for v in (SUPERBLOCK, BTREE_NODE, BITMAP, INDEX)}
 
 
-def block_kind(buf) -> str | None:
+def block_kind(buf: Buffer) -> str | None:
     """Classify a block by ``stored ^ computed`` against the salts, as the
     tools do; None if no salt matches."""
     if len(buf) < BLOCK_SIZE:

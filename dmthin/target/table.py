@@ -1,6 +1,7 @@
 """Thin-pool and thin target tables (``dmsetup table`` lines)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
@@ -11,7 +12,7 @@ POOL_FEATURES = ("skip_block_zeroing", "ignore_discard", "no_discard_passdown",
                  "read_only", "error_if_no_space")
 
 
-def normalise_features(features) -> tuple[str, ...]:
+def normalise_features(features: Iterable[object]) -> tuple[str, ...]:
     """Validate pool features (case-insensitive, as ``parse_pool_features``)
     and return them in the kernel's echo order.  Raises EINVAL with the
     kernel's message for an unknown one."""

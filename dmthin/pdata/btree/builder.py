@@ -20,6 +20,7 @@ import os
 import struct
 import sys
 from array import array
+from collections.abc import Sequence
 
 from ..checksum import BLOCK_SIZE, BTREE_NODE, Validator
 from .node import (HEADER_FIELDS, HEADER_FIELDS_OFFSET, HEADER_SIZE, INTERNAL_NODE, LEAF_NODE,
@@ -82,7 +83,7 @@ class BlockWriter:
         self._validators = []
 
 
-def _u64_bytes(seq) -> bytes:
+def _u64_bytes(seq: Sequence[int]) -> bytes:
     a = seq if isinstance(seq, array) and seq.typecode == "Q" else array("Q", seq)
     if not _LITTLE:
         a = array("Q", a)
@@ -151,7 +152,7 @@ def _internal_levels(w: BlockWriter, level: list[tuple[int, int]]) -> int:
     return level[0][1]
 
 
-def build_btree(w: BlockWriter, keys, values: bytes, value_size: int) -> int:
+def build_btree(w: BlockWriter, keys: Sequence[int], values: bytes, value_size: int) -> int:
     """Build a btree holding *keys* (strictly increasing u64s: an
     ``array('Q')`` or a sequence) with *values* (``len(keys) * value_size``
     packed bytes).  Return the root block.  An empty tree is one empty leaf.
@@ -171,7 +172,7 @@ def build_btree(w: BlockWriter, keys, values: bytes, value_size: int) -> int:
     return _internal_levels(w, level)
 
 
-def build_u64_btree(w: BlockWriter, keys, values) -> int:
+def build_u64_btree(w: BlockWriter, keys: Sequence[int], values: Sequence[int]) -> int:
     """:func:`build_btree` for 8-byte values given as u64 integers."""
     return build_btree(w, keys, _u64_bytes(values), 8)
 

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import struct
 from array import array
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ...errors import BlockNrMismatch, BTreeError, ChecksumError, MetadataError
+from ..block import BlockManager
 from ..checksum import BTREE_NODE
 from ..refcounts import RefCounts
-from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, WALK_MAX_DEPTH, calc_max_entries,
-                   read_header, read_values)
+from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, WALK_MAX_DEPTH, Value,
+                   calc_max_entries, read_header, read_u64_values, read_values)
 
 _POST = object()
 
@@ -84,7 +86,7 @@ class BTreeChecker:
     errors); *counts* a :class:`RefCounts` of that size (or None).
     """
 
-    def __init__(self, bm, nr_blocks: int, counts: RefCounts | None = None):
+    def __init__(self, bm: BlockManager, nr_blocks: int, counts: RefCounts | None = None):
         self.bm = bm
         self.nr_blocks = nr_blocks
         self.counts = counts
@@ -117,8 +119,8 @@ class BTreeChecker:
 
     def walk(self, root: int, value_size: int, *, tree: str, tree_kind: str | None = None,
              shareable: bool = True, seen_node: Callable[[int], None] | None = None,
-             totals: array | None = None,
-             ) -> Iterator[tuple[int, tuple[int, ...], object, tuple[int, ...]]]:
+             totals: array[int] | None = None,
+             ) -> Iterator[tuple[int, tuple[int, ...], Sequence[Value], tuple[int, ...]]]:
         """Walk the btree at *root*, yielding ``(block, keys, values, path)``
         for each leaf walked (not for leaves reached again), in key order.
 
@@ -138,19 +140,20 @@ class BTreeChecker:
         counts = self.counts
         seen = self._seen
         # Stack of (block, path, lo, hi); lo is _POST for a post-order marker.
-        stack: list[tuple] = [
+        stack: list[tuple[int, tuple[int, ...], Any, Any]] = [
             (root, (root,), None, None)]
         while stack:
             b, path, lo, hi = stack.pop()
             if lo is _POST:
-                # Post-order marker (totals): every child is done.
-                totals[b] = sum(totals[c] for c in hi)
+                # Post-order marker (pushed only with totals): every child is done.
+                if totals is not None:
+                    totals[b] = sum(totals[c] for c in hi)
                 continue
             depth = len(path) - 1
             rng = (lo, hi)
 
             def fail(kind: str, reason: str) -> NodeError:
-                return NodeError(tree, kind, reason, path, rng)
+                return NodeError(tree, kind, reason, path, rng)  # noqa: B023 (called at once)
 
             if not 0 <= b < self.nr_blocks:
                 raise fail(OUT_OF_RANGE, f"btree node {b} is beyond the metadata device "
@@ -231,7 +234,7 @@ class BTreeChecker:
                     raise fail(KEY_RANGE, f"btree node {b}: key {keys[-1]} is not below "
                                           f"the parent's next key {hi}")
             if not is_leaf:
-                children = read_values(buf, nr, mx, 8)
+                children = read_u64_values(buf, nr, mx)
                 if totals is not None:
                     stack.append((b, path, _POST, children))
                 for i in range(nr - 1, -1, -1):
@@ -243,7 +246,7 @@ class BTreeChecker:
                 totals[b] = nr
             yield b, keys, values, path
 
-    def walk_all(self, root: int, value_size: int, **kw) -> int:
+    def walk_all(self, root: int, value_size: int, **kw: Any) -> int:
         """Walk a tree for its checks and counts only; return the number of
         leaf entries walked.  Raises :class:`NodeError`."""
         n = 0
@@ -252,6 +255,6 @@ class BTreeChecker:
         return n
 
 
-def new_totals(size: int) -> array:
+def new_totals(size: int) -> array[int]:
     """A zeroed ``array('Q')`` of *size* entries (per-node totals)."""
     return array("Q", bytes(8 * size))

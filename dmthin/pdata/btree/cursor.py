@@ -2,14 +2,15 @@
 manager's node cache."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from ...errors import BTreeError
-from .node import LEAF_NODE, MAX_SPINE_DEPTH, check_leaf_value_size, lower_bound
+from ..transaction import TransactionManager
+from .node import LEAF_NODE, MAX_SPINE_DEPTH, Node, Value, check_leaf_value_size, lower_bound
 
 
-def iter_range(tm, root: int, begin: int = 0, end: int | None = None, value_size: int = 8
-               ) -> Iterator[tuple[int, object]]:
+def iter_range(tm: TransactionManager, root: int, begin: int = 0, end: int | None = None,
+               value_size: int = 8) -> Iterator[tuple[int, Value]]:
     """Yield ``(key, value)`` with ``begin <= key < end`` in key order, from
     a tree of *value_size*-byte values.
 
@@ -21,7 +22,7 @@ def iter_range(tm, root: int, begin: int = 0, end: int | None = None, value_size
         b, depth, lo, hi = stack.pop()
         if depth > MAX_SPINE_DEPTH:
             raise BTreeError(f"btree under block {root} exceeds max depth (a cycle?)", b)
-        node = tm.read_node(b)
+        node: Node = tm.read_node(b)
         keys = node.keys
         if keys and (keys[0] < lo or (hi is not None and keys[-1] >= hi)):
             raise BTreeError(f"btree node {b}: keys {keys[0]}..{keys[-1]} are outside the "

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ...errors import BTreeError
-from ..checksum import BLOCK_SIZE, BTREE_NODE, Validator
+from ..checksum import BLOCK_SIZE, BTREE_NODE, Buffer, Validator
 
 INTERNAL_NODE = 1
 LEAF_NODE = 2
@@ -29,19 +30,23 @@ HEADER_FIELDS = struct.Struct("<IQIII")
 MAX_SPINE_DEPTH = 64
 WALK_MAX_DEPTH = 16
 
+#: a value in a node: an int for 8-byte values (child blocks, block-time
+#: pairs, ...), else ``bytes`` of the node's value size
+Value = Any
+
 
 def calc_max_entries(value_size: int) -> int:
     """``calc_max_entries``: a multiple of 3 that fits the block."""
     return 3 * (((BLOCK_SIZE - HEADER_SIZE) // (8 + value_size)) // 3)
 
 
-def read_header(buf) -> tuple[int, int, int, int]:
+def read_header(buf: Buffer) -> tuple[int, int, int, int]:
     """Return ``(flags, nr_entries, max_entries, value_size)``."""
     flags, _blocknr, nr, mx, vs = HEADER_FIELDS.unpack_from(buf, HEADER_FIELDS_OFFSET)
     return flags, nr, mx, vs
 
 
-def check_header(buf, blocknr: int) -> tuple[int, int, int, int]:
+def check_header(buf: Buffer, blocknr: int) -> tuple[int, int, int, int]:
     """``node_check``'s shape tests; raise :class:`BTreeError`."""
     flags, nr, mx, vs = read_header(buf)
     if HEADER_SIZE + (8 + vs) * mx > BLOCK_SIZE:
@@ -67,15 +72,15 @@ def upper_bound(keys: Sequence[int], key: int) -> int:
     return bisect_left(keys, key)
 
 
-def read_keys(buf, nr: int) -> tuple[int, ...]:
+def read_keys(buf: Buffer, nr: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE)
 
 
-def read_u64_values(buf, nr: int, mx: int) -> tuple[int, ...]:
+def read_u64_values(buf: Buffer, nr: int, mx: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx)
 
 
-def read_values(buf: bytes | bytearray, nr: int, mx: int,
+def read_values(buf: Buffer, nr: int, mx: int,
                 vs: int) -> tuple[int, ...] | list[bytes]:
     """The first *nr* values of a node: a tuple of ints for 8-byte values,
     else a list of ``bytes``."""
@@ -108,7 +113,7 @@ class Node:
     __slots__ = ("flags", "max_entries", "value_size", "keys", "values")
 
     def __init__(self, flags: int, max_entries: int, value_size: int,
-                 keys: list[int] | None = None, values: list | None = None):
+                 keys: list[int] | None = None, values: list[Value] | None = None):
         self.flags = flags
         self.max_entries = max_entries
         self.value_size = value_size
@@ -128,12 +133,12 @@ class Node:
         return f"<Node {kind} {len(self.keys)}/{self.max_entries} vs={self.value_size}>"
 
     @classmethod
-    def empty(cls, value_size: int, leaf: bool = True) -> "Node":
+    def empty(cls, value_size: int, leaf: bool = True) -> Node:
         return cls(LEAF_NODE if leaf else INTERNAL_NODE, calc_max_entries(value_size),
                    value_size)
 
     @classmethod
-    def decode(cls, buf, blocknr: int = -1) -> "Node":
+    def decode(cls, buf: Buffer, blocknr: int = -1) -> Node:
         """The node in *buf*: :func:`check_header`, and a node the btree code
         can use: exactly one of the INTERNAL and LEAF flags, an internal
         node's values 8-byte block numbers (the tools' rules; the kernel's
@@ -172,7 +177,7 @@ class NodeCodec:
     validator: Validator = BTREE_NODE
 
     @staticmethod
-    def decode(buf, blocknr: int) -> Node:
+    def decode(buf: Buffer, blocknr: int) -> Node:
         return Node.decode(buf, blocknr)
 
     @staticmethod

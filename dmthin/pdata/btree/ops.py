@@ -10,15 +10,18 @@ metadata block counts, follow the kernel's.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...errors import BTreeError
-from .node import (INTERNAL_NODE, LEAF_NODE, MAX_SPINE_DEPTH, Node, calc_max_entries,
+from ..transaction import TransactionManager
+from .node import (INTERNAL_NODE, LEAF_NODE, MAX_SPINE_DEPTH, Node, Value, calc_max_entries,
                    check_leaf_value_size, lower_bound, upper_bound)
 from .spine import BTreeInfo, ShadowSpine, ValueType, inc_children, le64_type
 
 SPACE_THRESHOLD = 8
 
 
-def insert_at(node: Node, index: int, key: int, value) -> None:
+def insert_at(node: Node, index: int, key: int, value: Value) -> None:
     if index > len(node.keys) or len(node.keys) >= node.max_entries:
         raise BTreeError("too many entries in btree node for insert")
     node.keys.insert(index, key)
@@ -31,14 +34,14 @@ def empty(info: BTreeInfo) -> int:
 
 
 # -- lookup ---------------------------------------------------------------------
-def lookup(info: BTreeInfo, root: int, keys) -> object | None:
+def lookup(info: BTreeInfo, root: int, keys: Sequence[int]) -> Value | None:
     """The value at *keys* (one key per level), or None (``-ENODATA``)."""
     tm = info.tm
     for level in range(info.levels):
         key = keys[level]
         b = root
         for _depth in range(MAX_SPINE_DEPTH):
-            node = tm.read_node(b)
+            node: Node = tm.read_node(b)
             i = lower_bound(node.keys, key)
             if i < 0 or i >= len(node.keys):
                 return None
@@ -55,9 +58,9 @@ def lookup(info: BTreeInfo, root: int, keys) -> object | None:
     return root
 
 
-def lookup_next(info: BTreeInfo, root: int, key: int) -> tuple[int, object] | None:
+def lookup_next(info: BTreeInfo, root: int, key: int) -> tuple[int, Value] | None:
     """The first (key, value) at or after *key* in a one-level tree."""
-    node = info.tm.read_node(root)
+    node: Node = info.tm.read_node(root)
     check_leaf_value_size(node, info.value_type.size, root)
     nr = len(node.keys)
     if not node.flags & LEAF_NODE:
@@ -81,7 +84,7 @@ def find_highest_key(info: BTreeInfo, root: int) -> int | None:
     tm = info.tm
     b = root
     for _depth in range(MAX_SPINE_DEPTH):
-        node = tm.read_node(b)
+        node: Node = tm.read_node(b)
         check_leaf_value_size(node, info.value_type.size, b)
         if not node.keys:
             return None
@@ -92,7 +95,7 @@ def find_highest_key(info: BTreeInfo, root: int) -> int | None:
 
 
 # -- making room ---------------------------------------------------------------------
-def _new_sibling(tm, like: Node) -> tuple[int, Node]:
+def _new_sibling(tm: TransactionManager, like: Node) -> tuple[int, Node]:
     node = Node(like.flags, like.max_entries, like.value_size)
     return tm.new_node(node), node
 
@@ -134,7 +137,8 @@ def shadow_child(info: BTreeInfo, vt: ValueType, parent: Node, index: int) -> tu
     return b, node
 
 
-def split_one_into_two(info, s: ShadowSpine, parent_index: int, vt, key: int) -> None:
+def split_one_into_two(info: BTreeInfo, s: ShadowSpine, parent_index: int, vt: ValueType,
+                       key: int) -> None:
     left_b, ln = s.current
     right_b, rn = _new_sibling(info.tm, ln)
     redistribute2(ln, rn)
@@ -143,7 +147,8 @@ def split_one_into_two(info, s: ShadowSpine, parent_index: int, vt, key: int) ->
         s.nodes[1] = [right_b, rn]
 
 
-def split_two_into_three(info, s: ShadowSpine, parent_index: int, vt, key: int) -> None:
+def split_two_into_three(info: BTreeInfo, s: ShadowSpine, parent_index: int, vt: ValueType,
+                         key: int) -> None:
     pn = s.parent[1]
     if parent_index == 0:
         middle_index = 1
@@ -165,7 +170,7 @@ def split_two_into_three(info, s: ShadowSpine, parent_index: int, vt, key: int) 
         s.nodes[1] = [right_b, rn]
 
 
-def btree_split_beneath(info, s: ShadowSpine, key: int) -> None:
+def btree_split_beneath(info: BTreeInfo, s: ShadowSpine, key: int) -> None:
     """The root is full: move its entries into two new children."""
     tm = info.tm
     pb, pn = s.current
@@ -181,7 +186,7 @@ def btree_split_beneath(info, s: ShadowSpine, key: int) -> None:
     pn.values = [left_b, right_b]
 
 
-def rebalance_left(info, s: ShadowSpine, vt, parent_index: int, key: int) -> None:
+def rebalance_left(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int, key: int) -> None:
     pn = s.parent[1]
     sib_b, left = shadow_child(info, vt, pn, parent_index - 1)
     right = s.current[1]
@@ -191,7 +196,7 @@ def rebalance_left(info, s: ShadowSpine, vt, parent_index: int, key: int) -> Non
         s.nodes[1] = [sib_b, left]
 
 
-def rebalance_right(info, s: ShadowSpine, vt, parent_index: int, key: int) -> None:
+def rebalance_right(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int, key: int) -> None:
     pn = s.parent[1]
     sib_b, right = shadow_child(info, vt, pn, parent_index + 1)
     left = s.current[1]
@@ -201,7 +206,7 @@ def rebalance_right(info, s: ShadowSpine, vt, parent_index: int, key: int) -> No
         s.nodes[1] = [sib_b, right]
 
 
-def rebalance_or_split(info, s: ShadowSpine, vt, parent_index: int, key: int) -> None:
+def rebalance_or_split(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int, key: int) -> None:
     tm = info.tm
     parent = s.parent[1]
     nr_parent = len(parent.keys)
@@ -272,7 +277,7 @@ def _need_insert(node: Node, key: int, index: int) -> bool:
     return index >= len(node.keys) or node.keys[index] != key
 
 
-def insert(info: BTreeInfo, root: int, keys, value) -> tuple[int, bool]:
+def insert(info: BTreeInfo, root: int, keys: Sequence[int], value: Value) -> tuple[int, bool]:
     """Insert or overwrite *value* at *keys*; return ``(new_root, inserted)``.
 
     An overwritten value is released through the value type's ``dec``
@@ -301,4 +306,4 @@ def insert(info: BTreeInfo, root: int, keys, value) -> tuple[int, bool]:
             vt.dec([old])
         n.values[index] = value
         inserted = False
-    return s.root, inserted
+    return s.new_root(), inserted

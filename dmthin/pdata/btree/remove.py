@@ -7,6 +7,9 @@ a third full; a root left with a single child absorbs it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from ...errors import BTreeError
 from .node import LEAF_NODE, MAX_SPINE_DEPTH, Node, check_leaf_value_size, lower_bound
 from .spine import BTreeInfo, ShadowSpine, ValueType, inc_children, le64_type
@@ -47,7 +50,7 @@ class _Child:
         self.index, self.block, self.node = index, b, node
 
 
-def _rebalance2_nodes(info, parent: Node, lc: _Child, rc: _Child) -> None:
+def _rebalance2_nodes(info: BTreeInfo, parent: Node, lc: _Child, rc: _Child) -> None:
     left, right = lc.node, rc.node
     nr_left, nr_right = len(left.keys), len(right.keys)
     if nr_left + nr_right < 2 * _merge_threshold(left) + 1:
@@ -62,14 +65,15 @@ def _rebalance2_nodes(info, parent: Node, lc: _Child, rc: _Child) -> None:
         parent.keys[rc.index] = right.keys[0]
 
 
-def _rebalance2(info, s: ShadowSpine, vt, left_index: int) -> None:
+def _rebalance2(info: BTreeInfo, s: ShadowSpine, vt: ValueType, left_index: int) -> None:
     parent = s.current[1]
     left = _Child(info, vt, parent, left_index)
     right = _Child(info, vt, parent, left_index + 1)
     _rebalance2_nodes(info, parent, left, right)
 
 
-def _delete_center_node(info, parent, lc, cc, rc) -> None:
+def _delete_center_node(info: BTreeInfo, parent: Node, lc: _Child, cc: _Child,
+                        rc: _Child) -> None:
     left, center, right = lc.node, cc.node, rc.node
     nr_left, nr_center = len(left.keys), len(center.keys)
     shift = min(left.max_entries - nr_left, nr_center)
@@ -85,7 +89,7 @@ def _delete_center_node(info, parent, lc, cc, rc) -> None:
     _rebalance2_nodes(info, parent, lc, rc)
 
 
-def _redistribute3(parent, lc, cc, rc) -> None:
+def _redistribute3(parent: Node, lc: _Child, cc: _Child, rc: _Child) -> None:
     left, center, right = lc.node, cc.node, rc.node
     nr_left, nr_center, nr_right = len(left.keys), len(center.keys), len(right.keys)
     total = nr_left + nr_center + nr_right
@@ -116,7 +120,7 @@ def _redistribute3(parent, lc, cc, rc) -> None:
     parent.keys[rc.index] = right.keys[0]
 
 
-def _rebalance3(info, s: ShadowSpine, vt, left_index: int) -> None:
+def _rebalance3(info: BTreeInfo, s: ShadowSpine, vt: ValueType, left_index: int) -> None:
     parent = s.current[1]
     lc = _Child(info, vt, parent, left_index)
     cc = _Child(info, vt, parent, left_index + 1)
@@ -130,13 +134,13 @@ def _rebalance3(info, s: ShadowSpine, vt, left_index: int) -> None:
         _redistribute3(parent, lc, cc, rc)
 
 
-def _rebalance_children(info, s: ShadowSpine, vt, key: int) -> None:
+def _rebalance_children(info: BTreeInfo, s: ShadowSpine, vt: ValueType, key: int) -> None:
     tm = info.tm
     n = s.current[1]
     if len(n.keys) == 1:
         b = n.values[0]
         shared = tm.is_shared(b)
-        child = tm.read_node(b)
+        child: Node = tm.read_node(b)
         check_leaf_value_size(child, vt.size, b)
         if shared:
             inc_children(tm, child, vt)
@@ -162,7 +166,8 @@ def _do_leaf(n: Node, key: int) -> int:
     return i
 
 
-def _remove_raw(info, s: ShadowSpine, vt, root: int, key: int, i: int, nearest=False) -> int:
+def _remove_raw(info: BTreeInfo, s: ShadowSpine, vt: ValueType, root: int, key: int, i: int,
+                nearest: bool = False) -> int:
     for _depth in range(MAX_SPINE_DEPTH):
         s.step(root, vt)
         if s.has_parent():
@@ -179,7 +184,7 @@ def _remove_raw(info, s: ShadowSpine, vt, root: int, key: int, i: int, nearest=F
     raise BTreeError(f"btree remove exceeded max depth under block {root} (a cycle?)", root)
 
 
-def remove(info: BTreeInfo, root: int, keys) -> tuple[int, bool]:
+def remove(info: BTreeInfo, root: int, keys: Sequence[int]) -> tuple[int, bool]:
     """Remove the entry at *keys*; return ``(new_root, removed)``.
 
     The removed value is released through the value type's ``dec``.  When
@@ -202,11 +207,11 @@ def remove(info: BTreeInfo, root: int, keys) -> tuple[int, bool]:
                 info.value_type.dec([n.values[index]])
             del n.keys[index], n.values[index]
     except _NotFound:
-        return s.root, False
-    return s.root, True
+        return s.new_root(), False
+    return s.new_root(), True
 
 
-def _remove_one(info, root: int, key: int, end_key: int) -> tuple[int, int | None]:
+def _remove_one(info: BTreeInfo, root: int, key: int, end_key: int) -> tuple[int, int | None]:
     """Remove the entry at or just below *key* if it lies in
     [key, end_key); return ``(new_root, next_key or None)``."""
     s = ShadowSpine(info.tm)
@@ -229,7 +234,7 @@ def _remove_one(info, root: int, key: int, end_key: int) -> tuple[int, int | Non
                 found = k + 1
     except _NotFound:
         pass
-    return s.root, found
+    return s.new_root(), found
 
 
 def remove_leaves(info: BTreeInfo, root: int, first_key: int, end_key: int) -> tuple[int, int]:
@@ -251,7 +256,7 @@ def delete(info: BTreeInfo, root: int) -> None:
     every node (and releasing every value) no longer shared."""
     tm = info.tm
     last = info.levels - 1
-    stack: list[list] = []   # [block, node, level, next_child]
+    stack: list[list[Any]] = []   # [block, node, level, next_child]
 
     def push(b: int, level: int) -> None:
         if len(stack) >= MAX_SPINE_DEPTH - 1:

@@ -6,20 +6,27 @@ shadowed, when a value is overwritten, removed, or its tree deleted.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+from ...errors import BTreeError
 from ..transaction import TransactionManager
-from .node import Node, calc_max_entries, check_leaf_value_size
+from .node import Node, Value, calc_max_entries, check_leaf_value_size
+
+#: ``inc``/``dec`` of a value type: called with the values gaining or losing a reference
+RefCallback = Callable[[list[Value]], None]
 
 
 class ValueType:
     """A btree value type: size in bytes and reference callbacks."""
 
-    def __init__(self, size: int, inc=None, dec=None, equal=None):
+    def __init__(self, size: int, inc: RefCallback | None = None,
+                 dec: RefCallback | None = None,
+                 equal: Callable[[Value, Value], bool] | None = None):
         self.size = size
-        self.inc = inc          # inc(values: list) -> None
-        self.dec = dec          # dec(values: list) -> None
-        self.equal = equal      # equal(a, b) -> bool
+        self.inc = inc
+        self.dec = dec
+        self.equal = equal
 
     def __repr__(self) -> str:
         return f"<ValueType size={self.size}>"
@@ -39,11 +46,11 @@ class BTreeInfo:
 def le64_type(tm: TransactionManager) -> ValueType:
     """Values that are metadata block numbers (upper levels of a
     multi-level tree): shadowing a shared node increments them."""
-    def inc(values):
+    def inc(values: list[int]) -> None:
         for v in values:
             tm.inc(v)
 
-    def dec(values):
+    def dec(values: list[int]) -> None:
         for v in values:
             tm.dec(v)
 
@@ -82,7 +89,7 @@ class ShadowSpine:
 
     def __init__(self, tm: TransactionManager):
         self.tm = tm
-        self.nodes: list[list] = []
+        self.nodes: list[list[Any]] = []
         self.root: int | None = None
 
     def step(self, b: int, vt: ValueType) -> None:
@@ -98,12 +105,18 @@ class ShadowSpine:
         self.nodes.append([new_b, node])
 
     @property
-    def current(self) -> list:
+    def current(self) -> list[Any]:
         return self.nodes[-1]
 
     @property
-    def parent(self) -> list:
+    def parent(self) -> list[Any]:
         return self.nodes[0]
+
+    def new_root(self) -> int:
+        """The shadow of the tree's root (the block the first :meth:`step` shadowed)."""
+        if self.root is None:
+            raise BTreeError("btree spine: no node shadowed yet")
+        return self.root
 
     def has_parent(self) -> bool:
         return len(self.nodes) >= 2

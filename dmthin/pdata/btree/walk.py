@@ -14,13 +14,13 @@ twice, a DAG or a cycle, fails at once instead of being walked again).
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 from ...errors import BTreeError
 from ..block import BlockManager
 from ..checksum import BTREE_NODE
-from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, WALK_MAX_DEPTH, check_header,
-                   lower_bound, read_values)
+from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, WALK_MAX_DEPTH, Value, check_header,
+                   lower_bound, read_u64_values, read_values)
 
 
 def _check_node(b: int, flags: int, nr: int, mx: int, vs: int, keys: tuple[int, ...],
@@ -64,21 +64,22 @@ def iter_leaves(bm: BlockManager, root: int, value_size: int | None = None
         if value_size is not None:
             _check_node(b, flags, nr, mx, vs, keys, value_size, lo, hi)
         if flags & INTERNAL_NODE:
-            children = read_values(buf, nr, mx, 8)
+            children = read_u64_values(buf, nr, mx)
             stack.extend((children[i], depth + 1, keys[i] if i else lo,
                           keys[i + 1] if i + 1 < nr else hi) for i in range(nr - 1, -1, -1))
             continue
         yield b, keys, read_values(buf, nr, mx, vs)
 
 
-def iter_items(bm, root: int, value_size: int | None = None) -> Iterator[tuple[int, object]]:
+def iter_items(bm: BlockManager, root: int,
+               value_size: int | None = None) -> Iterator[tuple[int, Value]]:
     """Yield ``(key, value)`` pairs under *root* in key order (validated as
     :func:`iter_leaves` does when *value_size* is given)."""
     for _b, keys, values in iter_leaves(bm, root, value_size):
         yield from zip(keys, values)
 
 
-def lookup(bm, root: int, key: int, value_size: int | None = None):
+def lookup(bm: BlockManager, root: int, key: int, value_size: int | None = None) -> Value | None:
     """Return the value stored for *key* under *root*, or None.  With
     *value_size*, a leaf of another value size raises :class:`BTreeError`."""
     b = root

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from ...errors import MetadataError
 from ...units import MAX_METADATA_BITMAPS
+from ..block import BlockManager
 from ..btree.check import BTreeChecker
+from ..btree.node import Value
 from ..btree.walk import iter_items
 from ..checksum import BITMAP, INDEX
 from ..refcounts import RefCounts
@@ -50,7 +52,7 @@ def read_data_index(checker: BTreeChecker, bitmap_root: int,
     for _b, keys, values, _path in checker.walk(bitmap_root, INDEX_ENTRY_SIZE,
                                                 tree="data space map index",
                                                 shareable=False):
-        for k, v in zip(keys, values):
+        for k, v in zip(keys, values, strict=True):
             if k != len(entries):
                 raise MetadataError(f"data space map index: entry for bitmap {k} where "
                                     f"bitmap {len(entries)} was expected")
@@ -92,7 +94,7 @@ class CountReport:
         return self.leaked + self.wrong + self.missing + self.unreadable_bitmaps
 
 
-def compare_counts(bm, entries: list[IndexEntry], nr_blocks: int, ref_count_root: int,
+def compare_counts(bm: BlockManager, entries: list[IndexEntry], nr_blocks: int, ref_count_root: int,
                    computed: RefCounts, *, what: str,
                    problem: Callable[[CountProblem, str], None],
                    progress: Callable[[int], None] | None = None,
@@ -185,30 +187,30 @@ def _differ(rep: CountReport, problem: Callable[[CountProblem, str], None], what
 class _peekable:
     """An iterator of ``(key, value)`` with peek and skip."""
 
-    def __init__(self, it: Iterator):
+    def __init__(self, it: Iterator[tuple[int, Value]]):
         self._it = it
-        self._head = None
+        self._head: tuple[int, Value] | None = None
         self._has = False
 
-    def peek(self):
+    def peek(self) -> tuple[int, Value] | None:
         if not self._has:
             self._head = next(self._it, None)
             self._has = True
         return self._head
 
-    def __iter__(self):
+    def __iter__(self) -> _peekable:
         return self
 
-    def __next__(self):
+    def __next__(self) -> tuple[int, Value]:
         item = self.peek()
         if item is None:
             raise StopIteration
         self._has = False
         return item
 
-    def skip_below(self, key: int) -> list:
+    def skip_below(self, key: int) -> list[tuple[int, Value]]:
         """Consume and return the items with keys below *key*."""
-        out = []
+        out: list[tuple[int, Value]] = []
         while (item := self.peek()) is not None and item[0] < key:
             out.append(next(self))
         return out

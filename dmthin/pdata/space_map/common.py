@@ -14,12 +14,13 @@ from ..btree import ops as bt_ops
 from ..btree import remove as bt_remove
 from ..btree.spine import BTreeInfo, ValueType
 from ..checksum import BITMAP
+from ..transaction import TransactionManager
 from .format import (BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, FIELD_TO_COUNT, REF_COUNT,
                      REF_COUNT_SIZE, IndexEntry, SpaceMapRoot, bitmap_find_free, bitmap_get,
                      bitmap_set, nr_bitmaps)
 
 
-def find_common_free_block(old_ll: "LowLevel", ll: "LowLevel", begin: int) -> int | None:
+def find_common_free_block(old_ll: LowLevel, ll: LowLevel, begin: int) -> int | None:
     """A block free in both the last committed state (*old_ll*) and the
     current one (*ll*), searching from *begin* to the end, then wrapping
     round to the start (``sm_ll_find_common_free_block``, called twice as
@@ -35,7 +36,7 @@ def find_common_free_block(old_ll: "LowLevel", ll: "LowLevel", begin: int) -> in
     return None
 
 
-def ref_count_info(tm) -> BTreeInfo:
+def ref_count_info(tm: TransactionManager) -> BTreeInfo:
     """The overflow tree: block -> le32 count (only counts >= 3)."""
     return BTreeInfo(tm, 1, ValueType(REF_COUNT_SIZE))
 
@@ -49,7 +50,7 @@ class LowLevel(ABC):
 
     entries_per_block = ENTRIES_PER_BITMAP
 
-    def __init__(self, tm):
+    def __init__(self, tm: TransactionManager):
         self.tm = tm
         self.nr_blocks = 0
         self.nr_allocated = 0
@@ -79,7 +80,7 @@ class LowLevel(ABC):
         """Write the index (at the space map's commit)."""
 
     @abstractmethod
-    def snapshot(self) -> "LowLevel":
+    def snapshot(self) -> LowLevel:
         """A copy of this state, for lookups in the last committed one."""
 
     # -- reading ---------------------------------------------------------------
@@ -92,7 +93,8 @@ class LowLevel(ABC):
         raw = bt_ops.lookup(self.rc_info, self.ref_count_root, [b])
         if raw is None:
             raise MetadataError(f"space map: block {b} has count 3+ but no overflow entry")
-        return REF_COUNT.unpack(raw)[0]
+        count: int = REF_COUNT.unpack(raw)[0]
+        return count
 
     def lookup(self, b: int) -> int:
         if b >= self.nr_blocks:
@@ -202,13 +204,13 @@ class SpaceMapBase:
     ll: LowLevel
     old_ll: LowLevel
 
-    def __init__(self, tm) -> None:
+    def __init__(self, tm: TransactionManager) -> None:
         self.tm = tm
         self.begin = 0
         self.allocated_this_transaction = 0
 
     @classmethod
-    def open(cls: type[_SM], tm, nr_blocks: int, nr_allocated: int, bitmap_root: int,
+    def open(cls: type[_SM], tm: TransactionManager, nr_blocks: int, nr_allocated: int, bitmap_root: int,
              ref_count_root: int) -> _SM:
         """Open the space map a superblock's space-map root describes
         (``dm_sm_disk_open``, ``dm_sm_metadata_open``)."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 from ...errors import MetadataError, NoSpace
 from ..btree import ops as bt_ops
 from ..btree.spine import BTreeInfo, ValueType
+from ..transaction import TransactionManager
 from .common import LowLevel, SpaceMapBase, find_common_free_block
 from .format import INDEX_ENTRY_SIZE, IndexEntry
 
 
-def index_info(tm) -> BTreeInfo:
+def index_info(tm: TransactionManager) -> BTreeInfo:
     """The data space map's index: bitmap number -> index entry."""
     return BTreeInfo(tm, 1, ValueType(INDEX_ENTRY_SIZE))
 
@@ -24,13 +25,13 @@ def index_info(tm) -> BTreeInfo:
 class DiskLowLevel(LowLevel):
     """Index entries in a btree, with a write-back cache flushed at commit."""
 
-    def __init__(self, tm):
+    def __init__(self, tm: TransactionManager):
         super().__init__(tm)
         self.ie_info = index_info(tm)
         self._ie_cache: dict[int, IndexEntry] = {}
         self._dirty: set[int] = set()
 
-    def snapshot(self) -> "DiskLowLevel":
+    def snapshot(self) -> DiskLowLevel:
         ll = DiskLowLevel.__new__(DiskLowLevel)
         ll.__dict__.update(self.__dict__)
         ll._ie_cache = {i: ie.copy() for i, ie in self._ie_cache.items()}
@@ -77,13 +78,15 @@ class DiskLowLevel(LowLevel):
 class DiskSpaceMap(SpaceMapBase):
     """The data space map."""
 
-    def __init__(self, tm):
+    ll: DiskLowLevel
+
+    def __init__(self, tm: TransactionManager):
         super().__init__(tm)
         self.ll = DiskLowLevel(tm)
         self.old_ll = self.ll.snapshot()
 
     @classmethod
-    def create(cls, tm, nr_blocks: int) -> "DiskSpaceMap":
+    def create(cls, tm: TransactionManager, nr_blocks: int) -> DiskSpaceMap:
         """``dm_sm_disk_create``."""
         sm = cls(tm)
         ll = sm.ll

@@ -11,11 +11,13 @@ each allocation and wraps around (Linux 5.13+: it is not reset at commit).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from ...errors import NoSpace
 from ...units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
 from ..btree import ops as bt_ops
 from ..checksum import INDEX
+from ..transaction import TransactionManager
 from .common import LowLevel, SpaceMapBase, find_common_free_block
 from .format import METADATA_INDEX_OFFSET, IndexEntry, metadata_index_entry_offset
 
@@ -25,12 +27,12 @@ MAX_RECURSIVE_ALLOCATIONS = 1024
 class MetadataLowLevel(LowLevel):
     """Index entries kept in one index block (``mi_le``)."""
 
-    def __init__(self, tm):
+    def __init__(self, tm: TransactionManager):
         super().__init__(tm)
         self.mi = [IndexEntry() for _ in range(MAX_METADATA_BITMAPS)]
         self.index_changed = False
 
-    def snapshot(self) -> "MetadataLowLevel":
+    def snapshot(self) -> MetadataLowLevel:
         ll = MetadataLowLevel.__new__(MetadataLowLevel)
         ll.__dict__.update(self.__dict__)
         ll.mi = [ie.copy() for ie in self.mi]
@@ -75,20 +77,23 @@ class MetadataSpaceMap(SpaceMapBase):
     """The metadata space map, with the kernel's recursion handling.  It
     attaches itself to its transaction manager (``tm.sm``)."""
 
-    def __init__(self, tm):
+    ll: MetadataLowLevel
+
+    def __init__(self, tm: TransactionManager):
         super().__init__(tm)
         tm.sm = self
         self.ll = MetadataLowLevel(tm)
         self.old_ll = self.ll
         self.recursion_count = 0
-        self.uncommitted: deque = deque()
+        self.uncommitted: deque[tuple[int, int, int]] = deque()   # (delta, b, e)
         self.bootstrap = False
-        self.threshold = None          # (value, callback)
-        self._threshold_last = None
+        self.threshold: tuple[int, Callable[[], None]] | None = None
+        self._threshold_last: int | None = None
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def create(cls, tm, nr_blocks: int, superblock: int = 0) -> "MetadataSpaceMap":
+    def create(cls, tm: TransactionManager, nr_blocks: int, superblock: int = 0
+               ) -> MetadataSpaceMap:
         """``dm_sm_metadata_create``: format a space map for *nr_blocks*."""
         sm = cls(tm)
         sm.begin = superblock + 1
@@ -185,9 +190,10 @@ class MetadataSpaceMap(SpaceMapBase):
             b = self.begin
             self.begin += 1
             return b
-        b = find_common_free_block(self.old_ll, self.ll, self.begin)
-        if b is None:
+        found = find_common_free_block(self.old_ll, self.ll, self.begin)
+        if found is None:
             raise NoSpace("out of metadata space")
+        b = found
         self.begin = b + 1
         self._run(+1, b, b + 1)
         self.allocated_this_transaction += 1
@@ -205,7 +211,7 @@ class MetadataSpaceMap(SpaceMapBase):
             fn()
         self._threshold_last = free
 
-    def register_threshold_callback(self, value: int, fn) -> None:
+    def register_threshold_callback(self, value: int, fn: Callable[[], None]) -> None:
         self.threshold = (value, fn)
 
     def extend(self, extra_blocks: int) -> None:
