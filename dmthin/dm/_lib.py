@@ -29,7 +29,7 @@ INSTALL_HINT = ("apt-get install libdevmapper-dev, then pip install --force-rein
                 "--no-cache-dir dmthin (or, in a source tree, python3 csrc/build_dm.py)")
 
 try:  # the extension is optional: setup.py builds it only when the header exists
-    from .._dm_ffi import ffi, lib  # type: ignore[import-not-found]
+    from .._dm_ffi import ffi, lib
     _IMPORT_ERROR: ImportError | None = None
 except ImportError as err:  # pragma: no cover - depends on the build
     ffi = lib = None

@@ -22,7 +22,7 @@ from ..errors import BackendUnavailable
 from .errors import fs_error
 
 try:  # optional: setup.py builds it only when ext2fs/ext2fs.h exists
-    from .._ext2fs_ffi import ffi, lib  # type: ignore[import-not-found]
+    from .._ext2fs_ffi import ffi, lib
     _IMPORT_ERROR: ImportError | None = None
 except ImportError as err:  # pragma: no cover - depends on the build
     ffi = lib = None

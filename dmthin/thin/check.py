@@ -38,7 +38,7 @@ import os
 import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
 from ..pdata.block import BlockManager
@@ -46,7 +46,7 @@ from ..pdata.btree.check import BTreeChecker, NodeError, new_totals
 from ..pdata.checksum import SUPERBLOCK
 from ..pdata.refcounts import RefCounts
 from ..pdata.space_map import check as smcheck
-from ..pdata.space_map.format import SpaceMapRoot
+from ..pdata.space_map.format import IndexEntry, SpaceMapRoot
 from ..report import NullReport, Report
 from ..units import DATA_BLOCK_SIZE_MAX_SECTORS as MAX_DATA_BLOCK_SIZE
 from ..units import DATA_BLOCK_SIZE_MIN_SECTORS as MIN_DATA_BLOCK_SIZE
@@ -138,7 +138,7 @@ class _Capped:
             self.sink(f"... and {self.n - self.limit} more {self.what}")
 
 
-def check_metadata(path: str | os.PathLike, options: CheckOptions | None = None,
+def check_metadata(path: str | os.PathLike[str], options: CheckOptions | None = None,
                    report: Report | None = None) -> CheckResult:
     """Check the thin metadata in *path* (a file or block device).
 
@@ -147,15 +147,21 @@ def check_metadata(path: str | os.PathLike, options: CheckOptions | None = None,
     found; *report* also gets the progress in metadata blocks.  Raises
     :class:`OSError` if *path* cannot be opened."""
     opts = options or CheckOptions()
-    report = Findings(report if report is not None else NullReport())
+    findings = Findings(report if report is not None else NullReport())
     bm = BlockManager(path, writable=False, cache_blocks=1024)
     try:
-        return _Checker(bm, opts, report).run()
+        return _Checker(bm, opts, findings).run()
     finally:
         bm.close()
 
 
 class _Checker:
+    meta_counts: RefCounts | None
+    data_counts: RefCounts
+    ck: BTreeChecker
+    totals: array[int] | None
+    bad_data: _Capped
+
     def __init__(self, bm: BlockManager, opts: CheckOptions, report: Findings):
         self.bm, self.opts, self.report = bm, opts, report
         self.sb: Superblock | None = None
@@ -184,12 +190,12 @@ class _Checker:
 
     def run(self) -> CheckResult:
         try:
-            if not self._superblock() or self.opts.super_block_only:
+            if not self._superblock() or self.opts.super_block_only or self.sb is None:
                 return self._result()
             if self.opts.metadata_snap:
-                self._only_metadata_snap()
+                self._only_metadata_snap(self.sb)
             else:
-                self._run_trees()
+                self._run_trees(self.sb)
         except MemoryError:
             self.report.error("out of memory while checking (metadata too large for this "
                               "machine?)")
@@ -276,8 +282,7 @@ class _Checker:
         return ok
 
     # -- trees ---------------------------------------------------------------
-    def _run_trees(self) -> None:
-        sb = self.sb
+    def _run_trees(self, sb: Superblock) -> None:
         msm, dsm = sb.metadata_sm, sb.data_sm
         nr_meta = msm.nr_blocks
         self.meta_counts = RefCounts(nr_meta)
@@ -300,10 +305,9 @@ class _Checker:
         if self.opts.skip_mappings:
             self.report.notes.append("mappings not checked (--skip-mappings)")
 
-    def _only_metadata_snap(self) -> None:
+    def _only_metadata_snap(self, sb: Superblock) -> None:
         """``-m``: check the held snapshot's superblock copy and trees (its
         space-map roots are zero by design, so no counts are compared)."""
-        sb = self.sb
         if not sb.held_root:
             self.report.error("no metadata snapshot found (held_root is 0)")
             return
@@ -325,29 +329,31 @@ class _Checker:
         """Check one (details tree, mapping tree) pair: the live one or the
         metadata snapshot's (*where* prefixes the messages)."""
         err = self.report.error
-        details: dict[int, DeviceDetails] | None = {}
+        details: dict[int, DeviceDetails] | None = None
+        found: dict[int, DeviceDetails] = {}
         try:
             for _b, keys, values, _p in self.ck.walk(details_root, DeviceDetails.SIZE,
                                                     tree=f"{where}device details tree",
                                                     tree_kind="device details"):
-                for k, v in zip(keys, values):
-                    details[k] = DeviceDetails.unpack(v)
+                for k, v in zip(keys, values, strict=True):
+                    found[k] = DeviceDetails.unpack(v)
                 self._tick()
+            details = found
         except MetadataError as e:
             err(str(e))
             self.meta_ok = False
-            details = None
-        roots: dict[int, int] = {}
+        roots: dict[int, int] | None = None
+        found_roots: dict[int, int] = {}
         try:
             for _b, keys, values, _p in self.ck.walk(mapping_root, MAPPING_VALUE_SIZE,
                                                     tree=f"{where}top-level mapping tree",
                                                     tree_kind="top-level mapping"):
-                roots.update(zip(keys, values))
+                found_roots.update(zip(keys, values, strict=True))
                 self._tick()
+            roots = found_roots
         except MetadataError as e:
             err(str(e))
             self.meta_ok = self.data_ok = False
-            roots = None
         if details is not None and roots is not None and details.keys() != roots.keys():
             only_d = sorted(details.keys() - roots.keys())
             only_m = sorted(roots.keys() - details.keys())
@@ -379,7 +385,7 @@ class _Checker:
     def _device(self, dev_id: int, root: int, where: str) -> int | None:
         """Walk one device's mapping subtree; return its number of mappings
         (None if the subtree is damaged)."""
-        nr_data = self.sb.data_sm.nr_blocks
+        nr_data = self.data_counts.size          # the data space map's nr_blocks
         inc_blocks, inc_packed = self.data_counts.inc_blocks, self.data_counts.inc_packed
         beyond = nr_data << TIME_BITS          # the first mapping value beyond the data device
         bad = self.bad_data
@@ -456,7 +462,7 @@ class _Checker:
                 self.report.note("data space map counts not compared: the mapping trees "
                                  "are damaged or were skipped")
         if meta_entries is not None and meta_ref_ok:
-            if self.meta_ok:
+            if self.meta_ok and self.meta_counts is not None:
                 self._compare(meta_entries, msm, self.meta_counts, "metadata")
             else:
                 self.report.note("metadata space map counts not compared: some trees are "
@@ -471,7 +477,7 @@ class _Checker:
             self.meta_ok = False
             return False
 
-    def _compare(self, entries, root: SpaceMapRoot, computed: RefCounts, what: str) -> None:
+    def _compare(self, entries: list[IndexEntry], root: SpaceMapRoot, computed: RefCounts, what: str) -> None:
         r = self.report
         fatal = _Capped(r.error, self.opts.max_lines, f"{what} count problems")
         leaks = _Capped(r.warning, self.opts.max_lines, f"leaked {what} blocks")
@@ -494,7 +500,7 @@ _XML_HINT = ("this looks like XML, not thin-pool metadata: write it to a metadat
              "with 'dmthin restore' first")
 
 
-def _looks_like_xml(head) -> bool:
+def _looks_like_xml(head: bytes | bytearray) -> bool:
     return bytes(head).lstrip().startswith(b"<")
 
 

@@ -11,18 +11,22 @@ is never emitted.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from ..errors import MetadataError
+from ..pdata.block import BlockManager
 from ..pdata.btree.walk import iter_items
 from .format import MAPPING_VALUE_SIZE
-from .ir import RunBuilder, Superblock, to_map
+from .ir import MetadataVisitor, RunBuilder, Superblock, to_map
 from .reader import iter_mapping_leaves, open_block_manager, read_details, select_superblock
 
 __all__ = ["dump", "total_mapped", "open_block_manager", "select_superblock", "read_details",
            "iter_mapping_leaves"]
 
 
-def dump(bm, visitor, *, metadata_snap: bool | int | None = None,
-         dev_ids=None, skip_mappings: bool = False, progress=None) -> None:
+def dump(bm: BlockManager, visitor: MetadataVisitor, *,
+         metadata_snap: bool | int | None = None, dev_ids: Iterable[int] | None = None,
+         skip_mappings: bool = False, progress: Callable[[int], None] | None = None) -> None:
     """Emit the IR of the metadata behind block manager *bm* to *visitor*.
 
     *dev_ids*: only these devices; *progress*: called with the number of
@@ -36,11 +40,12 @@ def dump(bm, visitor, *, metadata_snap: bool | int | None = None,
         metadata_snap=None))
     wanted = None if dev_ids is None else set(dev_ids)
     done = 0
+    emit_runs: Callable[[list[tuple[int, int, int]]], None] | None
     emit_runs = getattr(visitor, "map_runs", None)
     if emit_runs is None:
         emit_map = visitor.map
 
-        def emit_runs(runs):
+        def emit_runs(runs: list[tuple[int, int, int]]) -> None:
             for r in runs:
                 emit_map(to_map(r))
     for dev_id, subroot in iter_items(bm, sb.data_mapping_root, MAPPING_VALUE_SIZE):
@@ -68,7 +73,7 @@ def dump(bm, visitor, *, metadata_snap: bool | int | None = None,
     visitor.eof()
 
 
-def total_mapped(bm, metadata_snap: bool | int | None = None) -> int:
+def total_mapped(bm: BlockManager, metadata_snap: bool | int | None = None) -> int:
     """Sum of ``mapped_blocks`` over all devices (a progress-bar total)."""
     sb = select_superblock(bm, metadata_snap)
     return sum(d.mapped_blocks for d in read_details(bm, sb.device_details_root).values())

@@ -1,6 +1,9 @@
 """``thin_dump -f human_readable`` (0.9.0), byte for byte, as a visitor."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TextIO
+
 from .format import TIME_BITS, TIME_MASK
 from .ir import Device, Map, Superblock
 
@@ -8,7 +11,7 @@ from .ir import Device, Map, Superblock
 class HumanReadableWriter:
     """Visitor writing the 0.9.0 human-readable dump to a text stream."""
 
-    def __init__(self, out):
+    def __init__(self, out: TextIO):
         self.out = out
         self.write = out.write
 
@@ -44,7 +47,7 @@ class HumanReadableWriter:
             self.write(f"    ({m.thin_begin}..{m.thin_begin + n}) -> "
                        f"({m.data_begin}..{m.data_begin + n}), {m.time}\n")
 
-    def map_runs(self, runs) -> None:
+    def map_runs(self, runs: Iterable[tuple[int, int, int]]) -> None:
         """Fast path: raw ``(thin_begin, packed_value, length)`` runs."""
         self.write("".join([
             f"    {t} -> {v >> TIME_BITS}, {v & TIME_MASK}\n" if n == 1 else

@@ -15,6 +15,7 @@ without a disk.  ``def``/``ref`` (shared subtrees) only come from 1.x XML.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from .format import TIME_BITS, TIME_MASK
@@ -84,13 +85,14 @@ class RunBuilder:
 
     __slots__ = ("t0", "v0", "nk", "nv")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.t0 = -1                 # -1: no pending run
         self.nk = -1                 # next key that would extend the run: none
         self.v0 = self.nv = 0
 
-    def add_leaf(self, keys, values) -> list[tuple[int, int, int]]:
-        out = []
+    def add_leaf(self, keys: Sequence[int],
+                 values: Sequence[int]) -> list[tuple[int, int, int]]:
+        out: list[tuple[int, int, int]] = []
         append = out.append
         t0, v0, nk, nv = self.t0, self.v0, self.nk, self.nv
         for k, v in zip(keys, values):

@@ -24,14 +24,16 @@ included), every cell followed by one space, a newline per row.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 from operator import rshift
 
 from ..errors import MetadataError, UsageError
+from ..pdata.block import BlockManager
 from ..pdata.btree.walk import lookup
 from ..units import SECTOR_SIZE
 from ..pdata.space_map.format import ENTRIES_PER_BITMAP
-from .format import MAPPING_VALUE_SIZE, TIME_BITS
+from .format import MAPPING_VALUE_SIZE, TIME_BITS, Superblock
 from .reader import iter_mapping_leaves, read_details, select_superblock
 
 FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS",
@@ -116,15 +118,15 @@ class _Marks:
         return n
 
 
-def _subtree_root(bm, sb, dev_id: int) -> int:
-    root = lookup(bm, sb.data_mapping_root, dev_id, MAPPING_VALUE_SIZE)
+def _subtree_root(bm: BlockManager, sb: Superblock, dev_id: int) -> int:
+    root: int | None = lookup(bm, sb.data_mapping_root, dev_id, MAPPING_VALUE_SIZE)
     if root is None:
         raise MetadataError(f"device {dev_id} is in the details tree but has no mapping tree "
                             "root")
     return root
 
 
-def _blocks(bm, root: int) -> array:
+def _blocks(bm: BlockManager, root: int) -> array[int]:
     """The data block of every mapping under *root*, in vblock order."""
     out = array("Q")
     for _keys, values in iter_mapping_leaves(bm, root):
@@ -132,7 +134,7 @@ def _blocks(bm, root: int) -> array:
     return out
 
 
-def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
+def thin_ls(bm: BlockManager, fields: Sequence[str] = DEFAULT_FIELDS, *, headers: bool = True,
             metadata_snap: bool | int | None = None) -> str:
     """Return thin_ls output for the metadata behind *bm*.  Raises
     :class:`~dmthin.errors.MetadataError` (a damaged details tree, a
@@ -144,7 +146,7 @@ def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
     ids = sorted(devs)
     need_excl = bool(_NEEDS_EXCLUSIVE.intersection(fields))
     roots = {}
-    cache: dict[int, array] = {}
+    cache: dict[int, array[int]] = {}
     cached = 0
     marks = _Marks(min(sb.data_sm.nr_blocks, ENTRIES_PER_BITMAP * bm.file_blocks))
     # Pass 1 only matters for the exclusive and shared counts.
@@ -165,9 +167,8 @@ def thin_ls(bm, fields=DEFAULT_FIELDS, *, headers: bool = True,
     for dev_id in ids:
         d = devs[dev_id]
         if need_excl:
-            blocks = cache.get(dev_id)
-            if blocks is None:
-                blocks = _blocks(bm, roots[dev_id])
+            cached_blocks = cache.get(dev_id)
+            blocks = _blocks(bm, roots[dev_id]) if cached_blocks is None else cached_blocks
             excl = marks.exclusive(blocks)
         else:
             excl = 0

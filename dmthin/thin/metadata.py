@@ -66,21 +66,21 @@ class ThinMetadata:
     def _setup_infos(self) -> None:
         tm = self.tm
 
-        def data_inc(values):
+        def data_inc(values: list[int]) -> None:
             for b, e in runs([v >> TIME_BITS for v in values]):
                 self.data_sm.inc(b, e)
 
-        def data_dec(values):
+        def data_dec(values: list[int]) -> None:
             for b, e in runs([v >> TIME_BITS for v in values]):
                 self.data_sm.dec(b, e)
 
         data_vt = ValueType(MAPPING_VALUE_SIZE, data_inc, data_dec, lambda a, b: a == b)
 
-        def subtree_inc(values):
+        def subtree_inc(values: list[int]) -> None:
             for v in values:
                 tm.inc(v)
 
-        def subtree_dec(values):
+        def subtree_dec(values: list[int]) -> None:
             for v in values:
                 bt_remove.delete(self.bl_info, v)
 
@@ -93,7 +93,7 @@ class ThinMetadata:
         self._hint = InsertHint(self.info)
 
     @classmethod
-    def format(cls, path: str | os.PathLike, data_block_sectors: int, nr_data_blocks: int,
+    def format(cls, path: str | os.PathLike[str], data_block_sectors: int, nr_data_blocks: int,
                cache_blocks: int = DEFAULT_CACHE_BLOCKS) -> "ThinMetadata":
         """Format the metadata file at *path* (which must exist; its size
         fixes the metadata size, capped at the kernel's maximum) for data
@@ -130,7 +130,7 @@ class ThinMetadata:
         return self
 
     @classmethod
-    def open(cls, path: str | os.PathLike, read_only: bool = False,
+    def open(cls, path: str | os.PathLike[str], read_only: bool = False,
              cache_blocks: int = DEFAULT_CACHE_BLOCKS,
              superblock_location: int = SUPERBLOCK_LOCATION) -> "ThinMetadata":
         """Open formatted metadata.  Raises :class:`BadSuperblock` (wrong
@@ -378,7 +378,7 @@ class ThinMetadata:
 
     # -- mappings ---------------------------------------------------------------------------------
     def _subtree(self, dev_id: int) -> int:
-        root = bt.lookup(self.tl_info, self.root, [dev_id])
+        root: int | None = bt.lookup(self.tl_info, self.root, [dev_id])
         if root is None:
             raise DeviceNotFound(f"no thin device {dev_id}")
         return root

@@ -266,7 +266,7 @@ class Salvager:
         exact: dict[int, int] = {}
         try:
             for _b, keys, values in iter_leaves(self.bm, root):
-                for k, v in zip(keys, values):    # type: ignore[call-overload]
+                for k, v in zip(keys, values, strict=True):
                     exact[k] = REF_COUNT.unpack(v)[0] if isinstance(v, bytes) else int(v)
         except (MetadataError, OSError, struct.error):
             exact = {}

@@ -3,6 +3,7 @@ snapshot's copy).  Its layout is in :mod:`dmthin.thin.format`."""
 from __future__ import annotations
 
 from ..errors import BadSuperblock
+from ..pdata.block import BlockManager
 from ..pdata.checksum import SUPERBLOCK
 from .format import (INCOMPAT_SUPP, INCOMPLETE_RESTORE_MARK, METADATA_BLOCK_SECTORS,
                      SUPERBLOCK_LOCATION, THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION,
@@ -11,7 +12,7 @@ from .format import (INCOMPAT_SUPP, INCOMPLETE_RESTORE_MARK, METADATA_BLOCK_SECT
 __all__ = ["Superblock", "read_superblock"]
 
 
-def read_superblock(bm, location: int = SUPERBLOCK_LOCATION, *,
+def read_superblock(bm: BlockManager, location: int = SUPERBLOCK_LOCATION, *,
                     check_features: bool = True) -> Superblock:
     """Read and validate the superblock at *location* (0, or a held
     metadata-snapshot copy).  Raises :class:`BadSuperblock` with a clear

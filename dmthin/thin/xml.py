@@ -17,12 +17,14 @@ naming the source, line and column (of the offending element's start).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from typing import BinaryIO, NoReturn, TextIO
 from xml.parsers import expat
 
 from ..errors import UsageError
 from ..units import MAX_DEV_ID
 from .format import MAX_DATA_BLOCK, MAX_TIME, TIME_BITS, TIME_MASK
-from .ir import Device, Map, Superblock
+from .ir import Device, Map, MetadataVisitor, Superblock
 
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
@@ -43,7 +45,7 @@ def _esc(s: str) -> str:
 class XmlWriter:
     """Visitor writing ``thin_dump`` 0.9.0 XML to a text stream *out*."""
 
-    def __init__(self, out):
+    def __init__(self, out: TextIO):
         self.out = out
         self.write = out.write
         self.depth = 0
@@ -97,7 +99,7 @@ class XmlWriter:
             self.write(f'{self._ind}<range_mapping origin_begin="{m.thin_begin}" '
                        f'data_begin="{m.data_begin}" length="{m.len}" time="{m.time}"/>\n')
 
-    def map_runs(self, runs) -> None:
+    def map_runs(self, runs: Iterable[tuple[int, int, int]]) -> None:
         """Fast path: raw ``(thin_begin, packed_value, length)`` runs."""
         ind = self._ind
         self.write("".join([
@@ -139,10 +141,15 @@ _PARENTS = {
 
 
 class _Fail(Exception):
-    """Internal: a message to be prefixed with the parser position."""
+    """Internal: a message to be prefixed with the parser position (the
+    current one, or *position* where it was raised)."""
+
+    def __init__(self, message: str, position: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.position = position
 
 
-def _attr_problem(tag: str, attrs: dict, required) -> str:
+def _attr_problem(tag: str, attrs: dict[str, str], required: Iterable[str]) -> str:
     allowed = _ALLOWED[tag]
     for k in attrs:
         if k not in allowed:
@@ -163,7 +170,7 @@ def _num(tag: str, key: str, s: str, limit: int) -> int:
 
 
 class _Reader:
-    def __init__(self, visitor, source: str):
+    def __init__(self, visitor: MetadataVisitor, source: str, parser: expat.XMLParserType):
         self.v = visitor
         self.source = source
         self.stack: list[str] = []
@@ -178,25 +185,25 @@ class _Reader:
         if raw is None:
             vmap = visitor.map
 
-            def raw(o, d, t, n):
+            def raw(o: int, d: int, t: int, n: int) -> None:
                 vmap(Map(o, d, t, n))
-        self.map_raw = raw
-        self.parser = None
+        self.map_raw: Callable[[int, int, int, int], None] = raw
+        self.parser = parser
 
     # element handlers -------------------------------------------------------
-    def start(self, tag: str, attrs: dict) -> None:
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
         try:
             # Hot path: a well-formed mapping in range; anything else goes
             # through _map_slow, which gives the precise error.
             if tag == "single_mapping":
                 if self.map_ok and len(attrs) == 3:
-                    o = attrs.get("origin_block")
-                    d = attrs.get("data_block")
-                    t = attrs.get("time")
-                    if (o is not None and d is not None and t is not None and o.isdigit()
-                            and d.isdigit() and t.isdigit() and o.isascii() and d.isascii()
-                            and t.isascii()):
-                        o, d, t = int(o), int(d), int(t)
+                    os_ = attrs.get("origin_block")
+                    ds = attrs.get("data_block")
+                    ts = attrs.get("time")
+                    if (os_ is not None and ds is not None and ts is not None and os_.isdigit()
+                            and ds.isdigit() and ts.isdigit() and os_.isascii() and ds.isascii()
+                            and ts.isascii()):
+                        o, d, t = int(os_), int(ds), int(ts)
                         if t <= MAX_TIME and d < self.data_limit and o <= U64:
                             self.map_ok = False
                             self.map_raw(o, d, t, 1)
@@ -206,13 +213,15 @@ class _Reader:
                 self._map_slow(tag, attrs)
             else:
                 self._start(tag, attrs)
-        except (_Fail, ValueError) as err:
-            if isinstance(err, XmlError) or getattr(err, "position", None):
-                raise
-            err.position = (self.parser.CurrentLineNumber, self.parser.CurrentColumnNumber + 1)
+        except XmlError:
             raise
+        except (_Fail, ValueError) as err:
+            if isinstance(err, _Fail) and err.position is not None:
+                raise
+            raise _Fail(str(err), (self.parser.CurrentLineNumber,
+                                   self.parser.CurrentColumnNumber + 1)) from err
 
-    def _map_slow(self, tag: str, attrs: dict) -> None:
+    def _map_slow(self, tag: str, attrs: dict[str, str]) -> None:
         if not self.map_ok:
             if self.stack and self.stack[-1] in ("device", "def"):
                 raise _Fail(f"<{tag}> is not allowed inside a mapping element")
@@ -222,7 +231,7 @@ class _Reader:
             if len(attrs) != 3:
                 raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS))
             try:
-                o, d, t = attrs["origin_block"], attrs["data_block"], attrs["time"]
+                os_, ds, ts = attrs["origin_block"], attrs["data_block"], attrs["time"]
             except KeyError:
                 raise _Fail(_attr_problem(tag, attrs, _SINGLE_ATTRS)) from None
             n = 1
@@ -230,17 +239,17 @@ class _Reader:
             if len(attrs) != 4:
                 raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS))
             try:
-                o, d, t, n = (attrs["origin_begin"], attrs["data_begin"], attrs["time"],
-                              attrs["length"])
+                os_, ds, ts, ns = (attrs["origin_begin"], attrs["data_begin"], attrs["time"],
+                                   attrs["length"])
             except KeyError:
                 raise _Fail(_attr_problem(tag, attrs, _RANGE_ATTRS)) from None
-            n = _num(tag, "length", n, U64)
+            n = _num(tag, "length", ns, U64)
             if n == 0:
                 raise _Fail(f"<{tag}> length=0: a range must map at least one block")
         single = tag == "single_mapping"
-        o = _num(tag, "origin_block" if single else "origin_begin", o, U64)
-        d = _num(tag, "data_block" if single else "data_begin", d, U64)
-        t = _num(tag, "time", t, U32)
+        o = _num(tag, "origin_block" if single else "origin_begin", os_, U64)
+        d = _num(tag, "data_block" if single else "data_begin", ds, U64)
+        t = _num(tag, "time", ts, U32)
         if t > MAX_TIME:
             raise _Fail(f"<{tag}> time={t} does not fit the 24 bits a mapping stores "
                         f"(maximum {MAX_TIME})")
@@ -255,7 +264,7 @@ class _Reader:
                         f"(maximum {MAX_DATA_BLOCK})")
         self.map_raw(o, d, t, n)
 
-    def _start(self, tag: str, attrs: dict) -> None:
+    def _start(self, tag: str, attrs: dict[str, str]) -> None:
         if not self.map_ok and self.stack and self.stack[-1] in ("device", "def"):
             raise _Fail(f"<{tag}> is not allowed inside a mapping element")
         parents = _PARENTS.get(tag)
@@ -303,7 +312,7 @@ class _Reader:
             self.done = True
 
     # helpers --------------------------------------------------------------------
-    def _bad_parent(self, tag: str) -> None:
+    def _bad_parent(self, tag: str) -> NoReturn:
         parent = self.stack[-1] if self.stack else None
         if parent is None:
             raise _Fail(f"<{tag}> must be inside <{_PARENTS[tag][0]}>, not at the top level")
@@ -312,7 +321,7 @@ class _Reader:
         want = " or ".join(f"<{p}>" for p in _PARENTS[tag])
         raise _Fail(f"<{tag}> is not allowed inside <{parent}> (it belongs in {want})")
 
-    def _check_keys(self, tag: str, attrs: dict, required) -> None:
+    def _check_keys(self, tag: str, attrs: dict[str, str], required: Iterable[str]) -> None:
         allowed = _ALLOWED[tag]
         for k in attrs:
             if k not in allowed:
@@ -321,11 +330,11 @@ class _Reader:
             if k not in attrs:
                 raise _Fail(f"missing attribute '{k}' on <{tag}>")
 
-    def _superblock(self, a: dict) -> Superblock:
+    def _superblock(self, a: dict[str, str]) -> Superblock:
         tag = "superblock"
         self._check_keys(tag, a, _SB_REQUIRED)
 
-        def opt(key, limit):
+        def opt(key: str, limit: int) -> int | None:
             return _num(tag, key, a[key], limit) if key in a else None
         return Superblock(
             uuid=a["uuid"], time=_num(tag, "time", a["time"], U32),
@@ -335,7 +344,7 @@ class _Reader:
             nr_data_blocks=_num(tag, "nr_data_blocks", a["nr_data_blocks"], U64),
             metadata_snap=opt("metadata_snap", U64))
 
-    def _device(self, a: dict) -> Device:
+    def _device(self, a: dict[str, str]) -> Device:
         tag = "device"
         self._check_keys(tag, a, _DEV_ATTRS)
         dev_id = _num(tag, "dev_id", a["dev_id"], U32)
@@ -347,16 +356,17 @@ class _Reader:
                       _num(tag, "creation_time", a["creation_time"], U32),
                       _num(tag, "snap_time", a["snap_time"], U32))
 
-    def _name(self, tag: str, a: dict) -> str:
+    def _name(self, tag: str, a: dict[str, str]) -> str:
         self._check_keys(tag, a, ("name",))
         return a["name"]
 
 
-def _no_doctype(*_args) -> None:
+def _no_doctype(*_args: object) -> NoReturn:
     raise _Fail("DOCTYPE and entity declarations are not allowed in metadata XML")
 
 
-def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None:
+def read_xml(source: str | os.PathLike[str] | BinaryIO, visitor: MetadataVisitor, *,
+             name: str | None = None, progress: Callable[[int], None] | None = None) -> None:
     """Parse metadata XML from *source* (a path or a binary file object) and
     drive *visitor*.  *progress*, if given, is called with the number of
     bytes consumed so far.  Raises :class:`XmlError` (one line with line and
@@ -369,15 +379,15 @@ def read_xml(source, visitor, *, name: str | None = None, progress=None) -> None
         with open(source, "rb") as f:
             return read_xml(f, visitor, name=name or os.fspath(source), progress=progress)
     where = name or getattr(source, "name", "<xml>")
-    r = _Reader(visitor, str(where))
-    p = r.parser = expat.ParserCreate()
+    p = expat.ParserCreate()
+    r = _Reader(visitor, str(where), p)
     p.StartElementHandler = r.start
     p.EndElementHandler = r.end
     p.StartDoctypeDeclHandler = _no_doctype       # no entities: nothing to expand
     p.EntityDeclHandler = _no_doctype
     total = 0
 
-    def fail(err: Exception):
+    def fail(err: Exception) -> NoReturn:
         line, col = getattr(err, "position", None) or (p.CurrentLineNumber,
                                                         p.CurrentColumnNumber + 1)
         raise XmlError(f"{where}: line {line}, column {col}: {err}") from None

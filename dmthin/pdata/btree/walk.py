@@ -14,7 +14,7 @@ twice, a DAG or a cycle, fails at once instead of being walked again).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ...errors import BTreeError
 from ..block import BlockManager
@@ -46,7 +46,7 @@ def _check_node(b: int, flags: int, nr: int, mx: int, vs: int, keys: tuple[int, 
 
 
 def iter_leaves(bm: BlockManager, root: int, value_size: int | None = None
-                ) -> Iterator[tuple[int, tuple[int, ...], tuple[int, ...] | list[bytes]]]:
+                ) -> Iterator[tuple[int, tuple[int, ...], Sequence[Value]]]:
     """Yield ``(block, keys, values)`` for every leaf under *root*, in key
     order.  ``values`` is a tuple of ints (value_size 8) or a list of bytes.
     With *value_size* (the tree's leaf value size) every node is validated
