@@ -1,38 +1,30 @@
 """Project-wide pytest configuration: the real_dm marker and the tool fixtures.
 
-A ``real_dm`` test runs only as root on a kernel with device-mapper.  Outside
-CI it is skipped elsewhere; with CI=true it fails instead, because in CI the
-host run deselects these (-m "not real_dm") and the only place they run is
-the qemu guest of tools/test.  The tool fixtures follow the same rule.
+A ``real_dm`` test runs only as root on a kernel with device-mapper
+(:func:`helpers.requires_real_dm`).  Outside CI it is skipped elsewhere; with
+CI=true it fails instead, because in CI the host run deselects these
+(-m "not real_dm") and the only place they run is the qemu guest of
+tools/test.  The tool fixtures follow the same rule.
 """
 from __future__ import annotations
 
-import pytest
-
 import helpers
+import pytest
 from helpers import skip_or_fail
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Apply the real_dm rule before each marked test."""
-    if item.get_closest_marker("real_dm") is None:
-        return
-    missing = helpers.real_dm_missing()
-    if missing is None:
-        return
-    if helpers.in_ci():
-        pytest.fail(f"real_dm test cannot run here ({missing}); in CI these run only in "
-                    "the qemu guest: tools/vmrun -- python -m pytest -m real_dm",
-                    pytrace=False)
-    pytest.skip(helpers.REAL_DM_SKIP)
+    if item.get_closest_marker("real_dm") is not None:
+        helpers.requires_real_dm()
 
 
 @pytest.fixture(scope="session")
-def thin_check_110() -> list[str]:
-    """argv prefix running thin-provisioning-tools 1.1.0's thin_check:
-    ``[.../pdata_tools, "thin_check"]``."""
+def pdata_tools_110() -> str:
+    """Path of thin-provisioning-tools 1.1.0's multi-call binary:
+    ``[pdata_tools_110, "thin_check", ...]`` runs its thin_check."""
     try:
-        return [helpers.pdata_tools_110(), "thin_check"]
+        return helpers.pdata_tools_110()
     except helpers.Unavailable as e:
         skip_or_fail(f"thin-provisioning-tools 1.1.0 unavailable: {e}")
 

@@ -1,9 +1,11 @@
-"""Shared test helpers (owner: vm helper; others may append functions).
+"""Shared test helpers.
 
 Environment facts the tests need: are we in CI, can real device-mapper tests
 run here, where are thin-provisioning-tools 0.9.0 and 1.1.0.  Functions report
 what is missing (Unavailable); :func:`skip_or_fail` turns a reason into a skip
-(outside CI) or a failure (CI=true).
+(outside CI) or a failure (CI=true): the one gate every test that needs
+something from the machine goes through (:func:`requires_real_dm` for the
+real kernel).
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from dmthin.cli.main import main as dmthin_main
+from dmthin.dm._lib import kernel_has_dm
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
@@ -40,11 +44,20 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def skip_or_fail(reason: str) -> None:
+def skip_or_fail(reason: str) -> NoReturn:
     """Skip the current test with *reason*, or fail it under CI."""
     if in_ci():
         pytest.fail(f"{reason} (CI=true: this must not be skipped)", pytrace=False)
     pytest.skip(reason)
+
+
+def requires_real_dm() -> None:
+    """The real-kernel gate: return if root on a kernel with device-mapper
+    and loop devices, else :func:`skip_or_fail` saying what is missing.
+    Applied to every ``real_dm`` test (tests/conftest.py)."""
+    missing = real_dm_missing()
+    if missing is not None:
+        skip_or_fail(f"{REAL_DM_SKIP} ({missing})")
 
 
 def in_vm() -> bool:
@@ -52,36 +65,27 @@ def in_vm() -> bool:
     return os.environ.get("DMTHIN_IN_VM") == "1"
 
 
-def have_device_mapper() -> bool:
-    """True if the running kernel has device-mapper (built in or loaded)."""
-    if os.path.exists("/sys/class/misc/device-mapper"):
-        return True
-    try:
-        with open("/proc/misc") as f:
-            return any(line.split()[1:] == ["device-mapper"] for line in f)
-    except OSError:
-        return False
-
-
 def real_dm_missing() -> str | None:
     """Why real_dm tests cannot run here, or None if they can."""
     missing = []
     if os.geteuid() != 0:
         missing.append("not root")
-    if not have_device_mapper():
+    if not kernel_has_dm():
         missing.append("no device-mapper in this kernel")
+    if not os.path.exists("/dev/loop-control"):
+        missing.append("no /dev/loop-control")
     return ", ".join(missing) or None
 
 
 def _version(argv: list[str]) -> str | None:
     try:
-        p = subprocess.run(argv + ["--version"], capture_output=True, text=True, timeout=60)
+        p = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (p.stdout + p.stderr).strip() if p.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pdata_tools_110() -> str:
     """Path of thin-provisioning-tools 1.1.0's pdata_tools.
 
@@ -95,7 +99,7 @@ def pdata_tools_110() -> str:
             p = subprocess.run([str(FETCH_THIN_TOOLS), "--quiet"], capture_output=True,
                                text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise Unavailable(f"tools/fetch-thin-tools did not run: {e}")
+            raise Unavailable(f"tools/fetch-thin-tools did not run: {e}") from e
         if p.returncode != 0:
             raise Unavailable("tools/fetch-thin-tools failed: " + p.stderr.strip())
         path = p.stdout.strip().splitlines()[-1]
@@ -106,7 +110,7 @@ def pdata_tools_110() -> str:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def thin_tools_090() -> dict[str, str]:
     """{tool name: path} of the installed 0.9.0 tools.
 

@@ -197,8 +197,9 @@ def test_guest_env_is_filtered(monkeypatch):
     assert env[b"DM_DISABLE_UDEV"] == b"1"
 
 
-def test_fetch_thin_tools_gives_1_1_0(thin_check_110):
-    p = subprocess.run(thin_check_110 + ["--version"], capture_output=True, text=True)
+def test_fetch_thin_tools_gives_1_1_0(pdata_tools_110):
+    p = subprocess.run([pdata_tools_110, "thin_check", "--version"], capture_output=True,
+                       text=True)
     assert p.returncode == 0 and p.stdout.strip() == "1.1.0"
 
 
@@ -221,7 +222,7 @@ def sh(*argv, check=True):
 
 @pytest.mark.real_dm
 def test_guest_smoke_dmsetup_loop_linear_thin(tmp_path, thin_tools_090):
-    assert helpers.have_device_mapper()
+    assert helpers.kernel_has_dm()
     assert "Driver version:" in sh("dmsetup", "version")
     assert os.path.exists("/dev/mapper/control")
     tag = f"deleteme-harness-{os.getpid()}"

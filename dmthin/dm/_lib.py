@@ -148,15 +148,6 @@ def _try_modprobe() -> None:
         pass
 
 
-def lib_const(name: str) -> int:
-    """A constant from libdevmapper.h (e.g. ``DM_DEVICE_CREATE``).
-
-    Raises :class:`~dmthin.errors.BackendUnavailable` without the binding.
-    """
-    require_binding()
-    return getattr(lib, name)
-
-
 _kernel_ok = False
 
 

@@ -88,12 +88,15 @@ def _s(ptr) -> str:
 
 class Task:
     """A ``dm_task`` as a context manager: holds :data:`LOCK`, checks every
-    call, destroys the task on exit.  *what* names the operation in errors.
+    call, destroys the task on exit.  *kind* is the task type's name in
+    libdevmapper.h (``"DM_DEVICE_CREATE"``); *what* names the operation in
+    errors.  The name is validated before the binding is loaded.
 
-    Raises :class:`~dmthin.errors.BackendUnavailable` without the binding.
+    Raises :class:`~dmthin.errors.UsageError` for a bad name,
+    :class:`~dmthin.errors.BackendUnavailable` without the binding.
     """
 
-    def __init__(self, kind: int, what: str, name: str | None = None):
+    def __init__(self, kind: str, what: str, name: str | None = None):
         self.kind = kind
         self.what = what
         self.name = check_name(name) if name is not None else None
@@ -106,7 +109,7 @@ class Task:
         LOCK.acquire()
         try:
             with _lib.capture() as cap:
-                t = self.lib.dm_task_create(self.kind)
+                t = self.lib.dm_task_create(getattr(self.lib, self.kind))
             if t == self.ffi.NULL:
                 raise make_error(self.what, cap.errno() or _errno.ENODEV,
                                  cap.text() or "dm_task_create failed: is device-mapper loaded?")
@@ -227,7 +230,7 @@ def create(name: str, table, *, uuid: str | None = None, readonly: bool = False,
     ENXIO for a missing underlying device.
     """
     rows = _targets(table)
-    with Task(_lib.lib_const("DM_DEVICE_CREATE"), f"create {name}", name) as t:
+    with Task("DM_DEVICE_CREATE", f"create {name}", name) as t:
         if uuid:
             t.check(t.lib.dm_task_set_uuid(t.t, _b(uuid)), "dm_task_set_uuid")
         if readonly:
@@ -255,7 +258,7 @@ def reload(name: str, table) -> None:
     """Load *table* as the inactive table of *name* (takes effect on
     :func:`resume`).  Raises ENXIO if absent, EINVAL for a bad table."""
     rows = _targets(table)
-    with Task(_lib.lib_const("DM_DEVICE_RELOAD"), f"reload {name}", name) as t:
+    with Task("DM_DEVICE_RELOAD", f"reload {name}", name) as t:
         for row in rows:
             t.add_target(*row)
         t.run()
@@ -263,7 +266,7 @@ def reload(name: str, table) -> None:
 
 def suspend(name: str, *, noflush: bool = False, skip_lockfs: bool = False) -> None:
     """Suspend *name* (flushing I/O unless *noflush*).  Raises ENXIO if absent."""
-    with Task(_lib.lib_const("DM_DEVICE_SUSPEND"), f"suspend {name}", name) as t:
+    with Task("DM_DEVICE_SUSPEND", f"suspend {name}", name) as t:
         if noflush:
             t.check(t.lib.dm_task_no_flush(t.t), "dm_task_no_flush")
         if skip_lockfs:
@@ -273,7 +276,7 @@ def suspend(name: str, *, noflush: bool = False, skip_lockfs: bool = False) -> N
 
 def resume(name: str, *, udev_flags: int = 0) -> None:
     """Resume *name* (swapping in a loaded table).  Raises ENXIO if absent."""
-    with Task(_lib.lib_const("DM_DEVICE_RESUME"), f"resume {name}", name) as t:
+    with Task("DM_DEVICE_RESUME", f"resume {name}", name) as t:
         t.use_cookie(udev_flags)
         t.run()
 
@@ -296,7 +299,7 @@ def remove(name: str, *, retry_seconds: float = 2.0, deferred: bool = False,
     delay = 0.02
     while True:
         try:
-            with Task(_lib.lib_const("DM_DEVICE_REMOVE"), f"remove {name}", name) as t:
+            with Task("DM_DEVICE_REMOVE", f"remove {name}", name) as t:
                 flags = 0
                 if deferred:
                     t.check(t.lib.dm_task_deferred_remove(t.t), "dm_task_deferred_remove")
@@ -320,7 +323,7 @@ def message(name: str, text: str, sector: int = 0) -> str | None:
     ENODATA, EINVAL, EBUSY, EOPNOTSUPP for a thin pool)."""
     if not text or "\n" in text:
         raise InvalidArgument(f"invalid target message {text!r}: give one line")
-    with Task(_lib.lib_const("DM_DEVICE_TARGET_MSG"), f"message {text!r} to {name}", name) as t:
+    with Task("DM_DEVICE_TARGET_MSG", f"message {text!r} to {name}", name) as t:
         t.check(t.lib.dm_task_set_sector(t.t, sector), "dm_task_set_sector")
         t.check(t.lib.dm_task_set_message(t.t, _b(text)), "dm_task_set_message")
         t.run()
@@ -331,7 +334,7 @@ def message(name: str, text: str, sector: int = 0) -> str | None:
 def status(name: str, *, noflush: bool = False) -> list[Target]:
     """The status lines of *name* (``dmsetup status``).  With *noflush* a
     thin pool does not commit first.  Raises ENXIO if absent."""
-    with Task(_lib.lib_const("DM_DEVICE_STATUS"), f"status of {name}", name) as t:
+    with Task("DM_DEVICE_STATUS", f"status of {name}", name) as t:
         if noflush:
             t.check(t.lib.dm_task_no_flush(t.t), "dm_task_no_flush")
         t.run()
@@ -341,7 +344,7 @@ def status(name: str, *, noflush: bool = False) -> list[Target]:
 
 def table(name: str) -> list[Target]:
     """The live table of *name* (``dmsetup table``).  Raises ENXIO if absent."""
-    with Task(_lib.lib_const("DM_DEVICE_TABLE"), f"table of {name}", name) as t:
+    with Task("DM_DEVICE_TABLE", f"table of {name}", name) as t:
         t.run()
         _require_exists(t, name)
         return t.targets()
@@ -354,7 +357,7 @@ def _require_exists(t: Task, name: str) -> None:
 
 def info(name: str) -> DeviceInfo:
     """Info of *name*; ``exists`` is False (no error) if there is none."""
-    with Task(_lib.lib_const("DM_DEVICE_INFO"), f"info of {name}", name) as t:
+    with Task("DM_DEVICE_INFO", f"info of {name}", name) as t:
         t.run()
         return t.info()
 
@@ -366,7 +369,7 @@ def exists(name: str) -> bool:
 
 def deps(name: str) -> list[tuple[int, int]]:
     """``(major, minor)`` of the devices *name*'s table uses.  Raises ENXIO."""
-    with Task(_lib.lib_const("DM_DEVICE_DEPS"), f"deps of {name}", name) as t:
+    with Task("DM_DEVICE_DEPS", f"deps of {name}", name) as t:
         t.run()
         _require_exists(t, name)
         d = t.lib.dm_task_get_deps(t.t)
@@ -377,7 +380,7 @@ def deps(name: str) -> list[tuple[int, int]]:
 
 def list_devices() -> list[tuple[str, int, int]]:
     """Every dm device as ``(name, major, minor)``, sorted by name."""
-    with Task(_lib.lib_const("DM_DEVICE_LIST"), "list devices") as t:
+    with Task("DM_DEVICE_LIST", "list devices") as t:
         t.run()
         ffi = t.ffi
         names = t.lib.dm_task_get_names(t.t)
@@ -394,7 +397,7 @@ def list_devices() -> list[tuple[str, int, int]]:
 
 def target_versions() -> dict[str, tuple[int, int, int]]:
     """Loaded target types and their versions (``dmsetup targets``)."""
-    with Task(_lib.lib_const("DM_DEVICE_LIST_VERSIONS"), "list target versions") as t:
+    with Task("DM_DEVICE_LIST_VERSIONS", "list target versions") as t:
         t.run()
         ffi = t.ffi
         v = t.lib.dm_task_get_versions(t.t)
@@ -411,7 +414,7 @@ def target_versions() -> dict[str, tuple[int, int, int]]:
 
 def driver_version() -> str:
     """The kernel driver's ioctl interface version, e.g. ``4.47.0``."""
-    with Task(_lib.lib_const("DM_DEVICE_VERSION"), "driver version") as t:
+    with Task("DM_DEVICE_VERSION", "driver version") as t:
         t.run()
         buf = t.ffi.new("char[128]")
         t.check(t.lib.dm_task_get_driver_version(t.t, buf, 128), "dm_task_get_driver_version")

@@ -1,4 +1,4 @@
-"""Fixtures for the device-mapper and loop tests (helper: kernel).
+"""Fixtures for the device-mapper and loop tests.
 
 Everything a test makes carries the tag ``deleteme`` (dm names, backing
 file paths); :func:`sweep` removes such leftovers before and after each
@@ -11,6 +11,7 @@ import os
 import uuid
 
 import pytest
+from helpers import requires_real_dm, skip_or_fail
 
 from dmthin.dm import _lib
 
@@ -18,25 +19,17 @@ TAG = "deleteme"
 HANG_DUMP_SECONDS = 300
 
 
-def _need(reason_ok: bool, reason: str) -> None:
-    if reason_ok:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must not skip this)")
-    pytest.skip(reason)
-
-
 def require_root_loop() -> None:
     """Skip (fail under CI) unless root with /dev/loop-control."""
-    _need(os.geteuid() == 0 and os.path.exists("/dev/loop-control"),
-          "needs root and loop devices")
+    if os.geteuid() != 0 or not os.path.exists("/dev/loop-control"):
+        skip_or_fail("needs root and loop devices")
 
 
 def require_real_dm() -> None:
     """Skip (fail under CI) unless root, device-mapper and the binding."""
-    _need(_lib.have_binding(), "dmthin._dm_ffi is not built: python3 csrc/build_dm.py")
-    _need(os.geteuid() == 0 and _lib.kernel_has_dm(),
-          "needs root and device-mapper: run tools/test, which runs these in a qemu guest")
+    if not _lib.have_binding():
+        skip_or_fail("dmthin._dm_ffi is not built: python3 csrc/build_dm.py")
+    requires_real_dm()
 
 
 def sweep() -> list[str]:
@@ -64,12 +57,12 @@ def sweep() -> list[str]:
                             hname = f.read().strip()
                         task.remove(hname, retry_seconds=0.5, check_busy=False)
                         removed.append(hname)
-                    except (OSError, Exception):  # noqa: BLE001 - best effort
+                    except Exception:  # best effort
                         pass
                 try:
                     task.remove(name, retry_seconds=0.5, check_busy=False)
                     removed.append(name)
-                except Exception:  # noqa: BLE001 - retried next round
+                except Exception:  # retried next round
                     pass
     if os.geteuid() == 0:
         for number, backing in loop.list_attached():
@@ -77,7 +70,7 @@ def sweep() -> list[str]:
                 try:
                     loop.detach(f"/dev/loop{number}", timeout=2.0)
                     removed.append(f"loop{number}")
-                except Exception:  # noqa: BLE001
+                except Exception:  # best effort
                     pass
     return removed
 

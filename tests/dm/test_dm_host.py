@@ -9,15 +9,15 @@ import subprocess
 import sys
 
 import pytest
+from helpers import in_ci, skip_or_fail
 
 from dmthin import errors
-from helpers import skip_or_fail
 from dmthin.dm import _lib, task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 needs_binding = pytest.mark.skipif(
-    not _lib.have_binding() and not os.environ.get("CI"),
+    not _lib.have_binding() and not in_ci(),
     reason="dmthin._dm_ffi is not built: python3 csrc/build_dm.py")
 no_dm_kernel = pytest.mark.skipif(_lib.kernel_has_dm(),
                                   reason="this kernel has device-mapper (the guest)")
@@ -43,7 +43,9 @@ def test_library_version_needs_no_kernel():
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "x" * 128, "with space", ".", "..", "tab\t"])
-def test_bad_names_refused_before_the_kernel(name):
+def test_bad_names_refused_before_the_kernel(name, monkeypatch):
+    """Before the binding, too: these fail the same way without it."""
+    monkeypatch.setattr(_lib, "ffi", None)
     with pytest.raises(errors.UsageError, match="invalid device name"):
         task.create(name, "0 8 zero")
     with pytest.raises(errors.UsageError):
@@ -66,7 +68,7 @@ def test_bad_tables_refused_before_the_kernel():
         task.create("t", "a b zero")
 
 
-@pytest.mark.parametrize("code,cls", [
+@pytest.mark.parametrize(("code", "cls"), [
     (errno.EEXIST, errors.DeviceExists), (errno.ENODATA, errors.DeviceNotFound),
     (errno.EINVAL, errors.InvalidArgument), (errno.EBUSY, errors.Busy),
     (errno.ENOSPC, errors.NoSpace), (errno.EOPNOTSUPP, errors.NotSupported)])

@@ -76,13 +76,14 @@ def dump(metadata_path) -> tuple[dict, dict]:
     return dict(root.attrib), devs
 
 
-def check_tools(metadata_path, thin_check_110=None) -> None:
-    """thin_check 0.9.0 and (if given) 1.1.0 must accept the metadata."""
+def check_tools(metadata_path, pdata_tools_110=None) -> None:
+    """thin_check 0.9.0 and (if *pdata_tools_110* is given) 1.1.0 must accept
+    the metadata."""
     p = subprocess.run([THIN_CHECK, str(metadata_path)], capture_output=True, text=True,
                        timeout=120, check=False)
     assert p.returncode == 0, f"thin_check 0.9.0 failed: {p.stdout}{p.stderr}"
-    if thin_check_110 is not None:
-        p = subprocess.run([*thin_check_110, str(metadata_path)], capture_output=True,
+    if pdata_tools_110 is not None:
+        p = subprocess.run([pdata_tools_110, "thin_check", str(metadata_path)], capture_output=True,
                            text=True, timeout=120, check=False)
         assert p.returncode == 0, f"thin_check 1.1.0 failed: {p.stdout}{p.stderr}"
 

@@ -34,11 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-REPO = Path(__file__).resolve().parents[2]
-if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(Path(__file__).parent))
-
 from simhelpers import check_tools, dump, open_sim
 
 from dmthin import Pool
@@ -187,8 +182,8 @@ def parse_log(log_path):
     return commits[last_done:]
 
 
-def verify(path, log_path, thin_check_110):
-    check_tools(os.path.join(path, "metadata"), thin_check_110)
+def verify(path, log_path, pdata_tools_110):
+    check_tools(os.path.join(path, "metadata"), pdata_tools_110)
     _sb, devs = dump(os.path.join(path, "metadata"))
     got = {str(d): {str(v) for v in dv["map"]} for d, dv in devs.items()}
     candidates = parse_log(log_path)
@@ -225,13 +220,15 @@ def verify(path, log_path, thin_check_110):
             thin.flush()
             assert thin.read(3 * BS + 5, 15) == b"after the crash"
             thin.deactivate()
-    check_tools(os.path.join(path, "metadata"), thin_check_110)
+    check_tools(os.path.join(path, "metadata"), pdata_tools_110)
 
 
-def test_kill_9_at_random_points(tmp_path, thin_check_110):
+def test_kill_9_at_random_points(tmp_path, pdata_tools_110):
     rounds = int(os.environ.get("DMTHIN_SIM_CRASH_ROUNDS", "6"))
-    master = int(os.environ.get("DMTHIN_SIM_CRASH_SEED", str(random.randrange(1 << 30))))
-    print(f"crash test seed {master} (set DMTHIN_SIM_CRASH_SEED to replay)")
+    # a fixed default, so that every run checks the same kills; another seed
+    # (DMTHIN_SIM_CRASH_SEED) explores further, and a failure names its seed
+    master = int(os.environ.get("DMTHIN_SIM_CRASH_SEED", "1"))
+    print(f"crash test seed {master} (set DMTHIN_SIM_CRASH_SEED to replay or vary)")
     rnd = random.Random(master)
     for i in range(rounds):
         seed = rnd.randrange(1 << 30)
@@ -262,7 +259,7 @@ def test_kill_9_at_random_points(tmp_path, thin_check_110):
             proc.wait()
             proc.stderr.close()
         try:
-            verify(path, log_path, thin_check_110)
+            verify(path, log_path, pdata_tools_110)
         except AssertionError as err:
             raise AssertionError(f"round {i} (child seed {seed}, kill_at {kill_at}, master "
                                  f"seed {master}): {err}") from None

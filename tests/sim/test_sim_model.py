@@ -172,17 +172,17 @@ def check_dump(path, model):
 @settings(max_examples=int(os.environ.get("DMTHIN_SIM_EXAMPLES", "30")), deadline=None,
           print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(op_strategy(), min_size=1, max_size=60))
-def test_random_workload_matches_model(ops, thin_check_110):
+def test_random_workload_matches_model(ops, pdata_tools_110):
     path = tempfile.mkdtemp(prefix="dmthin-model-")
     try:
         model = run_workload(os.path.join(path, "pool"), ops)
         check_dump(os.path.join(path, "pool"), model)
-        check_tools(os.path.join(path, "pool", "metadata"), thin_check_110)
+        check_tools(os.path.join(path, "pool", "metadata"), pdata_tools_110)
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_snapshot_chain_model(thin_check_110):
+def test_snapshot_chain_model(pdata_tools_110):
     """A fixed long chain: each snapshot of the previous one, written."""
     ops = [("create", 0), ("write", 0, (0, 0), 5 * BS, 1)]
     for i in range(1, 7):
@@ -193,7 +193,7 @@ def test_snapshot_chain_model(thin_check_110):
     try:
         model = run_workload(os.path.join(path, "pool"), ops)
         check_dump(os.path.join(path, "pool"), model)
-        check_tools(os.path.join(path, "pool", "metadata"), thin_check_110)
+        check_tools(os.path.join(path, "pool", "metadata"), pdata_tools_110)
     finally:
         shutil.rmtree(path, ignore_errors=True)
 

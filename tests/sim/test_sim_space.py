@@ -141,7 +141,7 @@ def test_low_water_mark_fires_once_and_rearms_on_resume(tmp_path):
         assert impl.wait_event(nr, timeout=0.1) == nr + 1
 
 
-def test_out_of_metadata_space_goes_read_only(tmp_path, thin_check_110):
+def test_out_of_metadata_space_goes_read_only(tmp_path, pdata_tools_110):
     d = tmp_path / "p"
     pool, impl = sim_pool(d, metadata_size="2M")      # 512 blocks, reserve 51
     with pool:
@@ -167,7 +167,7 @@ def test_out_of_metadata_space_goes_read_only(tmp_path, thin_check_110):
         assert e.value.errno == errno.EIO
         thin.discard(0, BS)                            # read-only: success, no effect
         assert thin.read(0, 4) == b"KEPT"
-    check_tools(d / "metadata", thin_check_110)
+    check_tools(d / "metadata", pdata_tools_110)
     _, devs = dump(d / "metadata")
     assert len(devs) == created
     with Pool.open(d) as pool:       # the kernel would stay out of space too

@@ -36,12 +36,6 @@ MiB = 1 << 20
 
 
 # -- the tools ---------------------------------------------------------------
-@pytest.fixture(scope="session")
-def tools110(thin_check_110):
-    """argv prefix running the 1.1.0 multi-call binary: [pdata_tools]."""
-    return thin_check_110[:1]
-
-
 def _run(argv, **kw):
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, **kw)
 
@@ -50,8 +44,8 @@ def check090(path) -> int:
     return _run([THIN_CHECK_090, "-q", os.fspath(path)]).returncode
 
 
-def check110(tools, path) -> int:
-    return _run(tools + ["thin_check", "-q", os.fspath(path)]).returncode
+def check110(pdata_tools, path) -> int:
+    return _run([pdata_tools, "thin_check", "-q", os.fspath(path)]).returncode
 
 
 def ours(path, *opts):
@@ -60,14 +54,14 @@ def ours(path, *opts):
     return run_dmthin("check", *opts, path, text=True)
 
 
-def restore(xml: str, path: Path, *, size: int = 8 * MiB, tools=None) -> Path:
+def restore(xml: str, path: Path, *, size: int = 8 * MiB, pdata_tools=None) -> Path:
     """thin_restore *xml* into a new file *path* of *size* bytes (0.9.0, or
     1.1.0 when *tools* is given)."""
     xml_path = path.with_suffix(".xml")
     xml_path.write_text(xml)
     with open(path, "wb") as f:
         f.truncate(size)
-    argv = (tools + ["thin_restore"]) if tools else [THIN_RESTORE_090]
+    argv = [pdata_tools, "thin_restore"] if pdata_tools else [THIN_RESTORE_090]
     p = _run(argv + ["-i", os.fspath(xml_path), "-o", os.fspath(path)])
     assert p.returncode == 0, p.stderr
     return path
@@ -440,12 +434,12 @@ NON_FATAL = {"meta_leak", "data_leak"}    # leaks: both tools pass them with
 
 
 @pytest.fixture(scope="module")
-def base_md(tmp_path_factory, tools110):
+def base_md(tmp_path_factory, pdata_tools_110):
     """Good metadata with multi-level subtrees, a <def> subtree shared by
     three devices, and a data block in three leaves (restored by 1.1.0)."""
     d = tmp_path_factory.mktemp("base")
-    p = restore(gen_xml(5, shared_def=True), d / "base.md", tools=tools110)
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    p = restore(gen_xml(5, shared_def=True), d / "base.md", pdata_tools=pdata_tools_110)
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     L = Layout(p)
     assert L.internal is not None, "no multi-level subtree in the base metadata"
     return p
@@ -456,7 +450,7 @@ def test_faults_cover_expectations():
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_fault_is_reported(fault, base_md, tools110, tmp_path):
+def test_fault_is_reported(fault, base_md, pdata_tools_110, tmp_path):
     p = tmp_path / f"{fault}.md"
     shutil.copy(base_md, p)
     FAULTS[fault](p, Layout(base_md))
@@ -469,14 +463,14 @@ def test_fault_is_reported(fault, base_md, tools110, tmp_path):
     assert all(ln.strip() == ln and ln for ln in problems)
     fail090, fail110 = EXPECT[fault]
     assert (check090(p) != 0) == fail090, "thin_check 0.9.0 verdict changed"
-    assert (check110(tools110, p) != 0) == fail110, "thin_check 1.1.0 verdict changed"
+    assert (check110(pdata_tools_110, p) != 0) == fail110, "thin_check 1.1.0 verdict changed"
     # -q: nothing printed, same verdict.
     q = ours(p, "-q")
     assert q.returncode == 1 and q.stdout == "" and q.stderr == ""
     if fault in NON_FATAL:
         assert ours(p, "--ignore-non-fatal-errors").returncode == 0
         assert _run([THIN_CHECK_090, "-q", "--ignore-non-fatal-errors", str(p)]).returncode == 0
-        assert _run(tools110 + ["thin_check", "-q", "--ignore-non-fatal-errors",
+        assert _run([pdata_tools_110, "thin_check", "-q", "--ignore-non-fatal-errors",
                                 str(p)]).returncode == 0
     else:
         assert ours(p, "--ignore-non-fatal-errors").returncode == 1
@@ -508,23 +502,23 @@ def test_messages_name_path_and_keys(base_md, tmp_path):
 
 # -- good metadata -----------------------------------------------------------
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_good_metadata_090_restore(seed, tmp_path, tools110):
+def test_good_metadata_090_restore(seed, tmp_path, pdata_tools_110):
     p = restore(gen_xml(seed, ndev=3 + seed, max_mappings=300 * seed), tmp_path / "g.md")
     assert check090(p) == 0
-    assert check110(tools110, p) == 0
+    assert check110(pdata_tools_110, p) == 0
     r = ours(p)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == f"TRANSACTION_ID={seed}"
     assert r.stdout.splitlines()[1].startswith("METADATA_FREE_BLOCKS=")
     # The free count is the space map's, as 1.1.0 prints it.
-    t = _run(tools110 + ["thin_check", str(p)])
+    t = _run([pdata_tools_110, "thin_check", str(p)])
     assert t.stdout.splitlines() == r.stdout.splitlines()
     assert ours(p, "-q").stdout == ""
 
 
-def test_good_metadata_shared_subtrees(tmp_path, tools110):
-    p = restore(gen_xml(9, ndev=5, shared_def=True), tmp_path / "s.md", tools=tools110)
-    assert check090(p) == 0 and check110(tools110, p) == 0
+def test_good_metadata_shared_subtrees(tmp_path, pdata_tools_110):
+    p = restore(gen_xml(9, ndev=5, shared_def=True), tmp_path / "s.md", pdata_tools=pdata_tools_110)
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     res = check_metadata(p)
     assert res.ok, res.problems
     assert res.nr_devices == 8
@@ -534,13 +528,13 @@ def test_good_metadata_shared_subtrees(tmp_path, tools110):
     assert len(set(roots)) == 1 or len(set(roots)) == 3
 
 
-def test_empty_pool_and_empty_devices(tmp_path, tools110):
+def test_empty_pool_and_empty_devices(tmp_path, pdata_tools_110):
     xml = ('<superblock uuid="" time="0" transaction="0" data_block_size="128" '
            'nr_data_blocks="100">\n'
            '  <device dev_id="0" mapped_blocks="0" transaction="0" creation_time="0" '
            'snap_time="0">\n  </device>\n</superblock>\n')
     p = restore(xml, tmp_path / "e.md", size=MiB)
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     assert ours(p).returncode == 0
     xml = ('<superblock uuid="" time="0" transaction="0" data_block_size="128" '
            'nr_data_blocks="100">\n</superblock>\n')
@@ -548,12 +542,12 @@ def test_empty_pool_and_empty_devices(tmp_path, tools110):
     assert ours(p).returncode == 0
 
 
-def test_large_multi_bitmap_data_space_map(tmp_path, tools110):
+def test_large_multi_bitmap_data_space_map(tmp_path, pdata_tools_110):
     """More than one data bitmap, a multi-level data-sm index is not needed
     but several index entries are, and a 4-level-ish pool."""
     p = restore(gen_xml(11, ndev=2, max_mappings=4000, nr_data=60000), tmp_path / "l.md",
                 size=16 * MiB)
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     assert ours(p).returncode == 0
     assert len(Layout(p).data_bitmaps) == 4
 
@@ -578,11 +572,11 @@ def make_metadata_snapshot(p: Path) -> int:
     return h
 
 
-def test_metadata_snapshot(base_md, tmp_path, tools110):
+def test_metadata_snapshot(base_md, tmp_path, pdata_tools_110):
     p = tmp_path / "snap.md"
     shutil.copy(base_md, p)
     h = make_metadata_snapshot(p)
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     assert ours(p).returncode == 0
     assert _run([THIN_DUMP_090, "-m", str(p)]).returncode == 0
     # -m checks the snapshot alone; without one it fails, as both tools do.
@@ -590,7 +584,7 @@ def test_metadata_snapshot(base_md, tmp_path, tools110):
     assert _run([THIN_CHECK_090, "-q", "-m", str(p)]).returncode == 0
     assert ours(base_md, "-m").returncode == 1
     assert _run([THIN_CHECK_090, "-q", "-m", str(base_md)]).returncode != 0
-    assert _run(tools110 + ["thin_check", "-q", "-m", str(base_md)]).returncode != 0
+    assert _run([pdata_tools_110, "thin_check", "-q", "-m", str(base_md)]).returncode != 0
     # Without the +1 on the snapshot's roots the counts are wrong.
     L = Layout(p)
     set_bitmap_count(p, L.meta_bitmaps, L.details_root, 1)
@@ -602,24 +596,24 @@ def test_metadata_snapshot(base_md, tmp_path, tools110):
     shutil.copy(base_md, p)
     h = make_metadata_snapshot(p)
     flip_bit(p, h, 50, 1)
-    assert check090(p) != 0 and check110(tools110, p) != 0
+    assert check090(p) != 0 and check110(pdata_tools_110, p) != 0
     r = ours(p)
     assert r.returncode == 1 and "metadata snapshot" in r.stderr
     assert ours(p, "-m").returncode == 1
 
 
 # -- options and inputs ------------------------------------------------------
-def test_super_block_only_and_skip_mappings(base_md, tmp_path, tools110):
+def test_super_block_only_and_skip_mappings(base_md, tmp_path, pdata_tools_110):
     p = tmp_path / "o.md"
     shutil.copy(base_md, p)
     f_subtree_leaf_bit(p, Layout(base_md))
     assert ours(p).returncode == 1
     assert ours(p, "--super-block-only").returncode == 0
     assert _run([THIN_CHECK_090, "-q", "--super-block-only", str(p)]).returncode == 0
-    assert _run(tools110 + ["thin_check", "-q", "--super-block-only",
+    assert _run([pdata_tools_110, "thin_check", "-q", "--super-block-only",
                             str(p)]).returncode == 0
     assert ours(p, "--skip-mappings").returncode == 0
-    assert _run(tools110 + ["thin_check", "-q", "--skip-mappings", str(p)]).returncode == 0
+    assert _run([pdata_tools_110, "thin_check", "-q", "--skip-mappings", str(p)]).returncode == 0
     shutil.copy(base_md, p)
     f_superblock_bit(p, None)
     assert ours(p, "--super-block-only").returncode == 1
@@ -649,11 +643,11 @@ def test_pool_directory_and_bad_inputs(base_md, tmp_path):
     assert "looks like XML" in r.stderr
 
 
-def test_needs_check_flag_is_a_note(base_md, tmp_path, tools110):
+def test_needs_check_flag_is_a_note(base_md, tmp_path, pdata_tools_110):
     p = tmp_path / "nc.md"
     shutil.copy(base_md, p)
     _set_sb_u32(p, 4, 1)
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     r = ours(p)
     assert r.returncode == 0 and "needs_check flag is set" in r.stderr
 
@@ -684,11 +678,13 @@ def test_wrong_count_lines_are_capped(base_md, tmp_path):
 
 # -- random structural damage against both tools ------------------------------
 @pytest.mark.parametrize("seed", range(40))
-def test_random_resealed_bit_flip_agrees(seed, base_md, tools110, tmp_path):
+def test_random_resealed_bit_flip_agrees(seed, base_md, pdata_tools_110, tmp_path):
     """Flip a random bit in a random used block and fix its checksum, so
     only the structure is damaged.  Whatever either tool rejects, dmthin
-    rejects; and dmthin passes what both tools pass unless the flip hit the
-    magic (which only the kernel checks)."""
+    rejects; dmthin passes what both tools pass unless the flip hit the
+    magic (which only the kernel checks); and when all three pass, the flip
+    changed something they all accept (a count, a time, a key within its
+    range): ``dmthin dump`` must then read it as thin_dump 0.9.0 does."""
     rnd = random.Random(seed)
     L = Layout(base_md)
     blocks = [(0, SUPERBLOCK), (L.meta_index, INDEX)]
@@ -719,17 +715,23 @@ def test_random_resealed_bit_flip_agrees(seed, base_md, tools110, tmp_path):
     write_block(p, b, buf, validator)
     print(f"seed {seed}: block {b} ({validator.name}) byte {offset} bit {bit}")
     fail090 = check090(p) != 0
-    fail110 = check110(tools110, p) != 0
+    fail110 = check110(pdata_tools_110, p) != 0
     res = check_metadata(p)            # in-process: never raises
+    print(f"seed {seed}: thin_check 0.9.0 {'fails' if fail090 else 'passes'}, 1.1.0 "
+          f"{'fails' if fail110 else 'passes'}, dmthin {'passes' if res.ok else 'fails'}")
     if fail090 or fail110:
         assert not res.ok, (fail090, fail110)
     elif not res.ok:
         # Stricter than both tools only where the kernel is (see EXPECT).
         assert b == 0 and 32 <= offset < 44 or b == L.data_index_root, res.problems
+    else:
+        theirs = _run([THIN_DUMP_090, str(p)])
+        ours_dump = run_dmthin("dump", p, text=True)
+        assert (ours_dump.returncode, ours_dump.stdout) == (theirs.returncode, theirs.stdout)
 
 
 # -- metadata written by the engine ------------------------------------------
-def test_engine_metadata_cow_sharing_and_held_snapshot(tmp_path, tools110):
+def test_engine_metadata_cow_sharing_and_held_snapshot(tmp_path, pdata_tools_110):
     """Snapshots share subtrees (root count 3: the metadata ref-count tree),
     writes after them copy-on-write (shared internal nodes and leaves, data
     counts 2), a held metadata snapshot outlives later changes."""
@@ -767,7 +769,7 @@ def test_engine_metadata_cow_sharing_and_held_snapshot(tmp_path, tools110):
     res = check_metadata(p)
     assert res.ok, res.problems
     assert res.nr_devices == 2 and res.nr_mappings == sum(expected.values())
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     assert ours(p).returncode == 0
     # One leaked block in each space map is caught, as by the tools.
     L = Layout(p)
@@ -775,12 +777,12 @@ def test_engine_metadata_cow_sharing_and_held_snapshot(tmp_path, tools110):
     assert check090(p) != 0 and ours(p).returncode == 1
 
 
-def test_two_metadata_bitmaps(tmp_path, tools110):
+def test_two_metadata_bitmaps(tmp_path, pdata_tools_110):
     """A 80 MiB metadata file: 20480 blocks, two metadata bitmaps."""
     p = restore(gen_xml(4, ndev=2, max_mappings=600), tmp_path / "two.md", size=80 * MiB)
     L = Layout(p)
     assert len(L.meta_bitmaps) == 2
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     assert ours(p).returncode == 0
     f_meta_leak(p, L)                     # the last block: in the second bitmap
     assert check090(p) != 0
@@ -788,7 +790,7 @@ def test_two_metadata_bitmaps(tmp_path, tools110):
     assert r.returncode == 1 and "block 20479 is leaked" in r.stderr
 
 
-def test_multi_level_data_space_map_index(tmp_path, tools110):
+def test_multi_level_data_space_map_index(tmp_path, pdata_tools_110):
     """3M data blocks: 184 data bitmaps, more than one index leaf (168)."""
     p = restore(gen_xml(6, ndev=2, max_mappings=300, nr_data=3_000_000), tmp_path / "d.md",
                 size=16 * MiB)
@@ -796,15 +798,15 @@ def test_multi_level_data_space_map_index(tmp_path, tools110):
     assert len(L.data_bitmaps) == 184
     buf = read_block(p, L.data_index_root)
     assert read_header(buf)[0] == INTERNAL_NODE
-    assert check090(p) == 0 and check110(tools110, p) == 0
+    assert check090(p) == 0 and check110(pdata_tools_110, p) == 0
     assert ours(p).returncode == 0
     f_data_leak(p, L)                     # the last free block: the last bitmap
-    assert check110(tools110, p) != 0
+    assert check110(pdata_tools_110, p) != 0
     r = ours(p)
     assert r.returncode == 1 and "block 2999998 is leaked" in r.stderr, r.stderr
 
 
-def test_sim_pool_directory_through_the_cli(tmp_path, tools110):
+def test_sim_pool_directory_through_the_cli(tmp_path, pdata_tools_110):
     """A pool made and written by the sim through the CLI: `dmthin check
     POOLDIR` and both tools pass its metadata."""
     pool = tmp_path / "pool"
@@ -825,4 +827,4 @@ def test_sim_pool_directory_through_the_cli(tmp_path, tools110):
     assert r.returncode == 0, r.stderr
     res = check_metadata(pool / "metadata")
     assert res.nr_devices == 2 and res.nr_mappings == 46 + 62
-    assert check090(pool / "metadata") == 0 and check110(tools110, pool / "metadata") == 0
+    assert check090(pool / "metadata") == 0 and check110(pdata_tools_110, pool / "metadata") == 0

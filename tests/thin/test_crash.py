@@ -6,11 +6,16 @@ create_snap, delete, insert, remove, remove_range, metadata snapshots, and
 a commit every few operations.  Before each commit it appends an *intent*
 line (the transaction id and a summary of every device's mappings, from an
 independent dict model) to a log and fsyncs it; after the commit returns
-it appends a *done* line.  The parent kills the child with SIGKILL at a
-random moment and then requires that
+it appends a *done* line.  The parent kills the child with SIGKILL, either
+at a random moment, or inside a chosen commit: the child stops itself
+(SIGSTOP) just before its k-th block write of that commit, before the
+superblock write, or just after it, logging where; the parent kills it
+there.  Then it requires that
 
 * the metadata opens, at a transaction that is either the last done commit
-  or the one in flight (its intent line), with exactly that summary;
+  or the one in flight (its intent line), with exactly that summary; killed
+  inside a commit, at the old transaction before the superblock write and
+  at the new one after it;
 * ``dmthin check``, thin_check 0.9.0 and thin_check 1.1.0 all pass it;
 * it can be opened for writing again, modified, committed and still pass.
 
@@ -29,14 +34,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-REPO = Path(__file__).resolve().parents[2]
-if __name__ == "__main__":                     # the child: make dmthin importable
-    sys.path.insert(0, str(REPO))
-
-from dmthin.errors import NoSpace  # noqa: E402
-from dmthin.thin.check import check_metadata  # noqa: E402
-from dmthin.thin.metadata import ThinMetadata  # noqa: E402
+from dmthin.errors import NoSpace
+from dmthin.thin.check import check_metadata
+from dmthin.thin.metadata import ThinMetadata
 
 THIN_CHECK_090 = "/usr/sbin/thin_check"
 METADATA_SIZE = 2 << 20          # 512 blocks: small, so space maps and trees move
@@ -65,16 +67,41 @@ def metadata_summary(md: ThinMetadata) -> dict[str, list]:
 
 
 # -- the child -----------------------------------------------------------------
-def child(path: str, log_path: str, seed: int) -> None:
+def child(path: str, log_path: str, seed: int, stop: StopAt | None = None) -> None:
     rnd = random.Random(seed)
     md = ThinMetadata.format(path, data_block_sectors=128, nr_data_blocks=NR_DATA_BLOCKS,
                              cache_blocks=64)
-    log = open(log_path, "a")
+    log = open(log_path, "a")  # noqa: SIM115 (open until the kill)
 
     def record(kind: str, txn: int, s) -> None:
         log.write(json.dumps({"kind": kind, "txn": txn, "summary": s}) + "\n")
         log.flush()
         os.fsync(log.fileno())
+
+    armed = False           # inside commit number stop.commit
+    writes = 0              # block writes of that commit so far
+
+    def stop_here(where: str) -> None:
+        record("stop", txn, where)
+        os.kill(os.getpid(), signal.SIGSTOP)      # the parent kills us here
+
+    def pwrite(fd: int, data, offset: int) -> int:
+        nonlocal writes
+        if armed and stop is not None and fd == md.bm.fd:
+            if stop.after_superblock:
+                if offset == 0:
+                    n = real_pwrite(fd, data, offset)
+                    stop_here("after the superblock write")
+                    return n
+            elif offset == 0:
+                stop_here(f"before the superblock write ({writes} blocks written)")
+            elif writes == stop.write:
+                stop_here(f"before block write {writes}")
+            writes += 1
+        return real_pwrite(fd, data, offset)
+
+    real_pwrite = os.pwrite
+    os.pwrite = pwrite
 
     devices: dict[int, dict[int, int]] = {}
     next_id = 0
@@ -135,6 +162,7 @@ def child(path: str, log_path: str, seed: int) -> None:
             md.set_transaction_id(txn, txn + 1)
             txn += 1
             record("intent", txn, summary(devices))
+            armed = stop is not None and txn == stop.commit
             md.commit()
             record("done", txn, summary(devices))
             since_commit = 0
@@ -174,52 +202,51 @@ def _expected_states(entries: list[dict]) -> dict[int, dict]:
     return states
 
 
-def _kill_in_commit(proc, log_path: Path, rnd: random.Random) -> tuple[str, bool]:
-    """Wait until the child has logged an intent (it is inside commit())
-    after a random number of commits, then kill it after a random short
-    delay.  Return (what happened, whether the child was still running)."""
-    target = rnd.randint(3, 40)
-    delay = rnd.choice((0.0, rnd.uniform(0, 0.003), rnd.uniform(0, 0.02)))
-    deadline = time.monotonic() + 30
-    with open(log_path, "rb") as f:
-        buf = b""
-        intents = 0
-        while time.monotonic() < deadline and proc.poll() is None:
-            chunk = f.read()
-            if not chunk:
-                time.sleep(0.0002)
-                continue
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                if b'"intent"' in line:
-                    intents += 1
-            if intents >= target and lines and b'"intent"' in lines[-1] and not buf:
-                if delay:
-                    time.sleep(delay)
-                alive = proc.poll() is None
-                proc.send_signal(signal.SIGKILL)
-                return f"{delay * 1000:.1f} ms after the intent of commit #{intents}", alive
-    return "at the deadline", proc.poll() is None
+class StopAt(NamedTuple):
+    """Where the child stops itself for the kill: in commit number (= new
+    transaction id) *commit*, right after the superblock write if
+    *after_superblock*, else before block write *write* of that commit or
+    before the superblock write if that comes first."""
+    commit: int
+    write: int
+    after_superblock: bool
 
 
-def _run_seed(seed: int, tmp_path: Path, tools110: list[str], in_commit: bool) -> None:
+def _wait_stopped(proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Wait until *proc* has stopped itself (True) or exited (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(proc.pid, os.WUNTRACED | os.WNOHANG)
+        if pid:
+            if os.WIFSTOPPED(status):
+                return True
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return False
+        time.sleep(0.005)
+    raise AssertionError("the child neither stopped nor exited")
+
+
+def _run_seed(seed: int, tmp_path: Path, pdata_tools: str, in_commit: bool) -> None:
     rnd = random.Random(seed * 7919)
     md_path = tmp_path / f"md{seed}"
     log_path = tmp_path / f"log{seed}"
     with open(md_path, "wb") as f:
         f.truncate(METADATA_SIZE)
     log_path.write_text("")
-    proc = subprocess.Popen([sys.executable, __file__, "child", str(md_path), str(log_path),
-                             str(seed)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    stop = StopAt(rnd.randint(3, 40), rnd.randint(0, 40), rnd.random() < 0.25) \
+        if in_commit else None
+    argv = [sys.executable, __file__, "child", str(md_path), str(log_path), str(seed)]
+    proc = subprocess.Popen(argv + ([json.dumps(stop)] if stop else []), cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not log_path.read_text():           # formatted and first commit logged
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "child did not start"
             time.sleep(0.02)
-        if in_commit:
-            when, still_running = _kill_in_commit(proc, log_path, rnd)
+        if stop is not None:
+            still_running = _wait_stopped(proc)
+            when = f"inside commit {stop.commit}"
         else:
             delay = rnd.uniform(0.2, 2.5)
             time.sleep(delay)
@@ -236,7 +263,8 @@ def _run_seed(seed: int, tmp_path: Path, tools110: list[str], in_commit: bool) -
     assert still_running, f"child exited early: {err}"
     assert proc.returncode == -signal.SIGKILL, err
 
-    states = _expected_states(_read_log(log_path))
+    entries = _read_log(log_path)
+    states = _expected_states(entries)
     md = ThinMetadata.open(md_path, read_only=True)
     try:
         txn = md.transaction_id
@@ -244,6 +272,18 @@ def _run_seed(seed: int, tmp_path: Path, tools110: list[str], in_commit: bool) -
         assert metadata_summary(md) == states[txn]
     finally:
         md.close()
+    if stop is not None:
+        # The kill landed inside commit stop.commit: its intent is the last
+        # commit logged and it never finished.
+        last = entries[-1]
+        assert last["kind"] == "stop" and last["txn"] == stop.commit, last
+        assert entries[-2] == {"kind": "intent", "txn": stop.commit,
+                               "summary": entries[-2]["summary"]}, entries[-2]
+        assert not any(e["kind"] == "done" and e["txn"] == stop.commit for e in entries)
+        print(f"seed {seed}: stopped {last['summary']}")
+        # Until the superblock is written the old transaction is what is on
+        # disk; once written (and in the page cache) the new one.
+        assert txn == (stop.commit if stop.after_superblock else stop.commit - 1)
     print(f"seed {seed}: on disk at txn {txn} ({len(states[txn])} devices); "
           f"log had txns {sorted(states)}")
 
@@ -251,7 +291,7 @@ def _run_seed(seed: int, tmp_path: Path, tools110: list[str], in_commit: bool) -
     assert res.ok, res.problems
     r = subprocess.run([THIN_CHECK_090, str(md_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(tools110 + [str(md_path)], capture_output=True, text=True)
+    r = subprocess.run([pdata_tools, "thin_check", str(md_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
     # It is writable again: a few more changes, committed, still good.
@@ -273,22 +313,24 @@ def _run_seed(seed: int, tmp_path: Path, tools110: list[str], in_commit: bool) -
     res = check_metadata(md_path)
     assert res.ok, res.problems
     assert subprocess.run([THIN_CHECK_090, "-q", str(md_path)]).returncode == 0
-    assert subprocess.run(tools110 + ["-q", str(md_path)]).returncode == 0
+    assert subprocess.run([pdata_tools, "thin_check", "-q", str(md_path)]).returncode == 0
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
-    child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    child(sys.argv[2], sys.argv[3], int(sys.argv[4]),
+          StopAt(*json.loads(sys.argv[5])) if len(sys.argv) > 5 else None)
     sys.exit(0)
 
 import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
-def test_sigkill_during_random_transactions(seed, tmp_path, thin_check_110):
-    _run_seed(seed, tmp_path, thin_check_110, in_commit=False)
+def test_sigkill_during_random_transactions(seed, tmp_path, pdata_tools_110):
+    _run_seed(seed, tmp_path, pdata_tools_110, in_commit=False)
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13, 14, 15, 16])
-def test_sigkill_inside_commit(seed, tmp_path, thin_check_110):
-    """Killed right after an intent line: inside commit() or just after."""
-    _run_seed(seed, tmp_path, thin_check_110, in_commit=True)
+def test_sigkill_inside_commit(seed, tmp_path, pdata_tools_110):
+    """Killed inside a commit: before one of its block writes, before the
+    superblock write, or after it; the log proves where."""
+    _run_seed(seed, tmp_path, pdata_tools_110, in_commit=True)

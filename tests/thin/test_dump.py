@@ -17,7 +17,7 @@ from dmthin.thin.dump import dump, open_block_manager
 from dmthin.thin.human import HumanReadableWriter
 from dmthin.thin.xml import XmlWriter
 from thin_xmlgen import (THIN_DUMP, THIN_RESTORE, add_fake_metadata_snap, blank, dmthin,
-                         gen_metadata, run, to_xml, tools110)  # noqa: F401 (fixture)
+                         gen_metadata, run, to_xml)
 
 SETTINGS = dict(max_examples=12, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -91,7 +91,7 @@ def test_dump_pool_directory(tmp_path):
     assert dmthin("dump", pool).stdout == run([THIN_DUMP, md]).stdout
 
 
-def test_dump_shared_subtrees_from_110(tmp_path, tools110):
+def test_dump_shared_subtrees_from_110(tmp_path, pdata_tools_110):
     """1.1.0 restores <def>/<ref> as shared leaves; 0.9.0 dumps them expanded."""
     xml = ['<superblock uuid="" time="2" transaction="1" data_block_size="128" '
            'nr_data_blocks="10000">', '  <def name="x">',
@@ -106,7 +106,7 @@ def test_dump_shared_subtrees_from_110(tmp_path, tools110):
     x = tmp_path / "c.xml"
     x.write_text("\n".join(xml) + "\n")
     md = blank(tmp_path / "md")
-    assert run([tools110, "thin_restore", "-i", x, "-o", md]).returncode == 0
+    assert run([pdata_tools_110, "thin_restore", "-i", x, "-o", md]).returncode == 0
     assert dump_text(md).encode() == run([THIN_DUMP, md]).stdout
 
 

@@ -8,7 +8,7 @@ from dmthin.errors import UsageError
 from dmthin.thin.reader import open_block_manager
 from dmthin.thin.ls import FIELDS, format_disk_unit, parse_fields, thin_ls
 from thin_xmlgen import (THIN_LS, THIN_RESTORE, add_fake_metadata_snap, blank, dmthin,
-                         gen_metadata, run, to_xml, tools110)  # noqa: F401 (fixture)
+                         gen_metadata, run, to_xml)
 
 ALL = ",".join(FIELDS)
 
@@ -56,7 +56,7 @@ def test_ls_metadata_snap_and_cli(tmp_path):
         assert got.stdout == ref.stdout, args
 
 
-def test_ls_shared_subtrees_from_110(tmp_path, tools110):
+def test_ls_shared_subtrees_from_110(tmp_path, pdata_tools_110):
     """Shared leaves (1.1.0 def/ref) and a data block mapped by three devices."""
     xml = ['<superblock uuid="" time="2" transaction="1" data_block_size="128" '
            'nr_data_blocks="10000">', '  <def name="x">',
@@ -70,7 +70,7 @@ def test_ls_shared_subtrees_from_110(tmp_path, tools110):
                 '    <single_mapping origin_block="600" data_block="5000" time="1"/>',
                 '  </device>']
     xml.append("</superblock>")
-    md = restored(tmp_path, "\n".join(xml) + "\n", restore=(tools110, "thin_restore"))
+    md = restored(tmp_path, "\n".join(xml) + "\n", restore=(pdata_tools_110, "thin_restore"))
     assert ls_text(md, FIELDS).encode() == run([THIN_LS, "-o", ALL, md]).stdout
 
 

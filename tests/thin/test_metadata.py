@@ -23,10 +23,10 @@ from thin_model import ThinModel
 NB = 20000
 
 
-def thin_check_all(path, thin_check_110=None):
+def thin_check_all(path, pdata_tools_110=None):
     cmds = [["thin_check", str(path)]]
-    if thin_check_110:
-        cmds.append([*thin_check_110, str(path)])
+    if pdata_tools_110:
+        cmds.append([pdata_tools_110, "thin_check", str(path)])
     for cmd in cmds:
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}{r.stderr}"
@@ -54,7 +54,7 @@ def compare(md, m, held_set=frozenset()):
         assert md.data_block_count(b) >= 1
 
 
-def run_workload(path, md, seed, nops, thin_check_110):
+def run_workload(path, md, seed, nops, pdata_tools_110):
     rng = random.Random(seed)
     m = ThinModel(NB)
     next_id, held, held_set = 0, False, frozenset()
@@ -117,20 +117,20 @@ def run_workload(path, md, seed, nops, thin_check_110):
     md.commit()
     compare(md, m, held_set)
     md.close()
-    thin_check_all(path, thin_check_110)
+    thin_check_all(path, pdata_tools_110)
     return m
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(min_value=0, max_value=2**32 - 1))
-def test_random_workloads_match_model_and_thin_check(tmp_path_factory, thin_check_110, seed):
+def test_random_workloads_match_model_and_thin_check(tmp_path_factory, pdata_tools_110, seed):
     tmp = tmp_path_factory.mktemp("md")
     print(f"workload seed {seed}")
     path, md = new_metadata(tmp)
-    run_workload(path, md, seed, 600, thin_check_110)
+    run_workload(path, md, seed, 600, pdata_tools_110)
 
 
-def test_deep_snapshot_chain(tmp_path, thin_check_110):
+def test_deep_snapshot_chain(tmp_path, pdata_tools_110):
     """100 snapshots deep, each overwriting a few blocks of its origin."""
     path, md = new_metadata(tmp_path)
     m = ThinModel(NB)
@@ -158,7 +158,7 @@ def test_deep_snapshot_chain(tmp_path, thin_check_110):
     md.commit()
     compare(md, m)
     md.close()
-    thin_check_all(path, thin_check_110)
+    thin_check_all(path, pdata_tools_110)
 
 
 def test_errors_carry_kernel_errnos(tmp_path):
@@ -205,7 +205,7 @@ def test_data_allocation_is_linear_and_freed_blocks_wait_for_commit(tmp_path):
     assert md.alloc_data_block() == 0
 
 
-def test_abort_returns_to_last_commit(tmp_path, thin_check_110):
+def test_abort_returns_to_last_commit(tmp_path, pdata_tools_110):
     path, md = new_metadata(tmp_path)
     md.create_thin(1)
     for vb in range(300):
@@ -222,10 +222,10 @@ def test_abort_returns_to_last_commit(tmp_path, thin_check_110):
     assert md.nr_free_data_blocks() == free
     md.commit()
     md.close()
-    thin_check_all(path, thin_check_110)
+    thin_check_all(path, pdata_tools_110)
 
 
-def test_out_of_metadata_space_raises_nospace_and_abort_keeps_file_valid(tmp_path, thin_check_110):
+def test_out_of_metadata_space_raises_nospace_and_abort_keeps_file_valid(tmp_path, pdata_tools_110):
     path, md = new_metadata(tmp_path, size=96 << 10, nr_blocks=20000)   # 24 blocks
     md.create_thin(1)
     md.commit()
@@ -234,7 +234,7 @@ def test_out_of_metadata_space_raises_nospace_and_abort_keeps_file_valid(tmp_pat
             md.insert(1, vb, md.alloc_data_block())
     md.abort()
     md.close()
-    thin_check_all(path, thin_check_110)
+    thin_check_all(path, pdata_tools_110)
 
 
 def test_metadata_snapshot_is_readable_by_thin_dump(tmp_path):
@@ -256,7 +256,7 @@ def test_metadata_snapshot_is_readable_by_thin_dump(tmp_path):
     subprocess.run(["thin_check", str(path)], check=True, capture_output=True)
 
 
-def test_metadata_grows_onto_a_bigger_file(tmp_path, thin_check_110):
+def test_metadata_grows_onto_a_bigger_file(tmp_path, pdata_tools_110):
     path, md = new_metadata(tmp_path, size=1 << 20)           # 256 blocks
     md.create_thin(1)
     for vb in range(2000):
@@ -272,7 +272,7 @@ def test_metadata_grows_onto_a_bigger_file(tmp_path, thin_check_110):
         md.insert(1, vb, md.alloc_data_block())
     md.commit()
     md.close()
-    thin_check_all(path, thin_check_110)
+    thin_check_all(path, pdata_tools_110)
     with pytest.raises(InvalidArgument, match="too small"):
         ThinMetadata.open(path).resize_metadata(100)
 

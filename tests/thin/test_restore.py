@@ -12,7 +12,7 @@ from dmthin.errors import UsageError
 from dmthin.thin.restore import restore
 from dmthin.thin.xml import XmlError
 from thin_xmlgen import (MiB, THIN_CHECK, THIN_DUMP, THIN_RESTORE, blank, dmthin,
-                         gen_metadata, mappings_of, run, to_xml, tools110)  # noqa: F401 (fixture)
+                         gen_metadata, mappings_of, run, to_xml)
 
 SETTINGS = dict(max_examples=10, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -45,13 +45,13 @@ def checks_pass(md, tools):
 
 @settings(**SETTINGS)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_restore_checks_and_round_trips(tmp_path, tools110, seed):
+def test_restore_checks_and_round_trips(tmp_path, pdata_tools_110, seed):
     model = gen_metadata(seed)
     x = tmp_path / "in.xml"
     x.write_text(to_xml(model, version=1))
     ours = blank(tmp_path / "ours")
     restore(x, ours)
-    checks_pass(ours, tools110)
+    checks_pass(ours)
     dumped = run([THIN_DUMP, ours]).stdout
     assert parse_dump(dumped) == {k: sorted(v) for k, v in mappings_of(model).items()}
     theirs = blank(tmp_path / "theirs")
@@ -59,7 +59,7 @@ def test_restore_checks_and_round_trips(tmp_path, tools110, seed):
     assert dumped == run([THIN_DUMP, theirs]).stdout, f"seed {seed}"
 
 
-def test_restore_of_thin_dump_output_is_identical(tmp_path, tools110):
+def test_restore_of_thin_dump_output_is_identical(tmp_path, pdata_tools_110):
     """dump -> restore -> dump is a fixed point, with big devices (multi-level trees)."""
     model = gen_metadata(99, max_devices=3, max_runs=400, nr_data_blocks=40000)
     x = tmp_path / "in.xml"
@@ -71,11 +71,11 @@ def test_restore_of_thin_dump_output_is_identical(tmp_path, tools110):
     b = blank(tmp_path / "b")
     p = dmthin("restore", "-i", d1, "-o", b)
     assert p.returncode == 0, p.stderr
-    checks_pass(b, tools110)
+    checks_pass(b)
     assert run([THIN_DUMP, b]).stdout == d1.read_bytes()
 
 
-def test_restore_110_def_ref_and_overflow_counts(tmp_path, tools110):
+def test_restore_110_def_ref_and_overflow_counts(tmp_path, pdata_tools_110):
     """<def>/<ref> expanded; a data block in 4 leaves gets count 4 (overflow tree)."""
     xml = ['<superblock uuid="" time="2" transaction="1" version="2" data_block_size="128" '
            'nr_data_blocks="40000">', '  <def name="7">',
@@ -92,13 +92,13 @@ def test_restore_110_def_ref_and_overflow_counts(tmp_path, tools110):
     ours = blank(tmp_path / "ours")
     r = restore(x, ours)
     assert r.count_of(100) == 4 and r.count_of(39999) == 4 and r.count_of(99) == 0
-    checks_pass(ours, tools110)
+    checks_pass(ours)
     theirs = blank(tmp_path / "theirs")
-    assert run([tools110, "thin_restore", "-i", x, "-o", theirs]).returncode == 0
+    assert run([pdata_tools_110, "thin_restore", "-i", x, "-o", theirs]).returncode == 0
     assert run([THIN_DUMP, ours]).stdout == run([THIN_DUMP, theirs]).stdout
 
 
-def test_restore_unsorted_input_and_overrides(tmp_path, tools110):
+def test_restore_unsorted_input_and_overrides(tmp_path, pdata_tools_110):
     x = tmp_path / "in.xml"
     x.write_text('<superblock uuid="" time="1" transaction="5" data_block_size="128" '
                  'nr_data_blocks="100">\n'
@@ -111,7 +111,7 @@ def test_restore_unsorted_input_and_overrides(tmp_path, tools110):
     p = dmthin("restore", "-i", x, "-o", md, "--transaction-id", "77",
                "--nr-data-blocks", "20000", "--data-block-size", "256")
     assert p.returncode == 0, p.stderr
-    checks_pass(md, tools110)
+    checks_pass(md)
     out = run([THIN_DUMP, md]).stdout.decode()
     assert 'transaction="77"' in out and 'nr_data_blocks="20000"' in out
     assert 'data_block_size="256"' in out and 'mapped_blocks="3"' in out
@@ -177,7 +177,7 @@ def test_output_too_small_or_missing(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
-def test_restore_counts_above_255_and_many_bitmaps(tmp_path, tools110):
+def test_restore_counts_above_255_and_many_bitmaps(tmp_path, pdata_tools_110):
     """300 devices share data block 5 (count 300: the byte counter saturates and the
     exact count comes from the overflow dict); nr_data_blocks spans 5 bitmaps with
     blocks used at bitmap edges."""
@@ -200,7 +200,7 @@ def test_restore_counts_above_255_and_many_bitmaps(tmp_path, tools110):
     md = blank(tmp_path / "md", 16 << 20)
     r = restore(x, md)
     assert r.count_of(5) == 300 and r.count_of(e - 1) == 1 and r.count_of(e) == 1
-    checks_pass(md, tools110)
+    checks_pass(md)
     theirs = blank(tmp_path / "theirs", 16 << 20)
     assert run([THIN_RESTORE, "-i", x, "-o", theirs]).returncode == 0
     assert run([THIN_DUMP, md]).stdout == run([THIN_DUMP, theirs]).stdout
@@ -234,7 +234,7 @@ def test_huge_nr_data_blocks_fails_fast(tmp_path):
     assert md.read_bytes() == before
 
 
-def test_restore_from_stdin_and_a_three_level_device(tmp_path, tools110):
+def test_restore_from_stdin_and_a_three_level_device(tmp_path, pdata_tools_110):
     """`-i -` (input that cannot seek is spooled for the two passes) and a
     single device deep enough for a three-level mapping tree (> 252*84
     mappings), written leaf by leaf."""
@@ -248,7 +248,7 @@ def test_restore_from_stdin_and_a_three_level_device(tmp_path, tools110):
     out = blank(tmp_path / "md", 16 * MiB)
     r = dmthin("restore", "-i", "-", "-o", out, input=xml.encode())
     assert r.returncode == 0, r.stderr
-    checks_pass(out, tools110)
+    checks_pass(out)
     dumped = parse_dump(run([THIN_DUMP, out]).stdout)
     assert dumped == {7: [(2 * i, i, 0) for i in range(n)]}
     # the tree under device 7 really has three levels

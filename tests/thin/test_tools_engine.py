@@ -13,7 +13,7 @@ from dmthin.thin.ls import FIELDS, thin_ls
 from dmthin.thin.metadata import ThinMetadata
 from dmthin.thin.restore import restore
 from dmthin.thin.xml import XmlWriter
-from thin_xmlgen import THIN_CHECK, THIN_DUMP, THIN_LS, blank, run, tools110  # noqa: F401
+from thin_xmlgen import THIN_CHECK, THIN_DUMP, THIN_LS, blank, run
 
 ALL = ",".join(FIELDS)
 
@@ -113,23 +113,23 @@ def test_ir_round_trip_without_xml(tmp_path):
 @settings(max_examples=5, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1))
-def test_restore_of_110_dump_with_shared_subtrees(tmp_path, tools110, seed):
+def test_restore_of_110_dump_with_shared_subtrees(tmp_path, pdata_tools_110, seed):
     """1.1.0 thin_dump of snapshot-sharing metadata writes <def>/<ref>; dmthin
     restore expands them: both thin_checks pass and 0.9.0 dumps agree."""
     src = blank(tmp_path / "src")
     build_with_engine(src, seed, hold_snapshot=False)
     x = tmp_path / "d110.xml"
-    p = run([tools110, "thin_dump", "-o", x, src])
+    p = run([pdata_tools_110, "thin_dump", "-o", x, src])
     assert p.returncode == 0, p.stderr
     dst = blank(tmp_path / "dst")
     restore(x, dst)
     assert run([THIN_CHECK, dst]).returncode == 0
-    r = run([tools110, "thin_check", dst])
+    r = run([pdata_tools_110, "thin_check", dst])
     assert r.returncode == 0, r.stderr
     assert run([THIN_DUMP, dst]).stdout == run([THIN_DUMP, src]).stdout
 
 
-def test_restore_of_110_dump_with_defs(tmp_path, tools110):
+def test_restore_of_110_dump_with_defs(tmp_path, pdata_tools_110):
     """Deterministic: an origin of several leaves and two snapshots, so the
     1.1.0 dump certainly contains <def>/<ref>."""
     src = blank(tmp_path / "src")
@@ -147,12 +147,12 @@ def test_restore_of_110_dump_with_defs(tmp_path, tools110):
     finally:
         md.close()
     x = tmp_path / "d110.xml"
-    assert run([tools110, "thin_dump", "-o", x, src]).returncode == 0
+    assert run([pdata_tools_110, "thin_dump", "-o", x, src]).returncode == 0
     assert b"<def" in x.read_bytes() and b"<ref" in x.read_bytes()
     dst = blank(tmp_path / "dst")
     restore(x, dst)
     assert run([THIN_CHECK, dst]).returncode == 0
-    r = run([tools110, "thin_check", dst])
+    r = run([pdata_tools_110, "thin_check", dst])
     assert r.returncode == 0, r.stderr
     assert run([THIN_DUMP, dst]).stdout == run([THIN_DUMP, src]).stdout
     assert ls_text(dst) == run([THIN_LS, "-o", ALL, src]).stdout

@@ -9,8 +9,7 @@ import pytest
 from dmthin.thin.human import HumanReadableWriter
 from dmthin.thin.ir import Map, RunBuilder, to_map
 from dmthin.thin.xml import XmlError, XmlWriter, read_xml
-from thin_xmlgen import (THIN_DUMP, THIN_RESTORE, blank, gen_metadata, run, to_xml,
-                         tools110)  # noqa: F401 (fixture)
+from thin_xmlgen import (THIN_DUMP, THIN_RESTORE, blank, gen_metadata, run, to_xml)
 
 
 class Recorder:
@@ -50,7 +49,7 @@ def test_thin_dump_output_rewrites_identically(tmp_path, seed):
     assert rewrite(ref, HumanReadableWriter) == human
 
 
-def test_reads_110_form_with_def_ref(tmp_path, tools110):
+def test_reads_110_form_with_def_ref(tmp_path, pdata_tools_110):
     xml = ('<superblock uuid="" time="2" transaction="1" data_block_size="128" '
            'nr_data_blocks="10000">\n  <def name="x">\n'
            '    <range_mapping origin_begin="0" data_begin="0" length="300" time="0"/>\n'
@@ -64,8 +63,8 @@ def test_reads_110_form_with_def_ref(tmp_path, tools110):
     x = tmp_path / "c.xml"
     x.write_text(xml)
     md = blank(tmp_path / "md")
-    assert run([tools110, "thin_restore", "-i", x, "-o", md]).returncode == 0
-    text110 = run([tools110, "thin_dump", md]).stdout.decode()
+    assert run([pdata_tools_110, "thin_restore", "-i", x, "-o", md]).returncode == 0
+    text110 = run([pdata_tools_110, "thin_dump", md]).stdout.decode()
     assert "<def" in text110 and "<ref" in text110 and 'flags="' not in text110
     ev = parse(text110)
     names = [e[0] for e in ev]

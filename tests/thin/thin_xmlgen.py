@@ -12,7 +12,6 @@ import random
 import subprocess
 from pathlib import Path
 
-import pytest
 
 import helpers
 
@@ -29,16 +28,6 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
 
 #: ``dmthin ARGS`` in this process; bytes out, as :func:`run`
 dmthin = helpers.run_dmthin
-
-
-@pytest.fixture(scope="session")
-def tools110():
-    """Path of 1.1.0's pdata_tools (the shared lookup in tests/helpers.py);
-    skipped outside CI, a failure in CI, when it cannot be had."""
-    try:
-        return helpers.pdata_tools_110()
-    except helpers.Unavailable as e:
-        helpers.skip_or_fail(f"thin-provisioning-tools 1.1.0 unavailable: {e}")
 
 
 def blank(path, size=8 * MiB) -> Path:
