@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dmthin.pdata.block import BlockManager
@@ -77,9 +77,28 @@ def test_sequential_then_reverse_removal(tm):
     assert dict(iter_range(tm, root)) == {k: k * 3 for k in range(1, 20000, 2)}
 
 
+#: a run of keys to insert (True) or remove: (insert?, first key, count, stride)
+KeyRun = tuple[bool, int, int, int]
+#: batches of key runs, each followed by remove_leaves over [lo, lo + span)
+BATCHES = st.lists(st.tuples(st.lists(st.tuples(st.booleans(), st.integers(0, 59999),
+                                                st.integers(1, 400), st.integers(1, 7)),
+                                      max_size=12),
+                             st.integers(0, 59999), st.integers(0, 4999)),
+                   min_size=1, max_size=12)
+
+
+def seeded_batches(seed: int) -> list[tuple[list[KeyRun], int, int]]:
+    """Big fixed batches (three-level trees, long removals)."""
+    rng = random.Random(seed)
+    return [([(rng.random() < 0.6, rng.randrange(60000), rng.randint(1, 400),
+               rng.randint(1, 7)) for _ in range(12)], rng.randrange(60000),
+             rng.randrange(5000)) for _ in range(12)]
+
+
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_random_inserts_and_removes_keep_shape(tmp_path_factory, seed):
+@example(batches=seeded_batches(1))
+@given(batches=BATCHES)
+def test_random_inserts_and_removes_keep_shape(tmp_path_factory, batches):
     path = tmp_path_factory.mktemp("bt") / "md"
     with open(path, "wb") as f:
         f.truncate(32 << 20)
@@ -88,23 +107,22 @@ def test_random_inserts_and_removes_keep_shape(tmp_path_factory, seed):
     sm = MetadataSpaceMap.create(tm, bm.file_blocks)
     info = BTreeInfo(tm, 1, ValueType(8))
     root = bt.empty(info)
-    rng = random.Random(seed)
     model = {}
-    for batch in range(12):
-        for _ in range(1500):
-            k = rng.randrange(0, 60000)
-            if rng.random() < 0.6:
-                root, ins = bt.insert(info, root, [k], k + batch)
-                assert ins == (k not in model)
-                model[k] = k + batch
-            else:
-                root, removed = btr.remove(info, root, [k])
-                assert removed == (k in model)
-                model.pop(k, None)
+    for batch, (runs, lo, span) in enumerate(batches):
+        for insert, first, count, stride in runs:
+            for k in range(first, first + count * stride, stride):
+                k %= 60000
+                if insert:
+                    root, ins = bt.insert(info, root, [k], k + batch)
+                    assert ins == (k not in model)
+                    model[k] = k + batch
+                else:
+                    root, removed = btr.remove(info, root, [k])
+                    assert removed == (k in model)
+                    model.pop(k, None)
         check_counts(tm, root)
         assert dict(iter_range(tm, root)) == model
-        lo = rng.randrange(0, 60000)
-        hi = lo + rng.randrange(0, 5000)
+        hi = lo + span
         root, n = btr.remove_leaves(info, root, lo, hi) if lo in model else (root, 0)
         if lo in model:
             run = 0

@@ -1,9 +1,8 @@
 """The metadata engine against an independent model and both thin_checks.
 
-Random operation sequences (hypothesis; the seed of each example is printed
-on failure by hypothesis' reproduce_failure / the `seed` argument) over
-thousands of mappings and snapshot chains, with a tiny block cache so that
-eviction paths run too."""
+Random operation sequences (hypothesis generates them, and shrinks a failing
+one) over thousands of mappings and snapshot chains, with a tiny block cache
+so that eviction paths run too."""
 from __future__ import annotations
 
 import os
@@ -11,13 +10,12 @@ import random
 import subprocess
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dmthin.errors import Busy, DeviceExists, DeviceNotFound, InvalidArgument, NoSpace
 from dmthin.pdata.btree.hint import InsertHint
 from dmthin.thin.metadata import ThinMetadata
-
 from thin_model import ThinModel
 
 NB = 20000
@@ -54,32 +52,84 @@ def compare(md, m, held_set=frozenset()):
         assert md.data_block_count(b) >= 1
 
 
-def run_workload(path, md, seed, nops, pdata_tools_110):
+#: one operation of :func:`run_workload`; device picks are taken modulo the
+#: devices there are, so every list is a valid workload
+OPS = st.one_of(
+    st.tuples(st.just("thin")),
+    st.tuples(st.just("snap"), st.integers(0, 63)),
+    st.tuples(st.just("delete"), st.integers(0, 63)),
+    # insert into [start, start + n): unmapped or shared blocks, and mapped
+    # ones too when overwrite
+    st.tuples(st.just("insert"), st.integers(0, 63), st.integers(0, 2999),
+              st.integers(1, 199), st.booleans()),
+    st.tuples(st.just("insert"), st.integers(0, 63), st.integers(0, 2999),
+              st.integers(1, 199), st.booleans()),
+    st.tuples(st.just("remove"), st.integers(0, 63), st.integers(0, 2999), st.integers(1, 99)),
+    st.tuples(st.just("remove_range"), st.integers(0, 63), st.integers(0, 2999),
+              st.integers(1, 499)),
+    st.tuples(st.just("metadata_snap")),
+    st.tuples(st.just("transaction_id")),
+    st.tuples(st.just("commit"), st.booleans()),    # and reopen
+)
+
+
+def seeded_ops(seed: int, nops: int) -> list[tuple]:
+    """A fixed workload in the proportions of :data:`OPS`' long runs."""
     rng = random.Random(seed)
+    ops: list[tuple] = []
+    for _ in range(nops):
+        r = rng.random()
+        dev = rng.randrange(64)
+        if r < 0.03:
+            ops.append(("thin",))
+        elif r < 0.07:
+            ops.append(("snap", dev))
+        elif r < 0.085:
+            ops.append(("delete", dev))
+        elif r < 0.6:
+            ops.append(("insert", dev, rng.randrange(3000), rng.randrange(1, 200),
+                        rng.random() < 0.3))
+        elif r < 0.75:
+            ops.append(("remove", dev, rng.randrange(3000), rng.randrange(1, 100)))
+        elif r < 0.85:
+            ops.append(("remove_range", dev, rng.randrange(3000), rng.randrange(1, 500)))
+        elif r < 0.88:
+            ops.append(("metadata_snap",))
+        elif r < 0.9:
+            ops.append(("transaction_id",))
+        else:
+            ops.append(("commit", rng.random() < 0.3))
+    return ops
+
+
+def run_workload(path, md, ops, pdata_tools_110):
+    """Apply *ops* to the engine and to :class:`ThinModel`, comparing them at
+    every commit; both thin_checks at the end."""
     m = ThinModel(NB)
     next_id, held, held_set = 0, False, frozenset()
-    for op in range(nops):
-        r = rng.random()
+    for op in ops:
+        kind = op[0]
         devs = list(m.devices)
-        if r < 0.03 or not devs:
+        if kind == "thin" or not devs:
             md.create_thin(next_id)
             m.create_thin(next_id)
             next_id += 1
-        elif r < 0.07:
-            o = rng.choice(devs)
+        elif kind == "snap":
+            o = devs[op[1] % len(devs)]
             md.create_snap(next_id, o)
             m.create_snap(next_id, o)
             next_id += 1
-        elif r < 0.085 and len(devs) > 1:
-            v = rng.choice(devs)
-            md.delete(v)
-            m.delete(v)
-        elif r < 0.6:
-            dev = rng.choice(devs)
-            start, n = rng.randrange(0, 3000), rng.randrange(1, 200)
+        elif kind == "delete":
+            if len(devs) > 1:
+                v = devs[op[1] % len(devs)]
+                md.delete(v)
+                m.delete(v)
+        elif kind == "insert":
+            _k, pick, start, n, overwrite = op
+            dev = devs[pick % len(devs)]
             for vb in range(start, start + n):
                 lk = md.lookup(dev, vb)
-                if lk is None or lk.shared or rng.random() < 0.3:
+                if lk is None or lk.shared or overwrite:
                     try:
                         b = md.alloc_data_block()
                     except NoSpace:
@@ -87,17 +137,17 @@ def run_workload(path, md, seed, nops, pdata_tools_110):
                         break
                     md.insert(dev, vb, b)
                     m.insert(dev, vb, b)
-        elif r < 0.75:
-            dev = rng.choice(devs)
-            start = rng.randrange(0, 3000)
-            for vb in range(start, start + rng.randrange(1, 100)):
+        elif kind == "remove":
+            _k, pick, start, n = op
+            dev = devs[pick % len(devs)]
+            for vb in range(start, start + n):
                 assert md.remove(dev, vb) == m.remove(dev, vb)
-        elif r < 0.85:
-            dev = rng.choice(devs)
-            start, n = rng.randrange(0, 3000), rng.randrange(1, 500)
+        elif kind == "remove_range":
+            _k, pick, start, n = op
+            dev = devs[pick % len(devs)]
             got = md.remove_range(dev, start, start + n)
             assert got == sum(1 for vb in range(start, start + n) if m.remove(dev, vb))
-        elif r < 0.88:
+        elif kind == "metadata_snap":
             if held:
                 md.release_metadata_snap()
                 held_set = frozenset()
@@ -105,13 +155,13 @@ def run_workload(path, md, seed, nops, pdata_tools_110):
                 md.reserve_metadata_snap()
                 held_set = frozenset(m.used_data_blocks())
             held = not held
-        elif r < 0.9:
+        elif kind == "transaction_id":
             m.trans_id += 1
             md.set_transaction_id(m.trans_id - 1, m.trans_id)
         else:
             md.commit()
             compare(md, m, held_set)
-            if rng.random() < 0.3:
+            if op[1]:
                 md.close()
                 md = ThinMetadata.open(path, cache_blocks=64)
     md.commit()
@@ -121,13 +171,12 @@ def run_workload(path, md, seed, nops, pdata_tools_110):
     return m
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
-@given(seed=st.integers(min_value=0, max_value=2**32 - 1))
-def test_random_workloads_match_model_and_thin_check(tmp_path_factory, pdata_tools_110, seed):
-    tmp = tmp_path_factory.mktemp("md")
-    print(f"workload seed {seed}")
-    path, md = new_metadata(tmp)
-    run_workload(path, md, seed, 600, pdata_tools_110)
+@settings(max_examples=4, deadline=None)
+@example(ops=seeded_ops(1, 600))
+@given(ops=st.lists(OPS, min_size=1, max_size=600))
+def test_random_workloads_match_model_and_thin_check(tmp_path_factory, pdata_tools_110, ops):
+    path, md = new_metadata(tmp_path_factory.mktemp("md"))
+    run_workload(path, md, ops, pdata_tools_110)
 
 
 def test_deep_snapshot_chain(tmp_path, pdata_tools_110):
@@ -225,13 +274,17 @@ def test_abort_returns_to_last_commit(tmp_path, pdata_tools_110):
     thin_check_all(path, pdata_tools_110)
 
 
-def test_out_of_metadata_space_raises_nospace_and_abort_keeps_file_valid(tmp_path, pdata_tools_110):
+def test_out_of_metadata_space_raises_nospace_and_abort_keeps_file_valid(tmp_path,
+                                                                         pdata_tools_110):
     path, md = new_metadata(tmp_path, size=96 << 10, nr_blocks=20000)   # 24 blocks
     md.create_thin(1)
     md.commit()
-    with pytest.raises(NoSpace):
+
+    def fill() -> None:
         for vb in range(20000):
             md.insert(1, vb, md.alloc_data_block())
+    with pytest.raises(NoSpace):
+        fill()
     md.abort()
     md.close()
     thin_check_all(path, pdata_tools_110)
@@ -297,7 +350,7 @@ def test_fast_insert_path_writes_the_same_bytes_as_the_kernel_walk(tmp_path, mon
         path, md = new_metadata(d)
         rng = random.Random(seed)
         md.create_thin(0)
-        for step in range(40):
+        for _step in range(40):
             dev = rng.choice(md.device_ids())
             r = rng.random()
             if r < 0.1:

@@ -1,17 +1,22 @@
 """Test helpers for dump/restore/ls: random metadata XML and the reference tools.
 
-``gen_metadata(seed)`` builds a random but valid pool description (devices,
+:func:`build_metadata` builds a random but valid pool description (devices,
 snapshots sharing data blocks with their origin, single and range mappings
-crossing leaf boundaries); ``to_xml`` writes it in the 0.9.0 form.  Tests
-drive it from hypothesis with an integer seed, so a failure names the seed.
+crossing leaf boundaries) from a source of choices: hypothesis
+(:func:`metadata`, a strategy: failures shrink to small pools) or a seed
+(:func:`gen_metadata`, for fixed examples); ``to_xml`` writes it in the
+0.9.0 form.
 """
 from __future__ import annotations
 
 import os
 import random
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+from hypothesis import strategies as st
 
 import helpers
 
@@ -20,6 +25,7 @@ THIN_RESTORE = "/usr/sbin/thin_restore"
 THIN_CHECK = "/usr/sbin/thin_check"
 THIN_LS = "/usr/sbin/thin_ls"
 MiB = 1 << 20
+T = TypeVar("T")
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
@@ -39,53 +45,107 @@ def blank(path, size=8 * MiB) -> Path:
 
 # -- random metadata -----------------------------------------------------------------
 
-def gen_metadata(seed: int, *, max_devices: int = 6, max_runs: int = 60,
-                 nr_data_blocks: int | None = None) -> dict:
+class Choices(Protocol):
+    """Where :func:`build_metadata` takes its choices from: a seeded
+    ``random.Random`` (:class:`SeededChoices`) or hypothesis (:func:`metadata`)."""
+
+    def integer(self, lo: int, hi: int) -> int: ...          # lo..hi inclusive
+    def choice(self, options: Sequence[T]) -> T: ...
+    def permutation(self, n: int) -> list[int]: ...
+
+
+class SeededChoices:
+    def __init__(self, seed: int):
+        self.rnd = random.Random(seed)
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.rnd.randint(lo, hi)
+
+    def choice(self, options: Sequence[T]) -> T:
+        return self.rnd.choice(options)
+
+    def permutation(self, n: int) -> list[int]:
+        order = list(range(n))
+        self.rnd.shuffle(order)
+        return order
+
+
+class _Drawn:
+    def __init__(self, draw: Callable[[st.SearchStrategy[Any]], Any]):
+        self.draw = draw
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.draw(st.integers(lo, hi))
+
+    def choice(self, options: Sequence[T]) -> T:
+        return self.draw(st.sampled_from(options))
+
+    def permutation(self, n: int) -> list[int]:
+        return self.draw(st.permutations(range(n)))
+
+
+def build_metadata(c: Choices, *, max_devices: int = 6, max_runs: int = 60,
+                   nr_data_blocks: int | None = None) -> dict:
     """A random valid pool: {"sb": {...}, "devices": [(attrs, [(thin, data, time, len)])]}.
-    Snapshots copy (part of) an earlier device's mappings, so data blocks are shared."""
-    rnd = random.Random(seed)
-    nr = nr_data_blocks or rnd.choice([1000, 5000, 20000, 40000])
-    time = rnd.randrange(0, 50)
-    # Disjoint data segments in random order: runs of consecutive blocks.
-    segs, cur = [], 0
-    while cur < nr:
-        n = min(nr - cur, rnd.choice([1, 1, 1, 2, 3, rnd.randrange(1, 600)]))
-        segs.append((cur, n))
-        cur += n + rnd.choice([0, 0, 1, rnd.randrange(0, 50)])
-    rnd.shuffle(segs)
-    cursor = 0
-    devices = []
-    used_ids = set()
-    for _ in range(rnd.randrange(1, max_devices + 1)):
-        while True:
-            dev_id = rnd.choice([rnd.randrange(0, 64), rnd.randrange(0, 1 << 24)])
-            if dev_id not in used_ids:
-                used_ids.add(dev_id)
-                break
-        runs = []
-        if devices and rnd.random() < 0.5:
+    Snapshots copy (part of) an earlier device's mappings, so data blocks are
+    shared; the other runs get disjoint data segments placed in random order."""
+    nr = nr_data_blocks or c.choice([1000, 5000, 20000, 40000])
+    time = c.integer(0, 49)
+    # Each device: (attrs, its runs); a run is [vblock, length, time], the
+    # same list object in a snapshot as in its origin.
+    specs: list[tuple[dict, list[list[int]]]] = []
+    used_ids: set[int] = set()
+    for _ in range(c.integer(1, max_devices)):
+        dev_id = c.choice([c.integer(0, 63), c.integer(0, (1 << 24) - 1)])
+        while dev_id in used_ids:
+            dev_id = (dev_id + 1) % (1 << 24)
+        used_ids.add(dev_id)
+        runs: list[list[int]] = []
+        v = c.integer(0, 999)
+        if specs and c.choice([False, True]):
             # a snapshot: share a prefix of an origin's mappings, then diverge
-            _attrs, origin = rnd.choice(devices)
-            keep = origin[: rnd.randrange(0, len(origin) + 1)]
-            runs.extend(keep)
-            v = (keep[-1][0] + keep[-1][3] + rnd.randrange(0, 50)) if keep else 0
-        else:
-            v = rnd.randrange(0, 1000)
-        for _ in range(rnd.randrange(0, max_runs)):
-            if cursor >= len(segs):
-                break
-            data, n = segs[cursor]
-            cursor += 1
-            runs.append((v, data, rnd.randrange(0, time + 1), n))
-            v += n + rnd.choice([0, 0, 1, 5, rnd.randrange(0, 100000)])
-        attrs = dict(dev_id=dev_id, mapped_blocks=sum(r[3] for r in runs),
-                     transaction=rnd.randrange(0, 100), creation_time=rnd.randrange(0, time + 1),
-                     snap_time=rnd.randrange(0, time + 1))
-        devices.append((attrs, runs))
+            origin = specs[c.integer(0, len(specs) - 1)][1]
+            runs = origin[:c.integer(0, len(origin))]
+            v = runs[-1][0] + runs[-1][1] + c.integer(0, 49) if runs else 0
+        for _ in range(c.integer(0, max_runs - 1)):
+            n = c.choice([1, 1, 1, 2, 3, c.integer(1, 599)])
+            runs.append([v, n, c.integer(0, time)])
+            v += n + c.choice([0, 0, 1, 5, c.integer(0, 99999)])
+        attrs = {"dev_id": dev_id, "transaction": c.integer(0, 99),
+                 "creation_time": c.integer(0, time), "snap_time": c.integer(0, time)}
+        specs.append((attrs, runs))
+    # Data segments for the distinct runs, in random order, with gaps; runs
+    # that find no room left are dropped (from the snapshots too).
+    distinct = list({id(r): r for _attrs, runs in specs for r in runs}.values())
+    placed: dict[int, tuple[int, int]] = {}              # id(run) -> (data block, length)
+    cur = 0
+    for i in c.permutation(len(distinct)):
+        if cur >= nr:
+            break
+        n = min(nr - cur, distinct[i][1])
+        placed[id(distinct[i])] = (cur, n)
+        cur += n + c.choice([0, 0, 1, c.integer(0, 49)])
+    devices = []
+    for attrs, runs in specs:
+        out = [(v, placed[id(r)][0], t, placed[id(r)][1])
+               for r in runs if id(r) in placed for v, _n, t in [r]]
+        devices.append((dict(attrs, mapped_blocks=sum(r[3] for r in out)), out))
     devices.sort(key=lambda d: d[0]["dev_id"])
-    sb = dict(time=time, transaction=rnd.randrange(0, 1 << 40), data_block_size=128 * rnd.choice(
-        [1, 2, 16]), nr_data_blocks=nr)
+    sb = {"time": time, "transaction": c.integer(0, (1 << 40) - 1),
+              "data_block_size": 128 * c.choice([1, 2, 16]), "nr_data_blocks": nr}
     return {"sb": sb, "devices": devices}
+
+
+def gen_metadata(seed: int, **kw: Any) -> dict:
+    """:func:`build_metadata` from a seed (fixed examples)."""
+    return build_metadata(SeededChoices(seed), **kw)
+
+
+@st.composite
+def metadata(draw: Callable[[st.SearchStrategy[Any]], Any], **kw: Any) -> dict:
+    """:func:`build_metadata` from hypothesis' choices: a failing pool
+    shrinks to fewer devices, fewer and shorter runs, smaller numbers."""
+    return build_metadata(_Drawn(draw), **kw)
 
 
 def to_xml(md: dict, *, version: int | None = None) -> str:
@@ -121,6 +181,7 @@ def add_fake_metadata_snap(path) -> int:
     roots zeroed) and point held_root at it.  Space maps are not updated:
     good enough for dump -m / ls -m, not for thin_check."""
     import struct
+
     from dmthin.pdata.checksum import SUPERBLOCK
     with open(path, "r+b") as f:
         f.seek(0, 2)
