@@ -87,7 +87,7 @@ class _Marks:
         self.chunks: dict[int, bytearray] = {}
         self.other: dict[int, int] = {}
 
-    def mark(self, blocks: array) -> None:
+    def mark(self, blocks: array[int]) -> None:
         chunks, limit = self.chunks, self.limit
         lo = hi = 0
         chunk = bytearray()
@@ -98,14 +98,15 @@ class _Marks:
                     continue
                 i = b // _CHUNK
                 lo, hi = i * _CHUNK, min((i + 1) * _CHUNK, limit)
-                chunk = chunks.get(i)
-                if chunk is None:
-                    chunk = chunks[i] = bytearray(_CHUNK)
+                got = chunks.get(i)
+                if got is None:
+                    got = chunks[i] = bytearray(_CHUNK)
+                chunk = got
             s = chunk[b - lo]
             if s < 2:
                 chunk[b - lo] = s + 1
 
-    def exclusive(self, blocks: array) -> int:
+    def exclusive(self, blocks: array[int]) -> int:
         """How many of *blocks* were seen once."""
         chunks, other, limit = self.chunks, self.other, self.limit
         n = 0

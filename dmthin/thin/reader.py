@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 from ..errors import BTreeError, MetadataError
 from ..pdata.block import BlockManager
@@ -64,7 +64,7 @@ def read_details(bm: BlockManager, root: int) -> dict[int, Device]:
 
 
 def iter_mapping_leaves(bm: BlockManager,
-                        root: int) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
+                        root: int) -> Iterator[tuple[tuple[int, ...], Sequence[int]]]:
     """Yield ``(keys, packed_values)`` for each leaf of one device's mapping
     subtree, validated as thin_dump does (see
     :func:`~dmthin.pdata.btree.walk.iter_leaves`), key order across leaves too."""

@@ -34,6 +34,8 @@ import stat
 import tempfile
 from abc import ABC, abstractmethod
 from array import array
+from collections.abc import Callable
+from typing import IO, Any
 
 from ..errors import InvalidArgument, UsageError
 from ..pdata.btree.builder import BlockWriter, U64TreeStream, build_btree, build_u64_btree
@@ -43,7 +45,7 @@ from ..pdata.space_map.format import nr_bitmaps
 from ..units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
 from .format import THIN_VERSION, TIME_BITS, DeviceDetails, pack_sm_root
 from .format import Superblock as DiskSuperblock
-from .ir import Device, Map, Superblock
+from .ir import Device, Map, MetadataVisitor, Superblock
 from .output import MetadataOutput
 from .restore_plan import Restorer, plan_blocks
 from .xml import read_xml
@@ -51,6 +53,9 @@ from .xml import read_xml
 __all__ = ["restore", "restore_events", "output_blocks", "Restorer", "plan_blocks"]
 
 _NEXT = 1 << TIME_BITS      # the packed value of the next data block, same time
+
+#: a producer of IR events: ``drive(visitor)`` emits them all to *visitor*
+Drive = Callable[[MetadataVisitor], None]
 
 
 class _Passive(ABC):
@@ -97,7 +102,7 @@ class _Collector(_Passive):
         self.r = r
         self.keep = keep
         self.nr_data_blocks = r.nr_data_blocks
-        self._cur: tuple[array, array] | None = None
+        self._cur: tuple[array[int], array[int]] | None = None
         self._id = 0
 
     def device_b(self, dev: Device) -> None:
@@ -198,7 +203,8 @@ class _Builder(_Passive):
                 cur.leaf_full()
 
 
-def _write(drive, target: MetadataOutput, r: Restorer, nr_meta: int, total: int) -> None:
+def _write(drive: Drive, target: MetadataOutput, r: Restorer, sb: Superblock, nr_meta: int,
+           total: int) -> None:
     """Pass 2: stream the metadata to *target* (blocks 1..total-1), fsync,
     then the superblock, fsync; then the target is committed."""
     fd = target.fd
@@ -222,7 +228,6 @@ def _write(drive, target: MetadataOutput, r: Restorer, nr_meta: int, total: int)
     w.flush()
     if w.next != total:
         raise RuntimeError(f"restore wrote {w.next} blocks but planned {total}")
-    sb = r.sb
     version = THIN_VERSION if sb.version is None else sb.version
     disk = DiskSuperblock(flags=sb.flags or 0, version=version, time=sb.time,
                           trans_id=sb.transaction, held_root=0,
@@ -239,7 +244,7 @@ def _write(drive, target: MetadataOutput, r: Restorer, nr_meta: int, total: int)
 
 # -- output ----------------------------------------------------------------------------
 
-def output_blocks(path) -> int:
+def output_blocks(path: str | os.PathLike[str]) -> int:
     """Metadata blocks the existing output *path* can hold (capped at the
     kernel maximum).  Raises :class:`UsageError` if it does not exist or is
     too small for a superblock."""
@@ -266,8 +271,10 @@ def output_blocks(path) -> int:
     return nr
 
 
-def restore_events(drive, output, *, transaction_id=None, data_block_size=None,
-                   nr_data_blocks=None, in_place: bool | None = None) -> Restorer:
+def restore_events(drive: Drive, output: str | os.PathLike[str], *,
+                   transaction_id: int | None = None, data_block_size: int | None = None,
+                   nr_data_blocks: int | None = None,
+                   in_place: bool | None = None) -> Restorer:
     """Restore from any IR producer: ``drive(visitor)`` emits the events
     (e.g. ``lambda v: dump(bm, v)`` copies metadata, like thin_repair's
     dump + restore).  *drive* is called two or three times and must emit
@@ -284,7 +291,8 @@ def restore_events(drive, output, *, transaction_id=None, data_block_size=None,
     r = Restorer(transaction_id=transaction_id, data_block_sectors=data_block_size,
                  nr_data_blocks=nr_data_blocks, capacity=nr_meta)
     drive(r)
-    if r.sb is None:
+    sb = r.sb
+    if sb is None:
         raise UsageError("the input has no superblock")
     unsorted = {i for i, d in r.devices.items() if not d.sorted}
     if unsorted:
@@ -292,11 +300,11 @@ def restore_events(drive, output, *, transaction_id=None, data_block_size=None,
     total = plan_blocks(r, nr_meta)
     with MetadataOutput(output, in_place=in_place) as target:
         target.begin()
-        _write(drive, target, r, nr_meta, total)
+        _write(drive, target, r, sb, nr_meta, total)
     return r
 
 
-def _rereadable(f):
+def _rereadable(f: IO[bytes]) -> tuple[IO[bytes], int, int, IO[bytes] | None]:
     """(file, start offset, size, temporary or None) for reading *f* more
     than once: *f* itself if it can seek, else a temporary copy."""
     if f.seekable():
@@ -314,8 +322,10 @@ def _rereadable(f):
     return tmp, 0, size, tmp
 
 
-def restore(xml_source, output, *, transaction_id=None, data_block_size=None,
-            nr_data_blocks=None, progress=None, in_place: bool | None = None) -> Restorer:
+def restore(xml_source: str | os.PathLike[str] | IO[bytes], output: str | os.PathLike[str], *,
+            transaction_id: int | None = None, data_block_size: int | None = None,
+            nr_data_blocks: int | None = None, progress: Callable[[int], None] | None = None,
+            in_place: bool | None = None) -> Restorer:
     """Restore metadata XML *xml_source* (path or binary file object; one
     that cannot seek, such as stdin, is first copied to a temporary file)
     into the existing *output*.  Nothing is written unless the whole input is
@@ -325,27 +335,28 @@ def restore(xml_source, output, *, transaction_id=None, data_block_size=None,
     :class:`~dmthin.thin.xml.XmlError`, :class:`UsageError`, ``OSError``.
     The overrides are :func:`restore_events`'s."""
     output_blocks(output)                       # fail early, before any spooling
-    overrides = dict(transaction_id=transaction_id, data_block_size=data_block_size,
-                     nr_data_blocks=nr_data_blocks, in_place=in_place)
+    overrides: dict[str, Any] = dict(transaction_id=transaction_id,
+                                     data_block_size=data_block_size,
+                                     nr_data_blocks=nr_data_blocks, in_place=in_place)
     if isinstance(xml_source, (str, os.PathLike)):
         try:
             if os.path.samefile(xml_source, output):
                 raise UsageError("the input XML and the output metadata are the same file")
         except FileNotFoundError:
             pass
-        with open(xml_source, "rb") as f:
-            return restore(f, output, progress=progress, **overrides)
+        with open(xml_source, "rb") as source:
+            return restore(source, output, progress=progress, **overrides)
     name = str(getattr(xml_source, "name", "<xml>"))
     f, start, size, tmp = _rereadable(xml_source)
 
-    def drive(visitor) -> None:
+    def drive(visitor: MetadataVisitor) -> None:
         f.seek(start)
         base = size if isinstance(visitor, _Builder) else 0
-
-        def report(n: int) -> None:
-            progress((base + n) // 2)
-        wanted = progress is not None and not isinstance(visitor, _Collector)
-        read_xml(f, visitor, name=name, progress=report if wanted else None)
+        report: Callable[[int], None] | None = None
+        if progress is not None and not isinstance(visitor, _Collector):
+            def report(n: int) -> None:
+                progress((base + n) // 2)
+        read_xml(f, visitor, name=name, progress=report)
     try:
         return restore_events(drive, output, **overrides)
     finally:

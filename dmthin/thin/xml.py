@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import BinaryIO, NoReturn, TextIO
+from typing import IO, NoReturn, TextIO
 from xml.parsers import expat
 
 from ..errors import UsageError
@@ -365,7 +365,7 @@ def _no_doctype(*_args: object) -> NoReturn:
     raise _Fail("DOCTYPE and entity declarations are not allowed in metadata XML")
 
 
-def read_xml(source: str | os.PathLike[str] | BinaryIO, visitor: MetadataVisitor, *,
+def read_xml(source: str | os.PathLike[str] | IO[bytes], visitor: MetadataVisitor, *,
              name: str | None = None, progress: Callable[[int], None] | None = None) -> None:
     """Parse metadata XML from *source* (a path or a binary file object) and
     drive *visitor*.  *progress*, if given, is called with the number of
