@@ -77,7 +77,7 @@ MAX_THIN_BYTES = ((1 << 63) - 1) * SECTOR_SIZE
 def check_thin_size(size: object) -> int:
     """A thin device size in bytes: a positive multiple of 512, below the
     kernel's 2^63 sectors.  Raises UsageError."""
-    nbytes = parse_size(size, "thin device size")  # type: ignore[arg-type]
+    nbytes = parse_size(size, "thin device size")
     if nbytes == 0 or nbytes % SECTOR_SIZE or nbytes > MAX_THIN_BYTES:
         raise UsageError(f"invalid thin device size {size!r}: use a positive multiple of 512 "
                          "bytes below 2^63 sectors")

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import threading
+from typing import Any
 
 from ..errors import BackendUnavailable, ThinOSError, error_for
 
@@ -29,7 +30,7 @@ INSTALL_HINT = ("apt-get install libdevmapper-dev, then pip install --force-rein
                 "--no-cache-dir dmthin (or, in a source tree, python3 csrc/build_dm.py)")
 
 try:  # the extension is optional: setup.py builds it only when the header exists
-    from .._dm_ffi import ffi, lib
+    from .._dm_ffi import ffi as ffi, lib as lib     # (re-exported: task.py uses them)
     _IMPORT_ERROR: ImportError | None = None
 except ImportError as err:  # pragma: no cover - depends on the build
     ffi = lib = None
@@ -44,22 +45,25 @@ _captured: list[tuple[str, int]] | None = None   # (text, errno) while capturing
 _initialised = False
 
 
+def dmthin_log_line(level: int, file: Any, line: int, dm_errno_or_class: int,
+                    text: Any) -> None:
+    """Called from C for every libdevmapper log line (under LOCK)."""
+    try:
+        msg = ffi.string(text).decode("utf-8", "replace").rstrip()
+        lvl = level & 0x7
+        if lvl <= _LOG_ERR and _captured is not None and msg:
+            _captured.append((msg, dm_errno_or_class if dm_errno_or_class > 0 else 0))
+        if lvl <= _LOG_ERR:
+            # errors become exception messages; keep them quiet unless asked
+            log.debug("%s", msg)
+        else:
+            log.log(_PY_LEVEL.get(lvl, logging.DEBUG) if lvl < _LOG_DEBUG else 5, "%s", msg)
+    except Exception:  # never let an exception unwind into C
+        pass
+
+
 if ffi is not None:
-    @ffi.def_extern()
-    def dmthin_log_line(level, file, line, dm_errno_or_class, text):  # noqa: ANN001
-        """Called from C for every libdevmapper log line (under LOCK)."""
-        try:
-            msg = ffi.string(text).decode("utf-8", "replace").rstrip()
-            lvl = level & 0x7
-            if lvl <= _LOG_ERR and _captured is not None and msg:
-                _captured.append((msg, dm_errno_or_class if dm_errno_or_class > 0 else 0))
-            if lvl <= _LOG_ERR:
-                # errors become exception messages; keep them quiet unless asked
-                log.debug("%s", msg)
-            else:
-                log.log(_PY_LEVEL.get(lvl, logging.DEBUG) if lvl < _LOG_DEBUG else 5, "%s", msg)
-        except Exception:  # never let an exception unwind into C
-            pass
+    ffi.def_extern()(dmthin_log_line)
 
 
 def have_binding() -> bool:
@@ -67,7 +71,7 @@ def have_binding() -> bool:
     return ffi is not None
 
 
-def require_binding():
+def require_binding() -> tuple[Any, Any]:
     """Return ``(ffi, lib)``.
 
     Raises :class:`~dmthin.errors.BackendUnavailable` if dmthin was built
@@ -179,14 +183,14 @@ _ERRNO_BY_TEXT = {os.strerror(code): code for code in sorted(_errno.errorcode, r
 class capture:
     """Collect libdevmapper's error lines while a task runs (use under LOCK)."""
 
-    def __enter__(self) -> "capture":
+    def __enter__(self) -> capture:
         global _captured
         self._saved = _captured
         self.lines: list[tuple[str, int]] = []
         _captured = self.lines
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         global _captured
         _captured = self._saved
 

@@ -15,7 +15,7 @@ import mmap
 import os
 import struct
 
-from ..errors import error_for
+from ..errors import ThinOSError, error_for
 
 BLKSSZGET = 0x1268
 BLKDISCARD = 0x1277
@@ -65,7 +65,7 @@ class BlockIO:
             fd, self._fd = self._fd, None
             os.close(fd)
 
-    def _err(self, err: OSError, op: str):
+    def _err(self, err: OSError, op: str) -> ThinOSError:
         return error_for(err.errno or errno.EIO,
                          f"{op} on {self.path}: {os.strerror(err.errno or errno.EIO)}")
 

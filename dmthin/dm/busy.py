@@ -10,6 +10,7 @@ import re
 
 from ..blockdev import file_holders, holders_of
 from ..errors import Busy
+from .task import DeviceInfo
 
 
 def _unescape(field: str) -> str:
@@ -61,7 +62,7 @@ def _mounts_by_psutil(major: int, minor: int) -> list[str]:
     return found
 
 
-def check_not_busy(info) -> None:
+def check_not_busy(info: DeviceInfo) -> None:
     """Raise :class:`~dmthin.errors.Busy` if the device in *info* (a
     :class:`~dmthin.dm.task.DeviceInfo`) is mounted or held by another
     device, naming the mount point or holder and the fix."""
@@ -77,7 +78,7 @@ def check_not_busy(info) -> None:
                    "remove or deactivate those first")
 
 
-def in_use(info, own_opens: int = 0) -> bool:
+def in_use(info: DeviceInfo, own_opens: int = 0) -> bool:
     """True if something besides our own *own_opens* file descriptors uses
     the device: a higher open count, a mount, or a holder."""
     if not info.exists:

@@ -24,7 +24,9 @@ import random
 import stat
 import struct
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import overload
 
 from ..errors import Busy, InvalidArgument, ThinOSError, error_for
 
@@ -104,10 +106,10 @@ class LoopDevice:
         """``major:minor`` as dm tables name devices."""
         return f"{LOOP_MAJOR}:{self.number}"
 
-    def __enter__(self) -> "LoopDevice":
+    def __enter__(self) -> LoopDevice:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def open(self) -> int:
@@ -148,7 +150,13 @@ def _open_rw(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
 
-def _ioctl(fd: int, req: int, arg=0):
+@overload
+def _ioctl(fd: int, req: int, arg: int = 0) -> int: ...
+@overload
+def _ioctl(fd: int, req: int, arg: bytes) -> bytes: ...
+def _ioctl(fd: int, req: int, arg: int | bytes = 0) -> int | bytes:
+    if isinstance(arg, int):
+        return fcntl.ioctl(fd, req, arg)
     return fcntl.ioctl(fd, req, arg)
 
 
@@ -200,7 +208,7 @@ def _configure(lfd: int, backing_fd: int, path: str, flags: int) -> None:
             pass  # best effort: buffered I/O still works
 
 
-def attach(path: str | os.PathLike, *, read_only: bool = False, autoclear: bool = True,
+def attach(path: str | os.PathLike[str], *, read_only: bool = False, autoclear: bool = True,
            direct_io: bool = True) -> LoopDevice:
     """Attach a free loop device to the file *path* and return it, open.
 
@@ -232,8 +240,9 @@ def attach(path: str | os.PathLike, *, read_only: bool = False, autoclear: bool 
                     if err.errno == errno.EBUSY:
                         time.sleep(random.uniform(0.001, 0.01 * (1 + attempt % 10)))
                         continue
-                    raise error_for(err.errno, f"attach {path} to /dev/loop{number}: "
-                                    f"{os.strerror(err.errno)}") from None
+                    code = err.errno or errno.EIO
+                    raise error_for(code, f"attach {path} to /dev/loop{number}: "
+                                    f"{os.strerror(code)}") from None
                 return LoopDevice(number, path, lfd, created=True)
         finally:
             os.close(ctl)
@@ -255,7 +264,7 @@ def get_status(loop_path: str) -> LoopInfo:
 
 def list_attached() -> list[tuple[int, str]]:
     """``(number, backing file)`` of every bound loop device (from sysfs)."""
-    out = []
+    out: list[tuple[int, str]] = []
     try:
         names = os.listdir("/sys/block")
     except OSError:
@@ -272,7 +281,7 @@ def list_attached() -> list[tuple[int, str]]:
     return sorted(out)
 
 
-def find(path: str | os.PathLike, *, writable: bool = False) -> LoopDevice | None:
+def find(path: str | os.PathLike[str], *, writable: bool = False) -> LoopDevice | None:
     """The loop device attached to the file *path* (matched by
     ``st_dev``/``st_ino``, whole file), not opened; None if there is none.
     With *writable*, read-only attachments are passed over.  Raises
@@ -317,7 +326,8 @@ def block_size64(dev_path: str) -> int:
         raw = _ioctl(fd, BLKGETSIZE64, bytes(8))
     finally:
         os.close(fd)
-    return struct.unpack("=Q", raw)[0]
+    size: int = struct.unpack("=Q", raw)[0]
+    return size
 
 
 def set_capacity(loop_path: str) -> int:
@@ -363,8 +373,8 @@ def detach(loop_path: str, timeout: float = 5.0, wait: bool = True) -> None:
             _ioctl(fd, LOOP_CLR_FD, 0)
         except OSError as err:
             if err.errno != errno.ENXIO and err.errno != errno.EBUSY:
-                raise error_for(err.errno, f"detach {loop_path}: {os.strerror(err.errno)}") \
-                    from None
+                code = err.errno or errno.EIO
+                raise error_for(code, f"detach {loop_path}: {os.strerror(code)}") from None
         finally:
             os.close(fd)
         if not os.path.exists(sysdir) or not wait:
@@ -377,7 +387,7 @@ def detach(loop_path: str, timeout: float = 5.0, wait: bool = True) -> None:
         delay = min(delay * 2, 0.1)
 
 
-def wait_detached(numbers, timeout: float = 5.0) -> list[int]:
+def wait_detached(numbers: Iterable[int], timeout: float = 5.0) -> list[int]:
     """Wait until the loop devices *numbers* are unbound (autoclear runs at
     the last close); return those still bound after *timeout* seconds."""
     deadline = time.monotonic() + timeout

@@ -23,7 +23,9 @@ from __future__ import annotations
 import errno as _errno
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import Busy, DeviceExists, InvalidArgument, ThinOSError
 from ..units import check_name
@@ -81,7 +83,7 @@ def _b(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _s(ptr) -> str:
+def _s(ptr: Any) -> str:
     ffi = _lib.ffi
     return "" if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "surrogateescape")
 
@@ -100,10 +102,10 @@ class Task:
         self.kind = kind
         self.what = what
         self.name = check_name(name) if name is not None else None
-        self._t = None
-        self._cookie = None
+        self._t: Any = None          # the dm_task (cffi)
+        self._cookie: Any = None
 
-    def __enter__(self) -> "Task":
+    def __enter__(self) -> Task:
         self.ffi, self.lib = _lib.require_binding()
         _lib.require_dm()
         LOCK.acquire()
@@ -122,7 +124,7 @@ class Task:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             self._destroy()
         finally:
@@ -134,7 +136,7 @@ class Task:
             self.lib.dm_task_destroy(t)
 
     @property
-    def t(self):
+    def t(self) -> Any:
         return self._t
 
     def check(self, ok: int, call: str) -> None:
@@ -195,9 +197,14 @@ class Task:
                 return out
 
 
-def _targets(table) -> list[tuple[int, int, str, str]]:
+#: a table: ``dmsetup table`` text, or rows of :class:`Target` or
+#: ``(start, length, type, params)``
+Table = str | Iterable["Target | tuple[int, int, str, str]"]
+
+
+def _targets(table: Table) -> list[tuple[int, int, str, str]]:
     if isinstance(table, str):
-        rows = []
+        rows: list[tuple[int, int, str, str]] = []
         for line in table.strip().splitlines():
             f = line.split(None, 3)
             if len(f) < 3:
@@ -209,7 +216,7 @@ def _targets(table) -> list[tuple[int, int, str, str]]:
                 raise InvalidArgument(f"invalid table line {line!r}: start and length must "
                                       "be numbers of sectors") from None
         table = rows
-    rows = [(t.start, t.length, t.target_type, t.params) if isinstance(t, Target) else tuple(t)
+    rows = [(t.start, t.length, t.target_type, t.params) if isinstance(t, Target) else t
             for t in table]
     if not rows:
         raise InvalidArgument("empty table: give at least one target line")
@@ -219,7 +226,7 @@ def _targets(table) -> list[tuple[int, int, str, str]]:
 # -- operations ---------------------------------------------------------------------
 
 
-def create(name: str, table, *, uuid: str | None = None, readonly: bool = False,
+def create(name: str, table: Table, *, uuid: str | None = None, readonly: bool = False,
            udev_flags: int = 0) -> DeviceInfo:
     """Create device *name* with *table* (lines or ``(start, length, type,
     params)`` tuples) and resume it; return its info.
@@ -254,7 +261,7 @@ def create(name: str, table, *, uuid: str | None = None, readonly: bool = False,
     raise existing
 
 
-def reload(name: str, table) -> None:
+def reload(name: str, table: Table) -> None:
     """Load *table* as the inactive table of *name* (takes effect on
     :func:`resume`).  Raises ENXIO if absent, EINVAL for a bad table."""
     rows = _targets(table)
@@ -384,7 +391,7 @@ def list_devices() -> list[tuple[str, int, int]]:
         t.run()
         ffi = t.ffi
         names = t.lib.dm_task_get_names(t.t)
-        out = []
+        out: list[tuple[str, int, int]] = []
         if names == ffi.NULL or names.dev == 0:
             return out
         while True:
@@ -401,7 +408,7 @@ def target_versions() -> dict[str, tuple[int, int, int]]:
         t.run()
         ffi = t.ffi
         v = t.lib.dm_task_get_versions(t.t)
-        out = {}
+        out: dict[str, tuple[int, int, int]] = {}
         if v == ffi.NULL:
             return out
         while True:
@@ -418,7 +425,7 @@ def driver_version() -> str:
         t.run()
         buf = t.ffi.new("char[128]")
         t.check(t.lib.dm_task_get_driver_version(t.t, buf, 128), "dm_task_get_driver_version")
-        return t.ffi.string(buf).decode()
+        return str(t.ffi.string(buf).decode())
 
 
 def library_version() -> str:
@@ -427,7 +434,7 @@ def library_version() -> str:
     buf = ffi.new("char[128]")
     with LOCK:
         lib.dm_get_library_version(buf, 128)
-    return ffi.string(buf).decode()
+    return str(ffi.string(buf).decode())
 
 
 def udev_sync() -> bool:

@@ -54,9 +54,9 @@ def plot(steps: list[Step], path: str, scale: float = 1.0, backend: str = "") ->
     matplotlib is optional: without it, say how to get it.
     """
     try:
-        import matplotlib  # type: ignore[import-not-found,unused-ignore]
+        import matplotlib
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+        import matplotlib.pyplot as plt
     except ImportError:
         return ("plot not saved: matplotlib is not installed "
                 "(apt-get install python3-matplotlib, or pip install matplotlib)")
