@@ -128,7 +128,9 @@ def register(subs: Any) -> None:
             "dev_id")
     s.epilog = ("On a full pool with queue_if_no_space a write waits for space like the kernel "
                 "does, up to the no-space timeout (60 s; the simulator reads "
-                "DMTHIN_SIM_NO_SPACE_TIMEOUT), then fails with ENOSPC.")
+                "DMTHIN_SIM_NO_SPACE_TIMEOUT), then fails with ENOSPC. A timeout of 0 (queue "
+                "for ever) still gives up after 60 s: nothing can add space while the "
+                "command holds the pool.")
     s.add_argument("--offset", default="0", help="byte offset (default 0)")
     s.add_argument("--input", metavar="FILE|-", help="input file (default: stdin)")
     s = sub("read", run_read, "read from a thin device to a file (or stdout)", "dev_id")

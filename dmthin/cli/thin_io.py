@@ -11,11 +11,27 @@ from contextlib import nullcontext
 from typing import BinaryIO
 
 from ..errors import UsageError
+from ..sim.params import DEFAULT_NO_SPACE_TIMEOUT, NO_SPACE_TIMEOUT_ENV, env_seconds
 from ..units import format_size
 from .common import binary_output, open_pool
 from .progress import command_report
 
 CHUNK = 4 << 20
+
+#: the longest a command waits for data space (seconds): the kernel's
+#: default no-space timeout.  The simulator's "queue for ever" (a no-space
+#: timeout of 0) is not honoured by the command line: while a command holds
+#: the pool's writer lock no other process can add space, so it would hang
+#: for ever, lock held; it waits this long and then fails with ENOSPC.
+CLI_NO_SPACE_TIMEOUT = DEFAULT_NO_SPACE_TIMEOUT
+
+
+def bound_no_space_wait() -> None:
+    """Make this process's simulated pools give up waiting for space after
+    :data:`CLI_NO_SPACE_TIMEOUT` when asked to wait for ever.  Raises
+    :class:`UsageError` for a bad ``DMTHIN_SIM_NO_SPACE_TIMEOUT``."""
+    if env_seconds(NO_SPACE_TIMEOUT_ENV, None) == 0:
+        os.environ[NO_SPACE_TIMEOUT_ENV] = str(CLI_NO_SPACE_TIMEOUT)
 
 
 def _input_size(src: BinaryIO) -> int | None:
@@ -33,6 +49,7 @@ def run_write(args: argparse.Namespace) -> int:
     """Write the input at ``--offset``, then flush.  Raises
     :class:`UsageError` if a regular input file does not fit."""
     stdin = args.input in (None, "-")
+    bound_no_space_wait()
     with (nullcontext(sys.stdin.buffer) if stdin else open(args.input, "rb")) as src, \
             open_pool(args) as pool:
         thin = pool.thin(args.dev_id)

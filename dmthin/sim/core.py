@@ -95,6 +95,9 @@ class SimCore(PoolModes):
         self._dirty = False
         self._last_commit = time.monotonic()
         self._pending_release: set[int] = set()
+        #: a data block was allocated from the metadata reserve: commit once
+        #: its mapping is inserted
+        self._commit_after_insert = False
         self._writes = WriteQueue(data)
         self._suspended: set[int] = set()
         with self.lock:
@@ -108,6 +111,7 @@ class SimCore(PoolModes):
         self._writes.drop()
         self._pending_release.clear()
         self._dirty = False
+        self._commit_after_insert = False
         try:
             self.metadata.abort()
         except (DmThinError, OSError):
@@ -211,8 +215,12 @@ class SimCore(PoolModes):
             raise self.ro_error("allocating a data block") from err
         self._dirty = True
         self._check_metadata_threshold()
-        if self.free_metadata_reported() == 0:
-            self.commit()
+        # The kernel commits here, "before we use up the metadata reserve",
+        # which commits the new block's allocation without its mapping: a
+        # pool that then stays out of metadata space (no later commit) keeps
+        # a leaked block (thin_check 1.1.0 flags it).  The simulator commits
+        # once the mapping is in (insert_mapping), from the same reserve.
+        self._commit_after_insert = self.free_metadata_reported() == 0
         return block
 
     def provision(self, what: str) -> int | None:
@@ -265,6 +273,9 @@ class SimCore(PoolModes):
             raise IOFailure(f"write to thin device {dev_id}: metadata update failed: "
                             f"{err}") from err
         self._dirty = True
+        if self._commit_after_insert:
+            self._commit_after_insert = False
+            self.commit()
 
     # -- data writes (lock held) -----------------------------------------------------------
     def queue_write(self, block: int, offset: int, part: Chunk) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from ..errors import UsageError
 from ..units import SECTOR_SIZE
@@ -29,6 +30,9 @@ def metadata_threshold(metadata_bytes: int) -> int:
     return min(METADATA_THRESHOLD_MAX, sectors // 8 // 4)
 
 
+_SECONDS_RE = re.compile(r"([0-9]+)(?:\.[0-9]{1,9})?")
+
+
 def env_seconds(name: str, default: float | None) -> float | None:
     """A number of seconds from the environment variable *name*, or *default*.
 
@@ -38,10 +42,11 @@ def env_seconds(name: str, default: float | None) -> float | None:
     text = os.environ.get(name)
     if text is None or text == "":
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"invalid {name}={text!r}: give a number of seconds") from None
-    if value < 0:
-        raise UsageError(f"invalid {name}={text!r}: must not be negative")
-    return value
+    # ASCII decimals only (no "inf", "nan", "1e999", Unicode digits), a
+    # sensible length: a day has 5 digits of seconds
+    m = _SECONDS_RE.fullmatch(text)
+    if m is None or len(m.group(1).lstrip("0")) > 12:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise UsageError(f"invalid {name}={shown!r}: give a non-negative number of seconds "
+                         "(e.g. 60 or 0.5)")
+    return float(text)
