@@ -28,6 +28,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["dmthin", "dmthin.*"]),
+    package_data={"dmthin": ["py.typed"]},     # typed (PEP 561)
     setup_requires=["cffi>=1.15"],
     cffi_modules=cffi_modules,
     install_requires=[
@@ -39,8 +40,11 @@ setup(
     ],
     extras_require={
         # hypothesis: random operation sequences checked against models
-        # (matplotlib too: the tests check the replay's plot)
-        "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6"],
+        # (matplotlib too: the tests check the replay's plot); mypy and ruff:
+        # tools/test type-checks dmthin/ (strict) and lints dmthin/, tests/ and
+        # tools/ before the tests, with the stubs of the libraries that have them
+        "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.6", "mypy>=1.10",
+                 "ruff>=0.6", "types-tqdm", "types-psutil", "types-cffi"],
         # matplotlib: the replay's usage plot (PNG)
         "plot": ["matplotlib>=3.6"],
     },

@@ -9,9 +9,24 @@ Main classes: :class:`Pool` (``create``, ``open``, ``adopt``),
 :class:`ThinStatus`; errors in :mod:`dmthin.errors`.
 """
 from .backend import BackendInfo
-from .errors import (BackendUnavailable, Busy, DeviceExists, DeviceNotFound, DmThinError,
-                     InvalidArgument, IOFailure, MetadataError, NoSpace, NoSuchDevice,
-                     NotSupported, PoolLocked, ReadOnly, ThinOSError, TimedOut, UsageError)
+from .errors import (
+                     BackendUnavailable,
+                     Busy,
+                     DeviceExists,
+                     DeviceNotFound,
+                     DmThinError,
+                     InvalidArgument,
+                     IOFailure,
+                     MetadataError,
+                     NoSpace,
+                     NoSuchDevice,
+                     NotSupported,
+                     PoolLocked,
+                     ReadOnly,
+                     ThinOSError,
+                     TimedOut,
+                     UsageError,
+)
 from .pool import Pool
 from .target import PoolStatus, ThinStatus
 from .thindev import ThinDevice

@@ -22,9 +22,10 @@ and loaded lazily, so the simulator never imports cffi.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol, cast
+from typing import ClassVar, Protocol, cast
 
 from .errors import UsageError
 from .target import Message, PoolStatus, ThinStatus
@@ -148,9 +149,9 @@ class PoolBackend(Protocol):
         the fix) if this backend cannot run here; no side effects."""
         ...
     @classmethod
-    def create(cls, spec: PoolSpec) -> "PoolBackend": ...
+    def create(cls, spec: PoolSpec) -> PoolBackend: ...
     @classmethod
-    def open(cls, spec: PoolSpec) -> "PoolBackend": ...
+    def open(cls, spec: PoolSpec) -> PoolBackend: ...
 
     def message(self, msg: Message) -> str | None:
         """Send a thin-pool message (kernel semantics and errnos)."""

@@ -58,10 +58,20 @@ from .backend import DEFAULT_BACKEND, BackendInfo, PoolBackend
 from .errors import Busy, DeviceNotFound, InvalidArgument, ReadOnly, UsageError
 from .pooldir import PoolConfig, PoolDir, device_prefix
 from .poolmeta import read_thin_ids
-from .poolsetup import (DEFAULT_BLOCK_SIZE, DEFAULT_DATA_SIZE, DEFAULT_METADATA_SIZE,
-                        DOCKER_LOW_WATER_MARK, MAX_METADATA_BYTES, Opened, adopt_pool,
-                        attach_device, create_pool, default_low_water_mark,
-                        default_metadata_size, open_pool)
+from .poolsetup import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_DATA_SIZE,
+    DEFAULT_METADATA_SIZE,
+    DOCKER_LOW_WATER_MARK,
+    MAX_METADATA_BYTES,
+    Opened,
+    adopt_pool,
+    attach_device,
+    create_pool,
+    default_low_water_mark,
+    default_metadata_size,
+    open_pool,
+)
 from .target import Message, PoolStatus
 from .thindev import ThinDevice, check_index
 from .units import METADATA_BLOCK_SIZE, SECTOR_SIZE, check_dev_id, check_name, parse_size
@@ -123,7 +133,7 @@ class Pool:
                block_size: int | str = DEFAULT_BLOCK_SIZE, low_water_mark: int | None = None,
                features: tuple[str, ...] | list[str] = (), backend: str = DEFAULT_BACKEND,
                name: str | None = None, force: bool = False,
-               allow_other_owner: bool = False) -> "Pool":
+               allow_other_owner: bool = False) -> Pool:
         """Create a pool directory (0700; ``data``/``metadata`` 0600, sparse)
         and format a new pool in it.
 
@@ -146,7 +156,7 @@ class Pool:
     @classmethod
     def open(cls, path: str | os.PathLike[str], backend: str | None = None,
              readonly: bool = False, name: str | None = None,
-             allow_other_owner: bool = False) -> "Pool":
+             allow_other_owner: bool = False) -> Pool:
         """Open a dmthin pool directory with the backend it was made with,
         or the one named (pools move between backends).  *path* may also be
         ``/dev/mapper/NAME`` of an active kernel pool: attach to it.  A pool
@@ -158,8 +168,7 @@ class Pool:
         :class:`~dmthin.errors.MetadataError`.
         """
         text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
-        if isinstance(text, str) and (text.startswith("/dev/mapper/") or
-                                      text.startswith("/dev/dm-")):
+        if isinstance(text, str) and (text.startswith(("/dev/mapper/", "/dev/dm-"))):
             return cls._serving(attach_device(text, backend, readonly))
         return cls._serving(open_pool(path, backend, readonly, name, allow_other_owner))
 
@@ -168,7 +177,7 @@ class Pool:
               metadata: str | os.PathLike[str] | None = None, backend: str | None = None,
               readonly: bool = False, name: str | None = None,
               low_water_mark: int | None = None, features: tuple[str, ...] | None = None,
-              allow_other_owner: bool = False, record: bool = False) -> "Pool":
+              allow_other_owner: bool = False, record: bool = False) -> Pool:
         """Serve an existing pool made elsewhere: *data* and *metadata*
         (default ``PATH/data`` and ``PATH/metadata``; files or block
         devices).  Block size and sizes come from the superblock; *backend*
@@ -192,7 +201,7 @@ class Pool:
                 raise
         return pool
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

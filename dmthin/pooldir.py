@@ -100,7 +100,7 @@ class PoolConfig:
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, raw: bytes | str, where: str) -> "PoolConfig":
+    def from_json(cls, raw: bytes | str, where: str) -> PoolConfig:
         """Parse and validate ``pool.json``.  Raises :class:`UsageError`
         naming the file for anything malformed (bad UTF-8, wrong types,
         values the kernel would refuse)."""

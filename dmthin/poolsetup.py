@@ -23,8 +23,14 @@ from .poolmeta import holds_thin_magic, read_pool_superblock
 from .target import PoolTable
 from .target.table import normalise_features
 from .thin.format import MAX_DATA_BLOCKS
-from .units import (MAX_METADATA_SECTORS, SECTOR_SIZE, check_data_block_size,
-                    check_name, format_size, parse_size)
+from .units import (
+    MAX_METADATA_SECTORS,
+    SECTOR_SIZE,
+    check_data_block_size,
+    check_name,
+    format_size,
+    parse_size,
+)
 
 DEFAULT_DATA_SIZE = "100G"       # Docker's dm.loopdatasize
 DEFAULT_METADATA_SIZE = "2G"     # Docker's dm.loopmetadatasize

@@ -56,7 +56,7 @@ class ThinDevice:
     :meth:`Pool.create_thin` or :meth:`Pool.create_snap`.
     """
 
-    def __init__(self, pool: "Pool", dev_id: int, size: int, name: str | None = None):
+    def __init__(self, pool: Pool, dev_id: int, size: int, name: str | None = None):
         self.pool = pool
         self.dev_id = dev_id
         self._size = size
@@ -166,7 +166,7 @@ class ThinDevice:
         pool_dev = self.pool.info().pool_dev or "pool"
         return ThinTable(self.size // SECTOR_SIZE, pool_dev, self.dev_id).to_line()
 
-    def activate(self) -> "ThinDevice":
+    def activate(self) -> ThinDevice:
         """Activate the device (the kernel backend makes a dm device);
         return the active handle (this one)."""
         return self.pool.thin(self.dev_id, size=self.size, name=self._name)

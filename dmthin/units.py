@@ -106,11 +106,11 @@ class Bytes(_Unit):
 
     __slots__ = ()
 
-    def sectors(self) -> "Sectors":
+    def sectors(self) -> Sectors:
         """Whole sectors, rounding down."""
         return Sectors(int(self) // SECTOR_SIZE)
 
-    def metablocks(self) -> "MetaBlocks":
+    def metablocks(self) -> MetaBlocks:
         """Whole 4 KiB metadata blocks, rounding down."""
         return MetaBlocks(int(self) // METADATA_BLOCK_SIZE)
 
@@ -123,7 +123,7 @@ class Sectors(_Unit):
     def bytes(self) -> Bytes:
         return Bytes(int(self) * SECTOR_SIZE)
 
-    def data_blocks(self, block_sectors: int) -> "DataBlocks":
+    def data_blocks(self, block_sectors: int) -> DataBlocks:
         """Whole data blocks of *block_sectors* sectors, rounding down."""
         return DataBlocks(int(self) // int(block_sectors))
 
@@ -163,7 +163,7 @@ class ThinId(int):
 
     __slots__ = ()
 
-    def __new__(cls, dev_id: object) -> "ThinId":
+    def __new__(cls, dev_id: object) -> ThinId:
         if type(dev_id) is cls:
             return dev_id
         if isinstance(dev_id, bool) or not isinstance(dev_id, int) \

@@ -8,8 +8,9 @@ tools/test.  The tool fixtures follow the same rule.
 """
 from __future__ import annotations
 
-import helpers
 import pytest
+
+import helpers
 from helpers import skip_or_fail
 
 

@@ -47,7 +47,7 @@ def vmrun(args, cwd=None, env=None, timeout=300):
     arrival times: [(seconds since start, chunk)] of stdout as it came.
     """
     t0 = time.monotonic()
-    proc = subprocess.Popen([str(helpers.VMRUN)] + args, cwd=cwd, env=env,
+    proc = subprocess.Popen([str(helpers.VMRUN), *args], cwd=cwd, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     chunks, err = [], []
@@ -116,8 +116,8 @@ def test_status_0_argv_env_cwd_and_share(vm_ready, tmp_path):
     env = dict(os.environ, DMTHIN_TEST_X="two\nlines $HOME", VMRUN_NOT_PASSED="1",
                VMRUN_EXTRA="yes")
     py = os.path.realpath(sys.executable)
-    rc, out, err, _ = vmrun(["--share", str(tmp_path), "--env", "VMRUN_EXTRA", "--",
-                             py, "check.py"] + argv, cwd=tmp_path, env=env)
+    rc, out, err, _ = vmrun(["--share", str(tmp_path), "--env", "VMRUN_EXTRA", "--", py,
+                             "check.py", *argv], cwd=tmp_path, env=env)
     assert rc == 0, err + out.decode(errors="replace")
     res = json.loads(out.decode().strip().splitlines()[-1])
     assert res["argv"] == argv
@@ -135,7 +135,7 @@ def test_status_0_argv_env_cwd_and_share(vm_ready, tmp_path):
 
 def test_timeout_kills_the_guest_with_124(vm_ready):
     t0 = time.monotonic()
-    rc, out, err, _ = vmrun(["--timeout", "8", "--", "sleep", "600"])
+    rc, _out, err, _ = vmrun(["--timeout", "8", "--", "sleep", "600"])
     elapsed = time.monotonic() - t0
     assert rc == 124, err
     assert "timeout" in err and "killed" in err

@@ -13,11 +13,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dmthin.errors import InvalidArgument, UsageError
-from dmthin.units import (MAX_DATA_BLOCK, MAX_DATA_BLOCKS, MAX_DEV_ID, MAX_METADATA_BITMAPS,
-                          MAX_METADATA_BLOCKS, Bytes, DataBlocks, MetaBlocks, Sectors, ThinId,
-                          check_data_block_sectors, check_data_block_size, check_dev_id,
-                          check_name, format_size, human_size_decimal,
-                          is_valid_data_block_sectors, parse_size)
+from dmthin.units import (
+    MAX_DATA_BLOCK,
+    MAX_DATA_BLOCKS,
+    MAX_DEV_ID,
+    MAX_METADATA_BITMAPS,
+    MAX_METADATA_BLOCKS,
+    Bytes,
+    DataBlocks,
+    MetaBlocks,
+    Sectors,
+    ThinId,
+    check_data_block_sectors,
+    check_data_block_size,
+    check_dev_id,
+    check_name,
+    format_size,
+    human_size_decimal,
+    is_valid_data_block_sectors,
+    parse_size,
+)
 
 UNITS = (Bytes, Sectors, DataBlocks, MetaBlocks)
 _int = st.integers(-(1 << 62), 1 << 62)
@@ -46,7 +61,7 @@ def test_sum_keeps_the_unit():
     assert type(total) is DataBlocks and total == 6
 
 
-@pytest.mark.parametrize("a,b", [(Sectors(1), Bytes(1)), (DataBlocks(1), MetaBlocks(1)),
+@pytest.mark.parametrize(("a", "b"), [(Sectors(1), Bytes(1)), (DataBlocks(1), MetaBlocks(1)),
                                  (Bytes(1), Sectors(1))])
 @pytest.mark.parametrize("op", [operator.add, operator.sub, operator.mul, operator.floordiv,
                                 operator.mod])
@@ -127,7 +142,7 @@ def test_data_block_size_in_bytes_must_be_whole_sectors():
 
 
 # -- sizes and names ------------------------------------------------------------------------
-@pytest.mark.parametrize("text,want", [
+@pytest.mark.parametrize(("text", "want"), [
     (4096, 4096), ("512", 512), ("64K", 65536), ("64KiB", 65536), ("64KB", 65536),
     ("10G", 10 << 30), ("128s", 65536), ("1.5M", 3 << 19), (" 2 T ", 2 << 40)])
 def test_parse_size(text, want):
@@ -140,13 +155,13 @@ def test_parse_size_refuses(bad):
         parse_size(bad)
 
 
-@pytest.mark.parametrize("n,text", [(0, "0B"), (1023, "1023B"), (65536, "64K"),
+@pytest.mark.parametrize(("n", "text"), [(0, "0B"), (1023, "1023B"), (65536, "64K"),
                                     (3 << 29, "1.5G"), (100 << 30, "100G")])
 def test_format_size(n, text):
     assert format_size(n) == text
 
 
-@pytest.mark.parametrize("n,text", [(65536, "65.54kB"), (10 << 30, "10.74GB"), (999, "999B")])
+@pytest.mark.parametrize(("n", "text"), [(65536, "65.54kB"), (10 << 30, "10.74GB"), (999, "999B")])
 def test_human_size_decimal_is_dockers(n, text):
     assert human_size_decimal(n) == text
 

@@ -233,10 +233,7 @@ class Runner:
     def _writes(self, s: dict) -> list:
         pool = self.pool
         bs = pool.data_block_size
-        if "blocks" in s:
-            ios = [[s["id"], b * bs, bs] for b in s["blocks"]]
-        else:
-            ios = s["ios"]
+        ios = [[s["id"], b * bs, bs] for b in s["blocks"]] if "blocks" in s else s["ios"]
         failed = []
         for k, (dev_id, offset, length) in enumerate(ios):
             try:
@@ -544,7 +541,7 @@ def compare(kern: dict, sim: dict, tally: Tally | None = None) -> Tally:
     ks, ss = kern["steps"], sim["steps"]
     if len(ks) != len(ss):
         tally.add("number of steps", False, name, len(ks), len(ss))
-    for i, (a, b) in enumerate(zip(ks, ss)):
+    for i, (a, b) in enumerate(zip(ks, ss, strict=False)):
         for q, f in STEP_QUANTITIES.items():
             va, vb = f(a), f(b)
             tally.add(q, va == vb, f"{name} step {i} ({a['op']})", va, vb)

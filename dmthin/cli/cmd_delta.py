@@ -8,8 +8,16 @@ from ..errors import UsageError
 from ..thin.delta import delta
 from ..thin.reader import open_block_manager
 from .commands import SUMMARIES
-from .common import (add_command, add_metadata_arg, add_metadata_snap_arg, add_version_arg,
-                     metadata_path, metadata_snap_arg, parse_natural, text_output)
+from .common import (
+    add_command,
+    add_metadata_arg,
+    add_metadata_snap_arg,
+    add_version_arg,
+    metadata_path,
+    metadata_snap_arg,
+    parse_natural,
+    text_output,
+)
 
 
 def register(subs: Any) -> None:

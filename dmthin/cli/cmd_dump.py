@@ -8,12 +8,20 @@ from ..errors import BTreeError, UsageError
 from ..pdata.block import BlockManager
 from ..thin.dump import dump, open_block_manager, total_mapped
 from ..thin.dump_shared import write_xml1
-from ..thin.repair import emit_plan, plan_repair
 from ..thin.human import HumanReadableWriter
+from ..thin.repair import emit_plan, plan_repair
 from ..thin.xml import XmlWriter
 from .commands import SUMMARIES
-from .common import (add_command, add_metadata_arg, add_metadata_snap_arg, add_version_arg,
-                     metadata_path, metadata_snap_arg, parse_dev_id, text_output)
+from .common import (
+    add_command,
+    add_metadata_arg,
+    add_metadata_snap_arg,
+    add_version_arg,
+    metadata_path,
+    metadata_snap_arg,
+    parse_dev_id,
+    text_output,
+)
 from .progress import command_report, is_terminal
 
 #: below this many mappings a dump is quick: no bar

@@ -6,13 +6,25 @@ from typing import Any
 
 from ..errors import UsageError
 from ..graph.dsstatus import pool_summary
-from ..pool import (DEFAULT_BLOCK_SIZE, DEFAULT_DATA_SIZE, DEFAULT_METADATA_SIZE,
-                    DOCKER_LOW_WATER_MARK, Pool)
+from ..pool import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_DATA_SIZE,
+    DEFAULT_METADATA_SIZE,
+    DOCKER_LOW_WATER_MARK,
+    Pool,
+)
 from ..target.table import POOL_FEATURES
-from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS,
-                     MAX_DATA_BLOCKS, SECTOR_SIZE, format_size, parse_int, parse_size)
-from .commands import SUMMARIES
+from ..units import (
+    DATA_BLOCK_SIZE_MAX_SECTORS,
+    DATA_BLOCK_SIZE_MIN_SECTORS,
+    MAX_DATA_BLOCKS,
+    SECTOR_SIZE,
+    format_size,
+    parse_int,
+    parse_size,
+)
 from .activation import register_pool
+from .commands import SUMMARIES
 from .common import add_command, add_group, add_pool_args, emit_json, open_pool
 
 _MIN_BLOCK = format_size(DATA_BLOCK_SIZE_MIN_SECTORS * SECTOR_SIZE)

@@ -10,10 +10,17 @@ from typing import Any
 
 from ..pool import Pool
 from ..units import format_size, parse_size
-from .commands import SUMMARIES
-from .common import (Handler, add_command, add_group, add_pool_args, emit_json, open_pool,
-                     parse_dev_id)
 from .activation import register_thin
+from .commands import SUMMARIES
+from .common import (
+    Handler,
+    add_command,
+    add_group,
+    add_pool_args,
+    emit_json,
+    open_pool,
+    parse_dev_id,
+)
 from .thin_io import run_discard, run_read, run_write
 
 

@@ -30,7 +30,8 @@ INSTALL_HINT = ("apt-get install libdevmapper-dev, then pip install --force-rein
                 "--no-cache-dir dmthin (or, in a source tree, python3 csrc/build_dm.py)")
 
 try:  # the extension is optional: setup.py builds it only when the header exists
-    from .._dm_ffi import ffi as ffi, lib as lib     # (re-exported: task.py uses them)
+    from .._dm_ffi import ffi as ffi  # (re-exported: task.py uses them)
+    from .._dm_ffi import lib as lib
     _IMPORT_ERROR: ImportError | None = None
 except ImportError as err:  # pragma: no cover - depends on the build
     ffi = lib = None
@@ -58,7 +59,7 @@ def dmthin_log_line(level: int, file: Any, line: int, dm_errno_or_class: int,
             log.debug("%s", msg)
         else:
             log.log(_PY_LEVEL.get(lvl, logging.DEBUG) if lvl < _LOG_DEBUG else 5, "%s", msg)
-    except Exception:  # never let an exception unwind into C
+    except Exception:  # noqa: BLE001 - never let an exception unwind into C
         pass
 
 
@@ -205,7 +206,7 @@ class capture:
         """The errno named by the last error line's ``failed: <strerror>``
         (the kernel's answer to the ioctl that failed), or 0."""
         for text, _code in reversed(self.lines):
-            head, sep, reason = text.rpartition("failed: ")
+            _head, sep, reason = text.rpartition("failed: ")
             if sep and reason.strip() in _ERRNO_BY_TEXT:
                 return _ERRNO_BY_TEXT[reason.strip()]
         return 0

@@ -26,8 +26,17 @@ import time
 from pathlib import Path
 
 from ..backend import BackendInfo, MetadataReader, PoolSpec
-from ..errors import (Busy, DeviceExists, DeviceNotFound, InvalidArgument, NoSuchDevice,
-                      NotSupported, ThinOSError, TimedOut, UsageError)
+from ..errors import (
+    Busy,
+    DeviceExists,
+    DeviceNotFound,
+    InvalidArgument,
+    NoSuchDevice,
+    NotSupported,
+    ThinOSError,
+    TimedOut,
+    UsageError,
+)
 from ..pooldir import device_prefix
 from ..target import Message, PoolStatus, PoolTable, ThinStatus, ThinTable
 from ..target.table import normalise_features
@@ -72,7 +81,7 @@ def _dev_of(path: Path) -> str:
 class KernelThin:
     """An active thin device (a dm ``thin`` target) of a kernel pool."""
 
-    def __init__(self, pool: "KernelPoolBackend", dev_id: int, size: int,
+    def __init__(self, pool: KernelPoolBackend, dev_id: int, size: int,
                  info: task.DeviceInfo, activated: bool):
         self._pool = pool
         self.dev_id = dev_id
@@ -170,7 +179,7 @@ class KernelPoolBackend:
         _lib.require_kernel(root=True)
 
     @classmethod
-    def create(cls, spec: PoolSpec) -> "KernelPoolBackend":
+    def create(cls, spec: PoolSpec) -> KernelPoolBackend:
         """Format a new pool: zero the metadata's first block, attach the
         files to loop devices, load the thin-pool table (the kernel formats
         the metadata).  Raises EEXIST if the pool's dm name is taken, EBUSY
@@ -195,7 +204,7 @@ class KernelPoolBackend:
         return self
 
     @classmethod
-    def open(cls, spec: PoolSpec) -> "KernelPoolBackend":
+    def open(cls, spec: PoolSpec) -> KernelPoolBackend:
         """Attach to the pool if it is active (by name, or as the holder of
         the metadata device), else make it active over the files.  Raises
         ENXIO when attaching by name to a pool that is not active, EINVAL

@@ -441,7 +441,7 @@ def udev_sync() -> bool:
     """True if libdevmapper synchronises with udev (udevd running).
     Raises :class:`~dmthin.errors.BackendUnavailable` without device-mapper
     (libdevmapper's check would leave a stale /dev/mapper/control)."""
-    ffi, lib = _lib.require_binding()
+    _ffi, lib = _lib.require_binding()
     _lib.require_dm()
     with LOCK:
         return bool(lib.dm_udev_get_sync_support())

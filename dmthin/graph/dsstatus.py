@@ -66,8 +66,8 @@ def space_usage(pool: Pool, st: PoolStatus, *, loop_files: bool) -> list[tuple[s
 def pool_summary(pool: Pool, st: PoolStatus) -> list[tuple[str, str]]:
     """The figures of a pool directory's pool in ``docker info``'s words:
     Pool Blocksize, then :func:`space_usage` over its loop files."""
-    return [("Pool Blocksize", human(pool.data_block_size))] + \
-        space_usage(pool, st, loop_files=True)
+    return [("Pool Blocksize", human(pool.data_block_size)),
+            *space_usage(pool, st, loop_files=True)]
 
 
 def deviceset_status(ds: DeviceSet) -> list[tuple[str, str]]:

@@ -16,9 +16,9 @@ by ``dm.thinpooldev``.  This module finds or makes that pool:
   (default 64K), low water mark 32768 blocks, ``skip_block_zeroing``.
 
 Names are Docker's: ``docker-MAJ:MIN-INO`` of the driver home (see
-:func:`dmthin.pooldir.device_prefix` with ``head="docker"``), the pool ``<prefix>-pool``, thin devices
-``<prefix>-<hash>`` and the base ``<prefix>-base``; the kernel backend uses
-them as device-mapper names.
+:func:`dmthin.pooldir.device_prefix` with ``head="docker"``), the pool
+``<prefix>-pool``, thin devices ``<prefix>-<hash>`` and the base
+``<prefix>-base``; the kernel backend uses them as device-mapper names.
 """
 from __future__ import annotations
 

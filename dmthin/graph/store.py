@@ -43,7 +43,8 @@ def check_hash(hash_: str) -> str:
 
     Raises :class:`~dmthin.errors.UsageError`.
     """
-    if not isinstance(hash_, str) or not hash_ or hash_.startswith(".") or "/" in hash_ or "\0" in hash_ \
+    if not isinstance(hash_, str) or not hash_ or hash_.startswith(".") or "/" in hash_ \
+            or "\0" in hash_ \
             or hash_ in (BASE_FILE, DEVICESET_FILE, TRANSACTION_FILE) \
             or hash_.endswith(".migrated") or len(hash_.encode()) > 200:
         raise UsageError(f"devmapper: invalid device hash {hash_!r}: use a layer id "

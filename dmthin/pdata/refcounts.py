@@ -10,7 +10,7 @@ not the size of the device (a superblock may claim 2^40 data blocks).
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .space_map.format import CAP3, ENTRIES_PER_BITMAP
 

@@ -36,32 +36,32 @@ class Message:
         return " ".join([self.command, *map(str, self.args)])
 
     @classmethod
-    def parse(cls, text: str) -> "Message":
+    def parse(cls, text: str) -> Message:
         """Parse message text (see :func:`parse_message`)."""
         return parse_message(text)
 
     @classmethod
-    def create_thin(cls, dev_id: int) -> "Message":
+    def create_thin(cls, dev_id: int) -> Message:
         return cls("create_thin", (_dev_id(dev_id, "dev_id"),))
 
     @classmethod
-    def create_snap(cls, dev_id: int, origin_id: int) -> "Message":
+    def create_snap(cls, dev_id: int, origin_id: int) -> Message:
         return cls("create_snap", (_dev_id(dev_id, "dev_id"), _dev_id(origin_id, "origin_id")))
 
     @classmethod
-    def delete(cls, dev_id: int) -> "Message":
+    def delete(cls, dev_id: int) -> Message:
         return cls("delete", (_dev_id(dev_id, "dev_id"),))
 
     @classmethod
-    def set_transaction_id(cls, old_id: int, new_id: int) -> "Message":
+    def set_transaction_id(cls, old_id: int, new_id: int) -> Message:
         return cls("set_transaction_id", (_uint64(old_id, "old_id"), _uint64(new_id, "new_id")))
 
     @classmethod
-    def reserve_metadata_snap(cls) -> "Message":
+    def reserve_metadata_snap(cls) -> Message:
         return cls("reserve_metadata_snap", ())
 
     @classmethod
-    def release_metadata_snap(cls) -> "Message":
+    def release_metadata_snap(cls) -> Message:
         return cls("release_metadata_snap", ())
 
 
@@ -115,5 +115,5 @@ def parse_message(text: str) -> Message:
     if len(words) - 1 != len(names):
         raise InvalidArgument(f"{cmd}: takes {len(names)} argument(s), got {len(words) - 1}")
     args = tuple(_parse_uint(w, n, MAX_DEV_ID if n.endswith("dev_id") or n == "origin_id" else None)
-                 for w, n in zip(words[1:], names))
+                 for w, n in zip(words[1:], names, strict=True))
     return Message(cmd, args)

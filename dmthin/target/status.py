@@ -81,7 +81,7 @@ class PoolStatus:
                 f"{'needs_check' if self.needs_check else '-'} {self.metadata_low_watermark} ")
 
     @classmethod
-    def parse(cls, line: str) -> "PoolStatus":
+    def parse(cls, line: str) -> PoolStatus:
         """Parse the kernel's status params (without ``0 <len> thin-pool``).
 
         Raises :class:`~dmthin.errors.InvalidArgument` naming the 1-based
@@ -91,18 +91,21 @@ class PoolStatus:
         if len(f) == 1 and f[0] in ("Fail", "Error"):
             raise InvalidArgument(f"thin-pool status is {f[0]!r}")
         if len(f) < 8:
-            raise InvalidArgument(f"thin-pool status has {len(f)} fields, expected at least 8: {line!r}")
+            raise InvalidArgument(f"thin-pool status has {len(f)} fields, expected at least 8: "
+                                  f"{line!r}")
 
         def num(i: int, text: str) -> int:
             try:
                 return int(text)
             except ValueError:
-                raise InvalidArgument(f"thin-pool status field {i}: not a number: {text!r}") from None
+                raise InvalidArgument(f"thin-pool status field {i}: not a number: "
+                                      f"{text!r}") from None
 
         def pair(i: int) -> tuple[int, int]:
             a, sep, b = f[i - 1].partition("/")
             if not sep:
-                raise InvalidArgument(f"thin-pool status field {i}: expected used/total: {f[i-1]!r}")
+                raise InvalidArgument(f"thin-pool status field {i}: expected used/total: "
+                                      f"{f[i - 1]!r}")
             return num(i, a), num(i, b)
 
         um, tm = pair(2)
@@ -134,13 +137,13 @@ class ThinStatus:
 
     @classmethod
     def from_blocks(cls, mapped_blocks: int, highest_block: int | None,
-                    block_sectors: int) -> "ThinStatus":
+                    block_sectors: int) -> ThinStatus:
         """As ``thin_status``: ``mapped*bs`` and ``(highest+1)*bs - 1``."""
         high = None if highest_block is None else Sectors((highest_block + 1) * block_sectors - 1)
         return cls(Sectors(mapped_blocks * block_sectors), high)
 
     @classmethod
-    def parse(cls, line: str) -> "ThinStatus":
+    def parse(cls, line: str) -> ThinStatus:
         f = line.split()
         if len(f) == 1 and f[0] in ("Fail", "Error"):
             raise InvalidArgument(f"thin status is {f[0]!r}")

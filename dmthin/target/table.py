@@ -47,7 +47,7 @@ class PoolTable:
         return f"0 {self.length_sectors} thin-pool {self.params()}"
 
     @classmethod
-    def parse(cls, line: str) -> "PoolTable":
+    def parse(cls, line: str) -> PoolTable:
         f = line.split()
         if len(f) >= 3 and f[2] == "thin-pool":
             length, f = f[1], f[3:]
@@ -78,7 +78,7 @@ class ThinTable:
         return f"0 {self.length_sectors} thin {self.params()}"
 
     @classmethod
-    def parse(cls, line: str) -> "ThinTable":
+    def parse(cls, line: str) -> ThinTable:
         f = line.split()
         if len(f) < 5 or f[2] != "thin":
             raise InvalidArgument(f"not a thin table line: {line!r}")

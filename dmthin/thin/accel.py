@@ -14,7 +14,8 @@ from typing import Any
 lib: Any = None
 ffi: Any = None
 try:
-    from .._tools_ffi import ffi as _ffi, lib as _lib
+    from .._tools_ffi import ffi as _ffi
+    from .._tools_ffi import lib as _lib
 except ImportError:           # not built: the pure-Python loops
     pass
 else:

@@ -37,8 +37,8 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
 from ..pdata.block import BlockManager
@@ -51,10 +51,20 @@ from ..report import NullReport, Report
 from ..units import DATA_BLOCK_SIZE_MAX_SECTORS as MAX_DATA_BLOCK_SIZE
 from ..units import DATA_BLOCK_SIZE_MIN_SECTORS as MIN_DATA_BLOCK_SIZE
 from ..units import MAX_METADATA_BLOCKS, is_valid_data_block_sectors
-from .format import (INCOMPAT_SUPP, MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, METADATA_BLOCK_SECTORS,
-                     THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION, TIME_BITS,
-                     DeviceDetails, INCOMPLETE_RESTORE_MARK, Superblock,
-                     superblock_magic)
+from .format import (
+    INCOMPAT_SUPP,
+    INCOMPLETE_RESTORE_MARK,
+    MAPPING_VALUE_SIZE,
+    MAX_DATA_BLOCKS,
+    METADATA_BLOCK_SECTORS,
+    THIN_MIN_VERSION,
+    THIN_SUPERBLOCK_MAGIC,
+    THIN_VERSION,
+    TIME_BITS,
+    DeviceDetails,
+    Superblock,
+    superblock_magic,
+)
 
 DEFAULT_MAX_LINES = 20               # per kind of per-block problem
 
@@ -397,7 +407,7 @@ class _Checker:
                                                     tree_kind="mapping", totals=totals):
                 if values and max(values) >= beyond:
                     blocks = [v >> TIME_BITS for v in values]
-                    for k, data in zip(keys, blocks):
+                    for k, data in zip(keys, blocks, strict=True):
                         if data >= nr_data:
                             bad(f"{where}device {dev_id}: block {k} maps to data block "
                                 f"{data}, beyond the data device ({nr_data} blocks)")
@@ -477,7 +487,8 @@ class _Checker:
             self.meta_ok = False
             return False
 
-    def _compare(self, entries: list[IndexEntry], root: SpaceMapRoot, computed: RefCounts, what: str) -> None:
+    def _compare(self, entries: list[IndexEntry], root: SpaceMapRoot, computed: RefCounts,
+                 what: str) -> None:
         r = self.report
         fatal = _Capped(r.error, self.opts.max_lines, f"{what} count problems")
         leaks = _Capped(r.warning, self.opts.max_lines, f"leaked {what} blocks")

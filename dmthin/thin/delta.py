@@ -19,8 +19,8 @@ from typing import TextIO
 from ..errors import DeviceNotFound, MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import lookup
-from .format import TIME_BITS, Superblock
 from .accel import ffi, lib
+from .format import TIME_BITS, Superblock
 from .leaves import leaf_blocks, leaf_items
 from .reader import select_superblock
 
@@ -33,7 +33,7 @@ def device_runs(bm: BlockManager, root: int) -> Iterator[Run]:
     v0 = d0 = -1
     n = 0
     for keys, values in leaf_items(bm, root):
-        for k, v in zip(keys, values):
+        for k, v in zip(keys, values, strict=True):
             d = v >> TIME_BITS
             if k == v0 + n and d == d0 + n:
                 n += 1

@@ -22,8 +22,8 @@ from ..pdata.block import BlockManager
 from ..pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, WALK_MAX_DEPTH, check_header
 from ..pdata.checksum import BTREE_NODE
 from .ir import RunBuilder, Superblock, to_map
-from .reader import read_details, select_superblock
 from .leaves import top_level
+from .reader import read_details, select_superblock
 from .xml import XmlWriter
 
 Entry = tuple[bool, int]              # (is a ref, leaf block or def name)

@@ -47,7 +47,7 @@ class BlockTime(NamedTuple):
         return (self.data_block << TIME_BITS) | (self.time & TIME_MASK)
 
     @classmethod
-    def unpack(cls, value: int) -> "BlockTime":
+    def unpack(cls, value: int) -> BlockTime:
         return cls(value >> TIME_BITS, value & TIME_MASK)
 
 
@@ -75,11 +75,11 @@ class DeviceDetails:
                              self.snapshotted_time)
 
     @classmethod
-    def unpack(cls, raw: bytes | bytearray | memoryview) -> "DeviceDetails":
+    def unpack(cls, raw: bytes | bytearray | memoryview) -> DeviceDetails:
         """Raises ``struct.error`` unless *raw* is :attr:`SIZE` bytes."""
         return cls(*_DETAILS.unpack(raw))
 
-    def copy(self) -> "DeviceDetails":
+    def copy(self) -> DeviceDetails:
         return replace(self)
 
 
@@ -170,7 +170,7 @@ class Superblock:
     def metadata_sm(self) -> SpaceMapRoot:
         return SpaceMapRoot.unpack(self.metadata_sm_root)
 
-    def replace(self, **kw: object) -> "Superblock":
+    def replace(self, **kw: object) -> Superblock:
         return replace(self, **kw)  # type: ignore[arg-type]
 
     def pack_into(self, buf: bytearray) -> None:
@@ -186,7 +186,7 @@ class Superblock:
                         self.incompat_flags)
 
     @classmethod
-    def unpack(cls, buf: bytes | bytearray) -> "Superblock":
+    def unpack(cls, buf: bytes | bytearray) -> Superblock:
         (_csum, flags, _nr, uuid, magic, version, time, trans_id,
          held_root) = _FIXED.unpack_from(buf, 0)
         (mroot, droot, dbs, mbs, mnr, compat, compat_ro,

@@ -14,8 +14,8 @@ without a disk.  ``def``/``ref`` (shared subtrees) only come from 1.x XML.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from .format import TIME_BITS, TIME_MASK
@@ -95,7 +95,7 @@ class RunBuilder:
         out: list[tuple[int, int, int]] = []
         append = out.append
         t0, v0, nk, nv = self.t0, self.v0, self.nk, self.nv
-        for k, v in zip(keys, values):
+        for k, v in zip(keys, values, strict=True):
             if k == nk and v == nv:
                 nk += 1
                 nv += _NEXT

@@ -22,7 +22,7 @@ Buffer = bytes | bytearray | memoryview
 def top_level(bm: BlockManager, root: int) -> Iterator[tuple[int, int]]:
     """``(dev_id, mapping subtree root)`` of the top-level tree at *root*."""
     for _b, keys, values in iter_leaves(bm, root):
-        yield from zip(keys, cast("tuple[int, ...]", values))
+        yield from zip(keys, cast("tuple[int, ...]", values), strict=True)
 
 
 def leaf_blocks(bm: BlockManager, root: int, seen: set[int] | None = None

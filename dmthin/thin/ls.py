@@ -24,15 +24,15 @@ included), every cell followed by one space, a newline per row.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import repeat
 from operator import rshift
 
 from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import lookup
-from ..units import SECTOR_SIZE
 from ..pdata.space_map.format import ENTRIES_PER_BITMAP
+from ..units import SECTOR_SIZE
 from .format import MAPPING_VALUE_SIZE, TIME_BITS, Superblock
 from .reader import iter_mapping_leaves, read_details, select_superblock
 

@@ -16,10 +16,18 @@ caller must then :meth:`abort`.
 from __future__ import annotations
 
 import os
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
-from ..errors import (BadSuperblock, Busy, DeviceExists, DeviceNotFound, InvalidArgument,
-                      MetadataError, NotSupported)
+from ..errors import (
+    BadSuperblock,
+    Busy,
+    DeviceExists,
+    DeviceNotFound,
+    InvalidArgument,
+    MetadataError,
+    NotSupported,
+)
 from ..pdata.block import DEFAULT_CACHE_BLOCKS, BlockManager
 from ..pdata.btree import ops as bt
 from ..pdata.btree import remove as bt_remove
@@ -32,9 +40,19 @@ from ..pdata.space_map.disk import DiskSpaceMap
 from ..pdata.space_map.metadata import MetadataSpaceMap
 from ..pdata.transaction import TransactionManager
 from ..units import MAX_METADATA_BLOCKS, ThinId, check_data_block_sectors
-from .format import (MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION,
-                     TIME_BITS, TIME_MASK, DeviceDetails, Superblock, clear_space_map_roots,
-                     pack_block_time, pack_sm_root)
+from .format import (
+    MAPPING_VALUE_SIZE,
+    MAX_DATA_BLOCKS,
+    NEEDS_CHECK_FLAG,
+    SUPERBLOCK_LOCATION,
+    TIME_BITS,
+    TIME_MASK,
+    DeviceDetails,
+    Superblock,
+    clear_space_map_roots,
+    pack_block_time,
+    pack_sm_root,
+)
 from .superblock import read_superblock
 
 __all__ = ["ThinMetadata", "DeviceDetails", "Lookup"]
@@ -94,7 +112,7 @@ class ThinMetadata:
 
     @classmethod
     def format(cls, path: str | os.PathLike[str], data_block_sectors: int, nr_data_blocks: int,
-               cache_blocks: int = DEFAULT_CACHE_BLOCKS) -> "ThinMetadata":
+               cache_blocks: int = DEFAULT_CACHE_BLOCKS) -> ThinMetadata:
         """Format the metadata file at *path* (which must exist; its size
         fixes the metadata size, capped at the kernel's maximum) for data
         blocks of *data_block_sectors* 512-byte sectors.  Raises
@@ -132,7 +150,7 @@ class ThinMetadata:
     @classmethod
     def open(cls, path: str | os.PathLike[str], read_only: bool = False,
              cache_blocks: int = DEFAULT_CACHE_BLOCKS,
-             superblock_location: int = SUPERBLOCK_LOCATION) -> "ThinMetadata":
+             superblock_location: int = SUPERBLOCK_LOCATION) -> ThinMetadata:
         """Open formatted metadata.  Raises :class:`BadSuperblock` (wrong
         magic, unsupported version or feature flags, and for read-write
         opening of metadata with compat_ro flags), checksum errors, or
@@ -180,7 +198,7 @@ class ThinMetadata:
         """Close without committing (uncommitted changes are lost)."""
         self.bm.close()
 
-    def __enter__(self) -> "ThinMetadata":
+    def __enter__(self) -> ThinMetadata:
         return self
 
     def __exit__(self, *exc: object) -> None:

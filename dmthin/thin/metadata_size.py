@@ -262,10 +262,7 @@ def format_result(req: Request, blocks: float) -> str:
     r = float(blocks) * 8 * 512
     r = r / factor if factor else math.inf      # C: a positive number / 0.0
     trunc = r if math.isinf(r) else math.floor(r)
-    if r == trunc:
-        num = str(_to_ull(r))
-    else:
-        num = ("%0.2e" if r - trunc < 1e-2 else "%0.2f") % r
+    num = str(_to_ull(r)) if r == trunc else ("%0.2e" if r - trunc < 0.01 else "%0.2f") % r
     if req.numeric == 0:
         what = ("needed in the worst case" if req.exact else "estimated metadata area size")
         t = req.text

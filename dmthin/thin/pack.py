@@ -200,7 +200,7 @@ class _VM:
             high = struct.unpack(f"<{n}Q", self.run(8 * n))
             low = struct.unpack(f"<{n}Q", self.run(8 * n))
             out += struct.pack(f"<{n}Q", *((h << 24 | lo & 0xFFFFFF) & M64
-                                          for h, lo in zip(high, low)))
+                                          for h, lo in zip(high, low, strict=True)))
         else:
             raise MetadataError(f"corrupt pack: unknown instruction {b:#04x}")
 

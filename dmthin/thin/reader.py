@@ -56,7 +56,7 @@ def read_details(bm: BlockManager, root: int) -> dict[int, Device]:
     :class:`~dmthin.errors.MetadataError` on damage."""
     devs: dict[int, Device] = {}
     for _b, keys, values in iter_leaves(bm, root, DeviceDetails.SIZE):
-        for k, v in zip(keys, values):
+        for k, v in zip(keys, values, strict=True):
             d = DeviceDetails.unpack(v)
             devs[k] = Device(k, d.mapped_blocks, d.transaction_id, d.creation_time,
                              d.snapshotted_time)

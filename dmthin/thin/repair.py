@@ -31,10 +31,20 @@ from typing import Any
 from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
 from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
-from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, MAX_DEV_ID,
-                     is_valid_data_block_sectors)
-from .format import (MAX_DATA_BLOCK, THIN_SUPERBLOCK_MAGIC, TIME_BITS, TIME_MASK, DeviceDetails,
-                     superblock_magic)
+from ..units import (
+    DATA_BLOCK_SIZE_MAX_SECTORS,
+    DATA_BLOCK_SIZE_MIN_SECTORS,
+    MAX_DEV_ID,
+    is_valid_data_block_sectors,
+)
+from .format import (
+    MAX_DATA_BLOCK,
+    THIN_SUPERBLOCK_MAGIC,
+    TIME_BITS,
+    TIME_MASK,
+    DeviceDetails,
+    superblock_magic,
+)
 from .format import Superblock as DiskSuperblock
 from .ir import Device, RunBuilder, Superblock, to_map
 from .reader import open_block_manager
@@ -109,7 +119,7 @@ class _Planner:
         self.losses.extend(tree.losses)
         for b, lo, hi in tree.leaves:
             keys, roots = self.sv.leaf_u64(b)
-            for k, r in zip(keys, roots):
+            for k, r in zip(keys, roots, strict=True):
                 if lo <= k < hi and k not in self.top:
                     if k > MAX_DEV_ID:
                         self.report.append(f"device id {k} is above the kernel's maximum: "
@@ -121,7 +131,7 @@ class _Planner:
         self.losses.extend(tree.losses)
         for b, lo, hi in tree.leaves:
             keys, values = self.sv.leaf_details(b)
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=True):
                 if lo <= k < hi and k not in self.details:
                     self.details[k] = v
 
@@ -230,7 +240,7 @@ class _Planner:
             ids, tid = set(), 0
             for leaf, lo, hi in self.sv.walk(b, DETAILS, mark=False).leaves:
                 keys, values = self.sv.leaf_details(leaf)
-                for k, v in zip(keys, values):
+                for k, v in zip(keys, values, strict=True):
                     if lo <= k < hi:
                         ids.add(k)
                         tid = max(tid, v.transaction_id)
@@ -244,11 +254,12 @@ class _Planner:
         times: collections.Counter[int] = collections.Counter()
         for leaf, lo, hi in self.sv.walk(top_root, TOP, mark=False).leaves:
             keys, roots = self.sv.leaf_u64(leaf)
-            for k, r in zip(keys, roots):
+            for k, r in zip(keys, roots, strict=True):
                 if lo <= k < hi:
                     for b, blo, bhi in self.sv.walk(r, MAPPING, mark=False).leaves:
                         ks, vs = self.sv.leaf_u64(b)
-                        times.update(v & TIME_MASK for k2, v in zip(ks, vs) if blo <= k2 < bhi)
+                        times.update(v & TIME_MASK for k2, v in zip(ks, vs, strict=True)
+                                     if blo <= k2 < bhi)
         return tuple(sorted(times.items(), reverse=True))
 
     def _plausible_roots(self, sb: DiskSuperblock) -> bool:
@@ -376,7 +387,7 @@ def _highest_data_block(sv: Salvager, devices: dict[int, DevPlan]) -> int:
     for d in devices.values():
         for b, lo, hi in d.leaves:
             keys, values = sv.leaf_u64(b)
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=True):
                 if lo <= k < hi:
                     top = max(top, v >> TIME_BITS)
     return top
@@ -414,7 +425,7 @@ def emit_plan(bm: BlockManager, plan: Plan, visitor: Any) -> int:
                 last = keys[-1]
                 continue
             ks, vs = [], []
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=True):
                 if k > last and lo <= k < hi and v < limit:
                     ks.append(k)
                     vs.append(v)

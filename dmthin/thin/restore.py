@@ -281,10 +281,11 @@ def restore_events(drive: Drive, output: str | os.PathLike[str], *,
     the same events each time.  Nothing is written unless everything is
     valid and fits.  The overrides (``None``: the input's own) are named for
     the XML attributes they replace: *transaction_id*, *data_block_size* (in
-    sectors), *nr_data_blocks*.  *in_place*: see :class:`~dmthin.thin.output.MetadataOutput` (None: a
-    regular file gets a new file renamed over it, anything else is written in
-    place).  Raises :class:`~dmthin.errors.InvalidArgument`,
-    :class:`UsageError`, ``OSError`` and whatever the producer raises."""
+    sectors), *nr_data_blocks*.  *in_place*: see
+    :class:`~dmthin.thin.output.MetadataOutput` (None: a regular file gets a
+    new file renamed over it, anything else is written in place).  Raises
+    :class:`~dmthin.errors.InvalidArgument`, :class:`UsageError`, ``OSError``
+    and whatever the producer raises."""
     nr_meta = output_blocks(output)
     if nr_bitmaps(nr_meta) > MAX_METADATA_BITMAPS:
         raise UsageError("metadata device larger than the kernel maximum")
@@ -312,7 +313,7 @@ def _rereadable(f: IO[bytes]) -> tuple[IO[bytes], int, int, IO[bytes] | None]:
         size = f.seek(0, os.SEEK_END) - start
         f.seek(start)
         return f, start, size, None
-    tmp = tempfile.TemporaryFile(prefix="dmthin-restore-")
+    tmp = tempfile.TemporaryFile(prefix="dmthin-restore-")  # noqa: SIM115 - the caller closes it
     try:
         shutil.copyfileobj(f, tmp, 1 << 20)
         size = tmp.tell()
@@ -335,9 +336,9 @@ def restore(xml_source: str | os.PathLike[str] | IO[bytes], output: str | os.Pat
     :class:`~dmthin.thin.xml.XmlError`, :class:`UsageError`, ``OSError``.
     The overrides are :func:`restore_events`'s."""
     output_blocks(output)                       # fail early, before any spooling
-    overrides: dict[str, Any] = dict(transaction_id=transaction_id,
-                                     data_block_size=data_block_size,
-                                     nr_data_blocks=nr_data_blocks, in_place=in_place)
+    overrides: dict[str, Any] = {"transaction_id": transaction_id,
+                                     "data_block_size": data_block_size,
+                                     "nr_data_blocks": nr_data_blocks, "in_place": in_place}
     if isinstance(xml_source, (str, os.PathLike)):
         try:
             if os.path.samefile(xml_source, output):

@@ -17,11 +17,14 @@ from ..pdata.btree.node import calc_max_entries
 from ..pdata.refcounts import RefCounts
 from ..pdata.space_map.build import disk_space_map_blocks, metadata_space_map_blocks
 from ..pdata.space_map.format import nr_bitmaps
-from ..units import (DATA_BLOCK_SIZE_MAX_SECTORS, DATA_BLOCK_SIZE_MIN_SECTORS, MetaBlocks,
-                     is_valid_data_block_sectors)
+from ..units import (
+    DATA_BLOCK_SIZE_MAX_SECTORS,
+    DATA_BLOCK_SIZE_MIN_SECTORS,
+    MetaBlocks,
+    is_valid_data_block_sectors,
+)
 from .format import MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, MAX_SUPERBLOCK_TIME, DeviceDetails
 from .ir import Device, Map, Superblock
-
 
 _PENDING_MAX = 1 << 16
 #: mappings per full leaf: no mapping tree uses fewer blocks than this allows

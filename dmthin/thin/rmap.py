@@ -6,11 +6,12 @@ data block lies in a region extend the current run while the device is the
 same and both the virtual and the data block advance by one (thin_rmap
 0.9.0's ``rmap_visitor``).  As in both 0.9.0 and 1.1.0, every btree node is
 visited once: a leaf (or subtree) shared by several devices after a
-snapshot is reported for the first device that has it, in device order.  The runs are then ordered by their first data
-block with the algorithm 0.9.0 uses, libstdc++'s ``std::sort`` (introsort),
-which is not stable: runs starting at the same data block (blocks shared
-by snapshots) come out in exactly 0.9.0's order.  Output lines:
-``data B..E -> thin(DEV) T..U`` (ends exclusive).
+snapshot is reported for the first device that has it, in device order.  The
+runs are then ordered by their first data block with the algorithm 0.9.0
+uses, libstdc++'s ``std::sort`` (introsort), which is not stable: runs
+starting at the same data block (blocks shared by snapshots) come out in
+exactly 0.9.0's order.  Output lines: ``data B..E -> thin(DEV) T..U`` (ends
+exclusive).
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from typing import TextIO, TypeVar
 from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
 from ..units import MAX_DATA_BLOCKS, parse_int
-from .format import TIME_BITS
 from .accel import ffi, lib
+from .format import TIME_BITS
 from .leaves import leaf_blocks, leaf_items, top_level
 from .reader import select_superblock
 
@@ -72,7 +73,7 @@ def rmap_runs(bm: BlockManager, regions: Sequence[tuple[int, int]]) -> list[Run]
     for dev_id, root in top_level(bm, sb.data_mapping_root):
         cur: list[int] | None = None          # [data_begin, data_end, thin_begin]
         for keys, values in leaf_items(bm, root, seen):
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=True):
                 d = v >> TIME_BITS
                 if single:
                     if not lo0 <= d < hi0:

@@ -34,8 +34,13 @@ from ..pdata.block import BlockManager
 from ..pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, calc_max_entries
 from ..pdata.btree.walk import iter_leaves
 from ..pdata.checksum import BITMAP, BLOCK_SIZE, BTREE_CSUM_XOR, BTREE_NODE, INDEX, block_checksum
-from ..pdata.space_map.format import (ENTRIES_PER_BITMAP, REF_COUNT, IndexEntry,
-                                      decode_bitmap_counts, metadata_index_entry_offset)
+from ..pdata.space_map.format import (
+    ENTRIES_PER_BITMAP,
+    REF_COUNT,
+    IndexEntry,
+    decode_bitmap_counts,
+    metadata_index_entry_offset,
+)
 from ..units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
 from .format import DeviceDetails
 
@@ -227,7 +232,7 @@ class Salvager:
         if kind == TOP:
             for b, lo, hi in tree.leaves:
                 keys, roots = self.leaf_u64(b)
-                for k, r in zip(keys, roots):
+                for k, r in zip(keys, roots, strict=True):
                     if lo <= k < hi:
                         self.walk(r, MAPPING)
 

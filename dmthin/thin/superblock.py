@@ -5,9 +5,17 @@ from __future__ import annotations
 from ..errors import BadSuperblock
 from ..pdata.block import BlockManager
 from ..pdata.checksum import SUPERBLOCK
-from .format import (INCOMPAT_SUPP, INCOMPLETE_RESTORE_MARK, METADATA_BLOCK_SECTORS,
-                     SUPERBLOCK_LOCATION, THIN_MIN_VERSION, THIN_SUPERBLOCK_MAGIC, THIN_VERSION,
-                     Superblock, superblock_magic)
+from .format import (
+    INCOMPAT_SUPP,
+    INCOMPLETE_RESTORE_MARK,
+    METADATA_BLOCK_SECTORS,
+    SUPERBLOCK_LOCATION,
+    THIN_MIN_VERSION,
+    THIN_SUPERBLOCK_MAGIC,
+    THIN_VERSION,
+    Superblock,
+    superblock_magic,
+)
 
 __all__ = ["Superblock", "read_superblock"]
 
@@ -32,10 +40,9 @@ def read_superblock(bm: BlockManager, location: int = SUPERBLOCK_LOCATION, *,
                             f"{THIN_SUPERBLOCK_MAGIC}): not thin-pool metadata", location)
     SUPERBLOCK.check(buf, location)
     sb = Superblock.unpack(buf)
-    if check_features:
-        if sb.incompat_flags & ~INCOMPAT_SUPP:
-            raise BadSuperblock(f"metadata has unsupported incompatible feature flags "
-                                f"{sb.incompat_flags:#x}: refusing to open it", location)
+    if check_features and sb.incompat_flags & ~INCOMPAT_SUPP:
+        raise BadSuperblock(f"metadata has unsupported incompatible feature flags "
+                            f"{sb.incompat_flags:#x}: refusing to open it", location)
     if sb.version < THIN_MIN_VERSION or sb.version > THIN_VERSION:
         raise BadSuperblock(f"unsupported metadata version {sb.version} "
                             f"(supported {THIN_MIN_VERSION}..{THIN_VERSION})", location)

@@ -12,12 +12,24 @@ import struct
 from array import array
 
 from ..pdata.btree.builder import BlockWriter
-from ..pdata.btree.node import (HEADER_FIELDS, HEADER_FIELDS_OFFSET, HEADER_SIZE,
-                                INTERNAL_NODE, LEAF_NODE, calc_max_entries)
+from ..pdata.btree.node import (
+    HEADER_FIELDS,
+    HEADER_FIELDS_OFFSET,
+    HEADER_SIZE,
+    INTERNAL_NODE,
+    LEAF_NODE,
+    calc_max_entries,
+)
 from ..pdata.checksum import BITMAP, BLOCK_SIZE, BTREE_NODE, SUPERBLOCK
 from ..pdata.space_map.build import build_metadata_space_map, metadata_space_map_blocks
-from ..pdata.space_map.format import (BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, INDEX_ENTRY,
-                                      SpaceMapRoot, bitmap_all_ones, nr_bitmaps)
+from ..pdata.space_map.format import (
+    BITMAP_HEADER_SIZE,
+    ENTRIES_PER_BITMAP,
+    INDEX_ENTRY,
+    SpaceMapRoot,
+    bitmap_all_ones,
+    nr_bitmaps,
+)
 from .format import TIME_BITS, DeviceDetails, Superblock, pack_sm_root
 from .metadata_size import worst_case_blocks
 

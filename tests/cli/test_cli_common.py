@@ -64,7 +64,7 @@ def test_pool_create_defaults_are_the_librarys():
         backend.DEFAULT_BACKEND)
 
 
-@pytest.mark.parametrize("argv,code", [
+@pytest.mark.parametrize(("argv", "code"), [
     *[([tool, "--bad-option"], 1) for tool in TOOLS],
     *[([tool], 1) for tool in ("check", "ls")],               # missing METADATA
     (["restore", "-i", "x"], 1),                              # missing -o

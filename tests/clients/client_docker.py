@@ -306,7 +306,7 @@ class Dockerd:
         except subprocess.TimeoutExpired:
             self.kill()
             raise DockerError(f"dockerd ignored SIGTERM for {timeout:g} s: killed\n"
-                              f"{self.log_tail()}")
+                              f"{self.log_tail()}") from None
         self.proc = None
         self._stop_own_containerd()
         if rc != 0:
@@ -379,7 +379,7 @@ class Dockerd:
             text = self.log_path.read_text(errors="replace")
         except (OSError, AssertionError):
             return "(no dockerd log)"
-        return "\n".join(["--- dockerd log ---"] + text.splitlines()[-lines:])
+        return "\n".join(["--- dockerd log ---", *text.splitlines()[-lines:]])
 
     # ------------------------------------------------------------ the Engine API
 
@@ -428,7 +428,7 @@ class Dockerd:
 
     def driver_status(self) -> dict[str, str]:
         """``docker info``'s storage driver lines as a dict."""
-        return {k: v for k, v in self.info()["DriverStatus"]}
+        return dict(self.info()["DriverStatus"])
 
     def import_image(self, tar: bytes, ref: str) -> str:
         """``docker import - REF``; returns the image id (sha256:...)."""

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import helpers
-
 from dmthin.cli.main import main as dmthin_main
 
 #: programs of the clients' tree, relative to its root

@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import client_env
 import pytest
+
+import client_env
 from client_docker import Containerd, Dockerd, image_tar, known_content
 from client_env import Scratch, run
 from client_lvm import Lvm

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from client_fixtures import *
+from client_fixtures import *  # noqa: F403 - the fixtures of the real clients
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 import crc32c
+
 from client_docker import known_content
 from client_env import content_digest, run
 from client_lvm import Lvm

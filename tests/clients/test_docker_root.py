@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from client_docker import Dockerd
 from client_env import (
     Scratch,

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from client_env import DOCKER, DOCKERD, LVM, require_guest, run
 
 pytestmark = [pytest.mark.real_dm, pytest.mark.clients]

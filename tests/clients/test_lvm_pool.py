@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from client_env import Scratch, content_digest, dmthin, dmthin_process, run
 from client_lvm import Lvm
 from lvm_scenario import PoolScenario, build_pool

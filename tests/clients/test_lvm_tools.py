@@ -23,6 +23,7 @@ import struct
 import sys
 
 import pytest
+
 from client_env import ClientError, run
 from client_lvm import THIN_TOOLS, Lvm
 from lvm_scenario import (
@@ -111,7 +112,7 @@ def test_lvconvert_repair(lvm: Lvm, tools: dict[str, str]) -> None:
     sc = build_pool(lvm, "dmtc_rp", snapshots=2)
     sc.deactivate()
     edit_metadata(sc, destroy_metadata_space_map_root)
-    with pytest.raises(ClientError, match="thin_check|Check of pool"):
+    with pytest.raises(ClientError, match=r"thin_check|Check of pool"):
         sc.activate()  # thin_check 0.9.0 refuses the metadata
     sc.deactivate()
     lvm.configure(thin_tools={"thin_repair": tools["thin_repair"],

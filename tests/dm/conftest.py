@@ -11,9 +11,9 @@ import os
 import uuid
 
 import pytest
-from helpers import requires_real_dm, skip_or_fail
 
 from dmthin.dm import _lib
+from helpers import requires_real_dm, skip_or_fail
 
 TAG = "deleteme"
 HANG_DUMP_SECONDS = 300
@@ -57,12 +57,12 @@ def sweep() -> list[str]:
                             hname = f.read().strip()
                         task.remove(hname, retry_seconds=0.5, check_busy=False)
                         removed.append(hname)
-                    except Exception:  # best effort
+                    except Exception:  # noqa: BLE001 - best effort
                         pass
                 try:
                     task.remove(name, retry_seconds=0.5, check_busy=False)
                     removed.append(name)
-                except Exception:  # retried next round
+                except Exception:  # noqa: BLE001 - retried next round
                     pass
     if os.geteuid() == 0:
         for number, backing in loop.list_attached():
@@ -70,7 +70,7 @@ def sweep() -> list[str]:
                 try:
                     loop.detach(f"/dev/loop{number}", timeout=2.0)
                     removed.append(f"loop{number}")
-                except Exception:  # best effort
+                except Exception:  # noqa: BLE001 - best effort
                     pass
     return removed
 

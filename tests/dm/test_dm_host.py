@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from helpers import in_ci, skip_or_fail
 
 from dmthin import errors
 from dmthin.dm import _lib, task
+from helpers import in_ci, skip_or_fail
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

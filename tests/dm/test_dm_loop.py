@@ -138,7 +138,7 @@ def test_blockio_aligned_and_unaligned_against_the_file(loopdev):
 
 
 def test_blockio_discard_zeroes_whole_blocks_only(loopdev):
-    dev, path = loopdev
+    dev, _path = loopdev
     io = BlockIO(dev.path)
     try:
         io.write(0, b"\xff" * 65536)

@@ -100,7 +100,7 @@ def test_create_existing_name_is_eexist(zero_dev):
     assert task.table(name)[0].length == 2048       # untouched
 
 
-@pytest.mark.parametrize("table,code", [
+@pytest.mark.parametrize(("table", "code"), [
     ("0 2048 no-such-target", errno.EINVAL),
     ("0 2048 linear 250:250 0", errno.ENXIO),
     ("0 2048 thin-pool 1:1", errno.EINVAL)])   # too few arguments
@@ -182,7 +182,7 @@ def test_remove_refuses_a_mounted_device_naming_the_mount(real_dm, tag, sparse, 
 
 
 def test_pool_messages_and_their_errnos(pool_dev):
-    name, info = pool_dev
+    name, _info = pool_dev
     assert task.message(name, "create_thin 0") is None
     with pytest.raises(errors.DeviceExists) as e1:
         task.message(name, "create_thin 0")

@@ -11,12 +11,12 @@ import stat
 import tempfile
 from pathlib import Path
 
-from extfs_helpers import fsck, new_device
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from dmthin.extfs import Filesystem
+from extfs_helpers import fsck, new_device
 
 ROOT = os.geteuid() == 0
 NAMES = st.sampled_from(["a", "b", "c", "d", "a/b", "a/c", "a/b/d", "c/a", "b/b", "lnk/x"])

@@ -8,11 +8,11 @@ import stat
 
 import crc32c
 import pytest
-from extfs_helpers import fsck, new_device
 
 from dmthin import Pool
 from dmthin.errors import BackendUnavailable, InvalidArgument, NoSpace, NotSupported
 from dmthin.extfs import Filesystem, _binding, errors, mkfs, probe_fs_type, read_uuid
+from extfs_helpers import fsck, new_device
 
 NS = 1_000_000_000
 
@@ -32,7 +32,7 @@ def test_every_kind_of_entry_round_trips_and_fsck_is_clean(device, tmp_path):
         fs.setxattr("d/f", "user.k", b"v" * 100)
         fs.setxattr("d/f", "security.capability", b"\x01\x00\x00\x02" + bytes(16))
     with Filesystem(thin) as fs:
-        got = {p: st for p, st in fs.walk()}
+        got = dict(fs.walk())
         assert stat.S_IMODE(got["d"].st_mode) == 0o1705 and (got["d"].st_uid, got["d"].st_gid) \
             == (1, 2)
         f = got["d/f"]
@@ -187,10 +187,12 @@ def test_errors_carry_the_kernels_errno(device):
         fs.symlink("loop", "loop")
         cases.append((lambda: fs.read("loop"), errno.ELOOP))
         for call, code in cases:
-            with pytest.raises(OSError) as e:
+            with pytest.raises(OSError) as e:  # noqa: PT011 - the errno is the check
                 call()
             assert e.value.errno == code
-        assert isinstance(pytest.raises(FileNotFoundError, fs.stat, "nope").value, errors.NoEntry)
+        with pytest.raises(FileNotFoundError) as nope:
+            fs.stat("nope")
+        assert isinstance(nope.value, errors.NoEntry)
     with Filesystem(thin) as fs:
         with pytest.raises(errors.ReadOnlyFs) as e:
             fs.mkdir("ro")
@@ -262,7 +264,7 @@ def test_format_identity_and_refusals(tmp_path):
     thin = pool.create_thin(1, "32M")
     with pytest.raises(InvalidArgument):
         Filesystem(thin)                                 # nothing formatted yet
-    with pytest.raises(NotSupported, match="dm.fs=ext4"):
+    with pytest.raises(NotSupported, match=r"dm.fs=ext4"):
         mkfs(thin, "xfs", workdir=tmp_path)
     mkfs(thin, "ext4", ["-U", "12345678-1234-1234-1234-123456789abc"], workdir=tmp_path)
     assert probe_fs_type(thin) == "ext4"

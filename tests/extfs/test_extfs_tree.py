@@ -9,12 +9,12 @@ import stat
 import tarfile
 
 import pytest
-from extfs_helpers import fsck
 
 from dmthin.extfs import Filesystem
 from dmthin.graph import differ
 from dmthin.graph.exttree import ExtTree
 from dmthin.graph.tree import DirTree
+from extfs_helpers import fsck
 
 ROOT = os.geteuid() == 0
 T0 = 1_500_000_000

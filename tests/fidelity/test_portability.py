@@ -102,7 +102,7 @@ def round_trip(pooldir: Path, model: Model, first: str, second: str, seed: int) 
     thin_check(pooldir)
 
 
-@pytest.mark.parametrize("first,second", [("sim", "kernel"), ("kernel", "sim")])
+@pytest.mark.parametrize(("first", "second"), [("sim", "kernel"), ("kernel", "sim")])
 def test_pool_moves_between_backends(tmp_path, first, second):
     seed = 20240 + (first == "kernel")
     print(f"seed {seed}")

@@ -39,9 +39,9 @@ def test_hand_written_traces_are_current(tmp_path):
     make = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make)
     for name, fn in make.TRACES.items():
-        header, steps = fn()
+        _header, steps = fn()
         path = tool.TRACES_DIR / f"{name.replace('_', '-')}.jsonl"
-        got_header, got_steps = tool.load_trace(path)
+        _got_header, got_steps = tool.load_trace(path)
         assert got_steps == json.loads(json.dumps(steps)), path
 
 

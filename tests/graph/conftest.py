@@ -1,5 +1,6 @@
 """Fixtures for the graph-driver tests (host: the simulator backend)."""
 import pytest
+
 from graph_helpers import BACKEND, SMALL
 
 

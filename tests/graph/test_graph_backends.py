@@ -92,6 +92,6 @@ def test_kernel_and_simulator_give_the_same_layers(tmp_path, monkeypatch):
     kernel = run_on("kernel", tmp_path / "k", monkeypatch)
     sim = run_on("sim", tmp_path / "s", monkeypatch)
     for name, k, s in zip(("files", "contents", "changes", "diff size", "diff tar"),
-                          kernel, sim):
+                          kernel, sim, strict=True):
         assert k == s, name
     assert "D /etc/shadow" in sim[2] and "D /usr/lib/a.so" in sim[2]

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from graph_helpers import make_docker_root, tree_digest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +43,8 @@ def root(tmp_path_factory):
         if parent:
             (db / "sha256" / chain / "parent").write_text("sha256:" + parent)
     (db / "mounts" / ctr).mkdir(parents=True)
-    for name, text in (("mount-id", "ctr"), ("init-id", "ctr-init"), ("parent", "sha256:" + chain2)):
+    for name, text in (("mount-id", "ctr"), ("init-id", "ctr-init"),
+                       ("parent", "sha256:" + chain2)):
         (db / "mounts" / ctr / name).write_text(text)
     return r, layers, {"chain2": chain2, "ctr": ctr}
 

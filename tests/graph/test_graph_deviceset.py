@@ -11,13 +11,13 @@ import textwrap
 import time
 
 import pytest
-from graph_helpers import BACKEND
 
 from dmthin import Pool
 from dmthin.errors import Busy, DeviceExists, DeviceNotFound, NoSpace, NotSupported, UsageError
 from dmthin.graph import DeviceSet
 from dmthin.graph.blockfs import fs_uuid
 from dmthin.units import human_size_decimal
+from graph_helpers import BACKEND
 
 MB = 1 << 20
 
@@ -60,7 +60,7 @@ def test_add_device_ids_transactions_and_records(make_ds):
     assert meta(ds, "transaction-metadata") == {"open_transaction_id": 4,
                                                 "device_hash": "ctr", "device_id": 4}
     assert ds.pool.thin_ids() == [1, 2, 3, 4]
-    with pytest.raises(DeviceExists, match="devmapper: device layer1 already exists. "
+    with pytest.raises(DeviceExists, match=r"devmapper: device layer1 already exists. "
                                            "Deleted=false"):
         ds.add_device("layer1", "")
     with pytest.raises(DeviceNotFound, match="devmapper: Unknown device nope"):
@@ -308,7 +308,7 @@ def test_base_uuid_mismatch_is_refused(make_ds):
 
 def test_base_size_cannot_shrink(make_ds):
     make_ds().shutdown()
-    with pytest.raises(UsageError, match="devmapper: Base device size cannot be smaller than "
+    with pytest.raises(UsageError, match=r"devmapper: Base device size cannot be smaller than "
                                          "16.78MB"):
         make_ds("dm.basesize=8M")
 
@@ -350,7 +350,7 @@ def test_shutdown_leaves_nothing_active(make_ds):
 
 
 def test_unknown_option_fails_before_touching_root(tmp_path, backend):
-    with pytest.raises(UsageError, match="devmapper: Unknown option dm.nope"):
+    with pytest.raises(UsageError, match=r"devmapper: Unknown option dm.nope"):
         DeviceSet(tmp_path / "r", ["dm.nope=1"], backend=backend)
     assert not (tmp_path / "r").exists()
 

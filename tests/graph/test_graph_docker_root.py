@@ -8,13 +8,13 @@ import json
 import subprocess
 
 import pytest
-from graph_helpers import SMALL, make_docker_root, tree_digest, write_files
 
 from dmthin import Pool
 from dmthin.errors import ReadOnly, UsageError
 from dmthin.graph import DeviceSet, Driver
 from dmthin.graph.inspection import cat, export, list_devices
 from dmthin.graph.layerdb import LayerDB
+from graph_helpers import SMALL, make_docker_root, tree_digest, write_files
 
 MB = 1 << 20
 
@@ -63,7 +63,7 @@ def test_opening_a_docker_root_never_formats_it(docker_root, backend):
 
 
 def test_pool_table_is_dockers(tmp_path, backend):
-    with DeviceSet(tmp_path / "r", SMALL + ("dm.blocksize=512K",), backend=backend,
+    with DeviceSet(tmp_path / "r", (*SMALL, "dm.blocksize=512K"), backend=backend,
                    cleanup_interval=None) as ds:
         table = ds.live_pool.table_line().rstrip()
         assert table.endswith(" 1024 32768 1 skip_block_zeroing"), table
@@ -113,8 +113,8 @@ def test_layer_files_live_under_rootfs(docker_root, backend, tmp_path):
     """What dockerd's Get returns is mnt/<id>/rootfs: the files are under
     rootfs/ of the device's filesystem, the id beside it."""
     root, layers = docker_root
-    with DeviceSet(root, backend=backend, readonly=True) as ds:
-        with ds.device_access("layer2", write=False) as image:
+    with DeviceSet(root, backend=backend, readonly=True) as ds, \
+            ds.device_access("layer2", write=False) as image:
             def dfs(cmd):
                 return subprocess.run(["debugfs", "-R", cmd, image], capture_output=True,
                                       check=True).stdout

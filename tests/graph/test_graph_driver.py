@@ -8,12 +8,12 @@ import subprocess
 import tarfile
 
 import pytest
-from graph_helpers import SMALL
 
 from dmthin.errors import NotSupported
 from dmthin.graph import Driver
 from dmthin.graph.differ import ADD, DELETE, MODIFY, Change
 from dmthin.graph.tree import Entry
+from graph_helpers import SMALL
 
 NOW = 1_700_000_000 * 10**9
 
@@ -114,7 +114,7 @@ def test_deep_layer_read(driver):
     assert read(driver, top, "top-id") == top.encode()
     with driver.open_fs(top) as tree:
         layer = top
-        for i in range(n, 0, -1):
+        for _i in range(n, 0, -1):
             with tree.open_read(f"{layer}/layer-id") as f:
                 assert f.read() == layer.encode()
             with tree.open_read(f"{layer}/parent-id") as f:
@@ -206,7 +206,7 @@ def test_xfs_base_in_sim(tmp_path, backend):
     """The simulator reads and writes files through libext2fs: dm.fs=xfs is
     refused when the base is made, naming dm.fs=ext4; then ext4 works."""
     opts = ("dm.loopdatasize=512M", "dm.loopmetadatasize=16M", "dm.basesize=300M")
-    with pytest.raises(NotSupported, match="dm.fs=ext4"):
+    with pytest.raises(NotSupported, match=r"dm.fs=ext4"):
         Driver(tmp_path / "root", (*opts, "dm.fs=xfs"), backend=backend, cleanup_interval=None)
     drv = Driver(tmp_path / "root", (*opts, "dm.fs=ext4"), backend=backend,
                  cleanup_interval=None)

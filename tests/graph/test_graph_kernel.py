@@ -126,7 +126,7 @@ def test_deep_layer_read_128(driver):
     d = driver.get(f"layer-{n}")
     try:
         layer = open(os.path.join(d, "top-id")).read()
-        for i in range(n, 0, -1):
+        for _i in range(n, 0, -1):
             assert open(os.path.join(d, layer, "layer-id")).read() == layer
             layer = open(os.path.join(d, layer, "parent-id")).read()
         assert layer == "layer-0"
@@ -198,7 +198,7 @@ def test_changes(driver):
 
 
 def test_set_quota(tmp_path):
-    drv = Driver(tmp_path / "root", OPTS[:2] + ("dm.basesize=16M", "dm.fs=ext4"),
+    drv = Driver(tmp_path / "root", (*OPTS[:2], "dm.basesize=16M", "dm.fs=ext4"),
                  backend="kernel", cleanup_interval=None)
     try:
         drv.create("zfs", "", {"size": "50M"})
@@ -206,9 +206,9 @@ def test_set_quota(tmp_path):
         try:
             with open(os.path.join(d, "file"), "wb") as f:
                 f.write(b"\1" * (25 * MB))
-            with pytest.raises(OSError) as exc:
-                with open(os.path.join(d, "bigfile"), "wb") as f:
-                    f.write(b"\1" * (50 * MB))
+            with pytest.raises(OSError) as exc, \
+                    open(os.path.join(d, "bigfile"), "wb") as f:  # noqa: PT011 - errno below
+                f.write(b"\1" * (50 * MB))
             assert exc.value.errno in (errno.ENOSPC, errno.EDQUOT)
         finally:
             drv.put("zfs")
@@ -282,7 +282,7 @@ def test_busy_remove_is_deferred(driver, tmp_path):
 def test_loop_file_growth_on_restart(tmp_path):
     root = tmp_path / "root"
     Driver(root, OPTS, backend="kernel", cleanup_interval=None).cleanup()
-    drv = Driver(root, ("dm.loopdatasize=310M",) + OPTS[1:], backend="kernel",
+    drv = Driver(root, ("dm.loopdatasize=310M", *OPTS[1:]), backend="kernel",
                  cleanup_interval=None)
     try:
         assert (root / "devicemapper/data").stat().st_size == 310 * MB

@@ -105,9 +105,9 @@ def test_thinpooldev_pool_outlives_the_driver(tmp_path):
                 f.write(b"on the shared pool\n")
             drv.put("a")
         assert name in dm_names()
-        with Driver(tmp_path / "root", opts, backend="kernel", readonly=True) as drv:
-            with open(tmp_path / "x", "wb") as f:
-                cat(drv, "a", "/x", f)
+        with Driver(tmp_path / "root", opts, backend="kernel", readonly=True) as drv, \
+                open(tmp_path / "x", "wb") as f:
+            cat(drv, "a", "/x", f)
         assert (tmp_path / "x").read_bytes() == b"on the shared pool\n"
         assert name in dm_names()
     finally:

@@ -17,7 +17,7 @@ def test_defaults_are_dockers():
     assert o.deferred_removal and o.deferred_deletion
 
 
-@pytest.mark.parametrize("text,expected", [
+@pytest.mark.parametrize(("text", "expected"), [
     ("10G", 10 << 30), ("10g", 10 << 30), ("10GB", 10 << 30), ("10GiB", 10 << 30),
     ("512m", 512 << 20), ("64K", 64 << 10), ("1.5G", 3 << 29), ("100", 100),
 ])
@@ -48,7 +48,7 @@ def test_thinpooldev_strips_prefix_and_turns_blkdiscard_off():
     assert o.blkdiscard is True
 
 
-@pytest.mark.parametrize("opt,message", [
+@pytest.mark.parametrize(("opt", "message"), [
     ("dm.foo=1", "devmapper: Unknown option dm.foo"),
     ("dm.fs=btrfs", "devmapper: Unsupported filesystem btrfs"),
     ("dm.min_free_space=10", "devmapper: Option dm.min_free_space requires % suffix"),

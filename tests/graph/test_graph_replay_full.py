@@ -52,6 +52,6 @@ def test_full_scale_replay_follows_the_kernel(tmp_path):
     share = Path(os.environ.get("DMTHIN_REPLAY_DIR", tmp_path))
     kernel, _ = run("kernel", share / "kernel")
     sim, scratch = run("sim", share / "sim")
-    for k, s in zip(kernel, sim):
+    for k, s in zip(kernel, sim, strict=True):
         assert abs(s - k) <= 0.01 * k, (kernel, sim)
     assert scratch < 1 << 30

@@ -45,13 +45,14 @@ def test_load_skips_temp_dot_and_special_files(tmp_path):
         "next_device_id": 5, "BaseDeviceUUID": "uuid", "BaseDeviceFilesystem": "ext4"}
     assert json.loads((tmp_path / "transaction-metadata").read_text()) == {
         "open_transaction_id": 4, "device_hash": "x", "device_id": 5}
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp") and p.name != ".tmp12345"]
+    assert not [p for p in tmp_path.iterdir()
+                if p.name.startswith(".tmp") and p.name != ".tmp12345"]
 
 
 def test_corrupt_device_file_is_one_line_error(tmp_path):
     store = MetadataStore(tmp_path)
     (tmp_path / "bad").write_text("{")
-    with pytest.raises(UsageError, match="Error loading device metadata file .*bad"):
+    with pytest.raises(UsageError, match=r"Error loading device metadata file .*bad"):
         store.load_devices()
 
 

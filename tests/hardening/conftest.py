@@ -1,14 +1,11 @@
 """Fixtures of the hardening tests: small pools with known contents."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from forge import make_pool  # noqa: E402
+from forge import make_pool
 
 
 @pytest.fixture

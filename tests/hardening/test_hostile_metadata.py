@@ -25,12 +25,21 @@ import time
 from pathlib import Path
 
 import pytest
-from forge import (header, mapping_leaves, read_block, set_header, set_key, set_mapping,
-                   subtree_root, superblock, write_block)
 
 from dmthin import Pool
 from dmthin.errors import IOFailure
 from dmthin.thin.format import DATA_SM_ROOT
+from forge import (
+    header,
+    mapping_leaves,
+    read_block,
+    set_header,
+    set_key,
+    set_mapping,
+    subtree_root,
+    superblock,
+    write_block,
+)
 from helpers import run_dmthin as dmthin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +104,7 @@ def damaged(pool_dir, request):
     return pool_dir
 
 
-@pytest.mark.parametrize("damaged", MAPPING_DAMAGE + [details_max_entries_125],
+@pytest.mark.parametrize("damaged", [*MAPPING_DAMAGE, details_max_entries_125],
                          indirect=True, ids=lambda f: f.__name__)
 def test_dump_refuses_what_thin_dump_refuses(damaged, thin_tools_090, tmp_path):
     meta = damaged / "metadata"
@@ -167,9 +176,8 @@ def test_read_and_write_through_a_foreign_node_fail_with_eio(tmp_path):
         err = one_line_error(dmthin(*argv, input=b"y"))
         assert "another tree" in err or "range its parent" in err, err
     assert md5(d / "metadata") == before
-    with Pool.open(d) as pool:
-        with pytest.raises(IOFailure):
-            pool.thin(1).read((last_key + 1) * 65536, 1)
+    with Pool.open(d) as pool, pytest.raises(IOFailure):
+        pool.thin(1).read((last_key + 1) * 65536, 1)
     # a discard is a metadata operation: it fails as the kernel's does
     # (metadata_operation_failed: needs_check set, the pool read-only)
     one_line_error(dmthin("thin", "discard", d, "1", "--offset", "0", "--length", "64M"))
@@ -179,7 +187,7 @@ def test_read_and_write_through_a_foreign_node_fail_with_eio(tmp_path):
 
 @pytest.mark.parametrize("block", [128, 1 << 30, (1 << 40) - 1])
 def test_mapping_past_the_data_device_is_eio(pool_dir, block):
-    set_mapping(pool_dir, 1, 1, block)        # thin 1, vblock 1 (shared with thin 2? no: 2 rewrote it)
+    set_mapping(pool_dir, 1, 1, block)        # thin 1, vblock 1 (not shared: 2 rewrote it)
     data = pool_dir / "data"
     size = data.stat().st_size
     meta = md5(pool_dir / "metadata")
@@ -234,7 +242,7 @@ def test_memory_does_not_follow_nr_data_blocks(pool_dir):
         assert rc in (0, 1) and rss < RSS_LIMIT_KB, (argv, rss)
 
 
-@pytest.mark.parametrize("nr_data_blocks,output_size", [
+@pytest.mark.parametrize(("nr_data_blocks", "output_size"), [
     (1 << 40, 8 << 20),            # the output cannot hold the bitmaps: at once
     (1 << 35, 16 << 30),           # the bitmaps fit a 16 GiB sparse output; the range cannot
 ])

@@ -17,8 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dmthin.errors import UsageError
-from dmthin.units import (MAX_BYTES, MAX_DEV_ID, MAX_DATA_BLOCKS, parse_data_blocks,
-                          parse_dev_id, parse_int, parse_size, scale_decimal)
+from dmthin.units import (
+    MAX_BYTES,
+    MAX_DATA_BLOCKS,
+    MAX_DEV_ID,
+    parse_data_blocks,
+    parse_dev_id,
+    parse_int,
+    parse_size,
+    scale_decimal,
+)
 
 _UNITS = {"": 1, "b": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
           "p": 1 << 50, "e": 1 << 60}
@@ -49,7 +57,7 @@ def model_size(text: str) -> int | None:
 
 
 REPRODUCTIONS = [  # the inputs of issue 10 that gave tracebacks or wrong values
-    "16E", "9" * 400 + ".5", "1" * 5000, "999999999999999999999999999999E", "١٢٣M", "²",
+    "16E", "9" * 400 + ".5", "1" * 5000, "999999999999999999999999999999E", "١٢٣M", "²",  # noqa: RUF001 - non-ASCII digits on purpose
     "1e3", "inf", "nan", "-1", "0x10", "1_000", "1.5.5G", " ", "", "K", "10 G B",
 ]
 
@@ -62,7 +70,7 @@ def test_hostile_sizes_are_one_line_usage_errors(text):
     assert "\n" not in line and line.startswith("invalid data size") and len(line) < 300
 
 
-@pytest.mark.parametrize("text,value", [
+@pytest.mark.parametrize(("text", "value"), [
     ("64K", 65536), ("1.5G", 3 << 29), ("10g", 10 << 30), ("2GiB", 2 << 30), ("2GB", 2 << 30),
     ("128s", 65536), ("512", 512), ("0.5K", 512), (" 7 M ", 7 << 20), ("8191P", 8191 << 50),
     ("7.99999999999999999999E", None), (f"{MAX_BYTES}", MAX_BYTES), (f"{MAX_BYTES + 1}", None),

@@ -16,7 +16,6 @@ import stat
 from pathlib import Path
 
 from forge import read_block, set_header, write_block
-
 from helpers import run_dmthin as dmthin
 
 

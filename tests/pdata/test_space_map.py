@@ -6,11 +6,18 @@ from __future__ import annotations
 import random
 
 from dmthin.pdata.block import BlockManager
-from dmthin.pdata.checksum import (BITMAP, BTREE_NODE, INDEX, SUPERBLOCK, block_checksum,
-                                   block_kind, check_crc32c)
 from dmthin.pdata.btree.node import NODE_CODEC
-from dmthin.pdata.space_map.format import bitmap_find_free, bitmap_get, bitmap_set
+from dmthin.pdata.checksum import (
+    BITMAP,
+    BTREE_NODE,
+    INDEX,
+    SUPERBLOCK,
+    block_checksum,
+    block_kind,
+    check_crc32c,
+)
 from dmthin.pdata.space_map.disk import DiskSpaceMap
+from dmthin.pdata.space_map.format import bitmap_find_free, bitmap_get, bitmap_set
 from dmthin.pdata.space_map.metadata import MetadataSpaceMap
 from dmthin.pdata.transaction import TransactionManager
 

@@ -44,7 +44,7 @@ def test_create_refuses_to_format_over_a_pool(foreign):
     assert "\n" not in msg
     assert {f: sha(foreign / f) for f in ("data", "metadata")} == sums
     assert sorted(os.listdir(foreign)) == ["data", "metadata"]
-    with pytest.raises(UsageError, match="Pool.adopt"):
+    with pytest.raises(UsageError, match=r"Pool.adopt"):
         Pool.open(foreign)
 
 
@@ -109,7 +109,7 @@ def test_adopt_refuses_what_is_not_a_pool(tmp_path):
     d.mkdir()
     (d / "data").write_bytes(bytes(MiB))
     (d / "metadata").write_bytes(bytes(MiB))
-    with pytest.raises(UsageError, match="no usable thin pool metadata.*Pool.create"):
+    with pytest.raises(UsageError, match=r"no usable thin pool metadata.*Pool.create"):
         Pool.adopt(d)
     with pytest.raises(UsageError, match="no such file"):
         Pool.adopt(tmp_path / "nowhere", data=d / "data", metadata=d / "missing")

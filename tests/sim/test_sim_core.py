@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from fake_engine import FakeMetadata
-from simhelpers import BS, sim_pool
 
 from dmthin.backend import PoolBackend, ThinBackend
 from dmthin.errors import InvalidArgument, NoSpace
@@ -18,6 +16,8 @@ from dmthin.sim.engine import MetadataEngine, MetadataEngineFactory
 from dmthin.sim.writes import WRITE_RUN_MAX, WriteQueue
 from dmthin.target import Message
 from dmthin.thin.metadata import ThinMetadata
+from fake_engine import FakeMetadata
+from simhelpers import BS, sim_pool
 
 ENGINES: list[MetadataEngineFactory] = [ThinMetadata, FakeMetadata]
 

@@ -34,9 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from simhelpers import check_tools, dump, open_sim
-
 from dmthin import Pool
+from simhelpers import check_tools, dump, open_sim
 
 BS = 64 << 10
 NBLOCKS = 16

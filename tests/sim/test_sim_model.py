@@ -26,10 +26,10 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from simhelpers import BS, check_tools, dump, pattern
 
 from dmthin import Pool
 from dmthin.errors import DeviceExists, DeviceNotFound
+from simhelpers import BS, check_tools, dump, pattern
 
 NBLOCKS = 12                       # blocks per thin device
 SIZE = NBLOCKS * BS

@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
-from fake_engine import FakeMetadata
-from simhelpers import BS, check_tools, dump, new_pool, open_sim, pattern, sim_pool
 
 from dmthin import Pool
 from dmthin.errors import IOFailure, NoSpace, NotSupported
 from dmthin.sim.core import Mode
+from fake_engine import FakeMetadata
+from simhelpers import BS, check_tools, dump, new_pool, open_sim, pattern, sim_pool
 
 
 def fill(thin, nblocks, start=0):

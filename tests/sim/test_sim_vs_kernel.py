@@ -15,9 +15,9 @@ from __future__ import annotations
 import errno
 
 import pytest
-from simhelpers import BS, dump, pattern
 
 from dmthin import Pool
+from simhelpers import BS, dump, pattern
 
 pytestmark = pytest.mark.real_dm
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from dmthin.pdata.block import BlockManager
+from dmthin.pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, read_header
 from dmthin.pdata.btree.walk import iter_leaves
 from dmthin.pdata.checksum import BITMAP, BTREE_NODE, INDEX, SUPERBLOCK, block_checksum
-from dmthin.pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, read_header
 from dmthin.thin.check import check_metadata
 from dmthin.thin.superblock import Superblock
 from helpers import run_dmthin
@@ -62,7 +62,7 @@ def restore(xml: str, path: Path, *, size: int = 8 * MiB, pdata_tools=None) -> P
     with open(path, "wb") as f:
         f.truncate(size)
     argv = [pdata_tools, "thin_restore"] if pdata_tools else [THIN_RESTORE_090]
-    p = _run(argv + ["-i", os.fspath(xml_path), "-o", os.fspath(path)])
+    p = _run([*argv, "-i", os.fspath(xml_path), "-o", os.fspath(path)])
     assert p.returncode == 0, p.stderr
     return path
 
@@ -143,7 +143,7 @@ class Layout:
             self.details_root = sb.device_details_root
             self.mapping_root = sb.data_mapping_root
             self.subtrees = {k: v for _b, ks, vs in iter_leaves(bm, sb.data_mapping_root)
-                             for k, v in zip(ks, vs)}
+                             for k, v in zip(ks, vs, strict=True)}
             msm, dsm = sb.metadata_sm, sb.data_sm
             self.meta_index = msm.bitmap_root
             self.meta_bitmaps = [struct.unpack_from("<Q", bm.read(msm.bitmap_root, INDEX),
@@ -333,7 +333,7 @@ def f_details_mismatch(p, L):
 
 def _bump_ref_count_tree(p, root: int) -> None:
     buf = read_block(p, root)
-    flags, nr, mx, vs = read_header(buf)
+    _flags, nr, mx, vs = read_header(buf)
     assert vs == 4 and nr >= 1, "the ref-count tree should have an entry"
     off = HEADER_SIZE + 8 * mx
     struct.pack_into("<I", buf, off, struct.unpack_from("<I", buf, off)[0] + 1)
@@ -704,7 +704,7 @@ def test_random_resealed_bit_flip_agrees(seed, base_md, pdata_tools_110, tmp_pat
     # Flip inside the used part: the header or the first 64 bytes of payload.
     offset = rnd.randrange(4, 16 + 64 + (32 if validator is BTREE_NODE else 0))
     if validator is BTREE_NODE and rnd.random() < 0.5:
-        nr, mx = read_header(buf)[1], read_header(buf)[2]
+        nr, _mx = read_header(buf)[1], read_header(buf)[2]
         offset = rnd.randrange(HEADER_SIZE, HEADER_SIZE + 8 * max(1, nr))
     if offset in range(8, 16):
         offset += 8                               # not the blocknr
@@ -723,7 +723,7 @@ def test_random_resealed_bit_flip_agrees(seed, base_md, pdata_tools_110, tmp_pat
         assert not res.ok, (fail090, fail110)
     elif not res.ok:
         # Stricter than both tools only where the kernel is (see EXPECT).
-        assert b == 0 and 32 <= offset < 44 or b == L.data_index_root, res.problems
+        assert (b == 0 and 32 <= offset < 44) or b == L.data_index_root, res.problems
     else:
         theirs = _run([THIN_DUMP_090, str(p)])
         ours_dump = run_dmthin("dump", p, text=True)

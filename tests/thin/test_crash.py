@@ -71,7 +71,7 @@ def child(path: str, log_path: str, seed: int, stop: StopAt | None = None) -> No
     rnd = random.Random(seed)
     md = ThinMetadata.format(path, data_block_sectors=128, nr_data_blocks=NR_DATA_BLOCKS,
                              cache_blocks=64)
-    log = open(log_path, "a")  # noqa: SIM115 (open until the kill)
+    log = open(log_path, "a")      # open until the kill
 
     def record(kind: str, txn: int, s) -> None:
         log.write(json.dumps({"kind": kind, "txn": txn, "summary": s}) + "\n")

@@ -9,7 +9,7 @@ import pytest
 from dmthin.thin.human import HumanReadableWriter
 from dmthin.thin.ir import Map, RunBuilder, to_map
 from dmthin.thin.xml import XmlError, XmlWriter, read_xml
-from thin_xmlgen import (THIN_DUMP, THIN_RESTORE, blank, gen_metadata, run, to_xml)
+from thin_xmlgen import THIN_DUMP, THIN_RESTORE, blank, gen_metadata, run, to_xml
 
 
 class Recorder:
@@ -91,7 +91,7 @@ SB = ('<superblock uuid="" time="1" transaction="1" data_block_size="128" '
 DEV = '<device dev_id="1" mapped_blocks="0" transaction="0" creation_time="0" snap_time="0">'
 
 
-@pytest.mark.parametrize("body,msg", [
+@pytest.mark.parametrize(("body", "msg"), [
     (f"{SB}<device/></superblock>", "missing attribute 'dev_id' on <device>"),
     (f'{SB}{DEV}<single_mapping origin_block="1" data_block="2" time="0" x="1"/>'
      "</device></superblock>", "unknown attribute 'x' on <single_mapping>"),

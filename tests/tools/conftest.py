@@ -1,8 +1,9 @@
 """Fixtures of the thin-provisioning-tools mirror tests: the reference tools."""
 from __future__ import annotations
 
-import helpers
 import pytest
+
+import helpers
 from toolgen import THIN
 
 

@@ -7,18 +7,17 @@ import io
 import random
 from array import array
 
-import helpers
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toolgen import build_pool, pool_ops
 
+import helpers
 from dmthin.thin import accel
 from dmthin.thin.delta import delta
 from dmthin.thin.leaves import top_level
 from dmthin.thin.reader import open_block_manager, select_superblock
 from dmthin.thin.rmap import libstdcxx_sort, rmap
-
+from toolgen import build_pool, pool_ops
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +32,8 @@ def _built() -> None:
                                  HealthCheck.data_too_large])
 @given(ops=pool_ops(), seed=st.integers(0, 1 << 20))
 def test_both_paths_same_bytes(tmp_path, ops, seed):
-    path = build_pool(tmp_path / "meta", ops + [("thin", 98), ("maps", 98, 0, 3, 700),
-                                                ("snap", 99, 98), ("maps", 99, 5, 7, 80)])
+    path = build_pool(tmp_path / "meta", [*ops, ("thin", 98), ("maps", 98, 0, 3, 700),
+                                          ("snap", 99, 98), ("maps", 99, 5, 7, 80)])
     rnd = random.Random(seed)
     bm = open_block_manager(path)
     try:

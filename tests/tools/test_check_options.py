@@ -13,11 +13,10 @@ import hashlib
 import shutil
 
 import pytest
-from toolgen import (THIN, Layout, build_pool, checks_pass, corrupt, dmthin, first_line, run,
-                     script)
 
 from dmthin import __version__
 from dmthin.thin.metadata import ThinMetadata
+from toolgen import THIN, Layout, build_pool, checks_pass, corrupt, dmthin, first_line, run, script
 
 OPS = [("thin", 1)] + [("map", 1, v) for v in range(0, 900, 3)] + [
     ("snap", 2, 1)] + [("map", 2, v) for v in range(0, 300, 7)] + [("thin", 3)]
@@ -30,13 +29,13 @@ def digest(path) -> str:
 @pytest.fixture
 def pool(tmp_path):
     """A clean pool with needs_check set."""
-    return build_pool(tmp_path / "meta", OPS + [("needs_check",)])
+    return build_pool(tmp_path / "meta", [*OPS, ("needs_check",)])
 
 
 @pytest.fixture
 def leaky(tmp_path):
     """A pool with one leaked metadata block and two leaked data blocks."""
-    path = build_pool(tmp_path / "leaky", OPS + [("needs_check",)])
+    path = build_pool(tmp_path / "leaky", [*OPS, ("needs_check",)])
     md = ThinMetadata.open(path)
     md.metadata_sm.inc(3000)
     md.data_sm.inc(40000)
@@ -102,7 +101,7 @@ def test_leaks_not_cleared_without_auto_repair(leaky, tools090, pdata_tools):
     before = digest(leaky)
     for argv in ([THIN["thin_check"], "-q", "--clear-needs-check-flag"],
                  [THIN["thin_check"], "-q"]):
-        assert run(argv + [leaky]).returncode == 1
+        assert run([*argv, leaky]).returncode == 1
     assert digest(leaky) == before
     for opts in (["--clear-needs-check-flag"], []):
         p = dmthin("check", *opts, leaky)

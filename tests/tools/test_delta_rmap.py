@@ -10,9 +10,9 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toolgen import THIN, build_pool, dmthin, pool_ops, run
 
 from dmthin.thin.rmap import libstdcxx_sort
+from toolgen import THIN, build_pool, dmthin, pool_ops, run
 
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -27,8 +27,8 @@ def _devices(path) -> list[int]:
 @SETTINGS
 @given(ops=pool_ops(), seed=st.integers(0, 1 << 30))
 def test_delta_matches_thin_delta(tmp_path, tools090, ops, seed):
-    path = build_pool(tmp_path / "meta", ops + [("thin", 98), ("maps", 98, 0, 2, 300),
-                                                ("snap", 99, 98), ("maps", 99, 7, 3, 50)])
+    path = build_pool(tmp_path / "meta", [*ops, ("thin", 98), ("maps", 98, 0, 2, 300),
+                                          ("snap", 99, 98), ("maps", 99, 7, 3, 50)])
     devs = _devices(path)
     rnd = random.Random(seed)
     for _ in range(3):

@@ -8,9 +8,9 @@ import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
-from toolgen import blank, build_pool, dmthin, mappings, pool_ops, run
 
 from dmthin.thin.dump_shared import Gatherer
+from toolgen import blank, build_pool, dmthin, mappings, pool_ops, run
 
 
 @settings(max_examples=20, deadline=None,

@@ -7,11 +7,15 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toolgen import THIN, checks_pass, dmthin, run
 
-from dmthin.thin.metadata_size import (UNIT_CHARS, UNIT_NAMES, recommended_metadata_size,
-                                       worst_case_blocks)
+from dmthin.thin.metadata_size import (
+    UNIT_CHARS,
+    UNIT_NAMES,
+    recommended_metadata_size,
+    worst_case_blocks,
+)
 from dmthin.thin.worst_case import build_worst_case
+from toolgen import THIN, checks_pass, dmthin, run
 
 units = st.sampled_from(["", *UNIT_CHARS, *UNIT_NAMES, "kib", "me", "x", "Kb"])
 numbers = st.one_of(st.integers(0, 4096).map(str), st.sampled_from(["64", "128", "1", "00"]),

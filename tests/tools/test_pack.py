@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toolgen import THIN, build_pool, checks_pass, dmthin, pool_ops, run
 
 from dmthin.thin.pack import _VM, pack_u64s
+from toolgen import THIN, build_pool, checks_pass, dmthin, pool_ops, run
 
 
 @settings(max_examples=10, deadline=None,

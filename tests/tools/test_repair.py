@@ -15,10 +15,22 @@ import shutil
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from toolgen import (THIN, Layout, blank, build_pool, checks_pass, corrupt, dmthin, first_line,
-                     mappings, pool_ops, run, script)
 
 from dmthin.thin.repair import Overrides, repair
+from toolgen import (
+    THIN,
+    Layout,
+    blank,
+    build_pool,
+    checks_pass,
+    corrupt,
+    dmthin,
+    first_line,
+    mappings,
+    pool_ops,
+    run,
+    script,
+)
 
 MiB = 1 << 20
 

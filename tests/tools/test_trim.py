@@ -9,6 +9,7 @@ import hashlib
 import os
 
 from hypothesis import HealthCheck, given, settings
+
 from toolgen import Layout, build_pool, corrupt, dmthin, mappings, pool_ops
 
 BS = 64 << 10

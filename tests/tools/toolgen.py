@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import helpers
 import pytest
 from hypothesis import strategies as st
 
+import helpers
 from dmthin.pdata.block import BlockManager
 from dmthin.pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, read_header
 from dmthin.thin.metadata import ThinMetadata
@@ -183,7 +183,7 @@ class Layout:
             self.roots: dict[int, int] = {}
             for leaf in t_leaves:
                 _f, keys, values = _node(bm, leaf)
-                self.roots.update(zip(keys, values))
+                self.roots.update(zip(keys, values, strict=True))
             self.top_leaf_of = {dev: leaf for leaf in t_leaves for dev in _node(bm, leaf)[1]}
             self.internal: dict[int, list[int]] = {}
             self.leaves: dict[int, list[int]] = {}

@@ -21,9 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from dmthin import Pool  # noqa: E402
-from dmthin.dm import loop, task  # noqa: E402
-from dmthin.pooldir import device_prefix  # noqa: E402
+from dmthin import Pool
+from dmthin.dm import loop, task
+from dmthin.pooldir import device_prefix
 
 THIN_SECTORS = 2048 * 100     # 100 MiB thin devices
 

@@ -37,11 +37,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from dmthin import Pool
-from dmthin.extfs import Filesystem, mkfs
-from dmthin.graph import differ
-from dmthin.graph.exttree import ExtTree
-from dmthin.units import format_size, parse_size
+from dmthin import Pool  # noqa: E402
+from dmthin.extfs import Filesystem, mkfs  # noqa: E402
+from dmthin.graph import differ  # noqa: E402
+from dmthin.graph.exttree import ExtTree  # noqa: E402
+from dmthin.units import format_size, parse_size  # noqa: E402
 
 MIB = 1 << 20
 DOCKER_MKFS = ["-T", "default"]

@@ -146,8 +146,8 @@ def commands(tool: str, md: Path, xml: Path, work: Path, devices: int, nr_data: 
     }[tool]
     ours, theirs, prepare = args
     pdata = pdata_tools()
-    return ({"dmthin": py + ours, "0.9.0": [f"{SBIN}/thin_{tool}"] + theirs,
-             "1.1.0": [pdata, f"thin_{tool}"] + theirs}, prepare)
+    return ({"dmthin": py + ours, "0.9.0": [f"{SBIN}/thin_{tool}", *theirs],
+             "1.1.0": [pdata, f"thin_{tool}", *theirs]}, prepare)
 
 
 def _pool(work: Path, name: str, n: int, devices: int, shape: str) -> tuple[Path, Path, int]:

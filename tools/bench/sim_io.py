@@ -17,7 +17,6 @@ Usage: python3 tools/bench/sim_io.py [--dir DIR] [--size 1G] [--mappings N]
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import resource
 import shutil

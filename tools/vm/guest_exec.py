@@ -164,7 +164,7 @@ def main():
         tty.setraw(out)
     try:
         rc = run(ctl, out)
-    except Exception as e:  # the host must get a status and a reason, not a hang
+    except Exception as e:  # noqa: BLE001 - the host must get a status and a reason, not a hang
         write_all(out, ("vmrun: guest launcher failed: %r\n" % (e,)).encode())
         rc = RC_HARNESS
     if os.isatty(out):

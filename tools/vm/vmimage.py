@@ -308,7 +308,7 @@ def module_order(moddir, wanted):
                           % (mod, " <- ".join(chain)))
         seen.add(mod)
         for d in deps[mod]:
-            visit(d, chain + [d])
+            visit(d, [*chain, d])
         order.append(paths[mod])
 
     for mod in wanted:
@@ -391,7 +391,8 @@ def ensure_initrd(cache, kernel):
     order = module_order(moddir, wanted_modules())
     key = hashlib.sha256()
     for part in (INITRD_FORMAT, os.path.basename(kernel), kver, "\n".join(order),
-                 sha256_file(INIT), sha256_file(MODPROBE), sha256_file(MODULES), sha256_file(BUSYBOX)):
+                 sha256_file(INIT), sha256_file(MODPROBE), sha256_file(MODULES),
+                 sha256_file(BUSYBOX)):
         key.update(part.encode() + b"\0")
     path = os.path.join(cache, "initrd-%s.gz" % key.hexdigest()[:16])
     if os.path.exists(path):

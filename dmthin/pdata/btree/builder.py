@@ -23,8 +23,14 @@ from array import array
 from collections.abc import Sequence
 
 from ..checksum import BLOCK_SIZE, BTREE_NODE, Validator
-from .node import (HEADER_FIELDS, HEADER_FIELDS_OFFSET, HEADER_SIZE, INTERNAL_NODE, LEAF_NODE,
-                   calc_max_entries)
+from .node import (
+    HEADER_FIELDS,
+    HEADER_FIELDS_OFFSET,
+    HEADER_SIZE,
+    INTERNAL_NODE,
+    LEAF_NODE,
+    calc_max_entries,
+)
 
 _LITTLE = sys.byteorder == "little"
 _ZERO = bytes(BLOCK_SIZE)

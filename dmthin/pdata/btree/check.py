@@ -34,8 +34,17 @@ from ...errors import BlockNrMismatch, BTreeError, ChecksumError, MetadataError
 from ..block import BlockManager
 from ..checksum import BTREE_NODE
 from ..refcounts import RefCounts
-from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, WALK_MAX_DEPTH, Value,
-                   calc_max_entries, read_header, read_u64_values, read_values)
+from .node import (
+    HEADER_SIZE,
+    INTERNAL_NODE,
+    LEAF_NODE,
+    WALK_MAX_DEPTH,
+    Value,
+    calc_max_entries,
+    read_header,
+    read_u64_values,
+    read_values,
+)
 
 _POST = object()
 
@@ -239,7 +248,7 @@ class BTreeChecker:
                     stack.append((b, path, _POST, children))
                 for i in range(nr - 1, -1, -1):
                     c_hi = keys[i + 1] if i + 1 < nr else hi
-                    stack.append((children[i], path + (children[i],), keys[i], c_hi))
+                    stack.append((children[i], (*path, children[i]), keys[i], c_hi))
                 continue
             values = read_values(buf, nr, mx, vs)
             if totals is not None:

@@ -17,7 +17,7 @@ removal, deletion, commit or abort).
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Sequence
+from collections.abc import Sequence
 
 from .node import Node, lower_bound
 from .ops import insert
@@ -86,8 +86,8 @@ class InsertHint:
                 # A full node on the path makes the kernel split it; a full
                 # leaf of an upper level is fine (its key is present).
                 if not tm.is_live_unshared_node(b, node) or \
-                        len(node.keys) >= node.max_entries and \
-                        not (level < last and node.is_leaf):
+                        (len(node.keys) >= node.max_entries and \
+                        not (level < last and node.is_leaf)):
                     return
                 nodes.append((b, node))
                 i = lower_bound(node.keys, k)

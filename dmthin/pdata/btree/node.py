@@ -95,7 +95,7 @@ def value_offset(mx: int, vs: int, i: int) -> int:
     return HEADER_SIZE + 8 * mx + i * vs
 
 
-def check_leaf_value_size(node: "Node", want: int, blocknr: int) -> None:
+def check_leaf_value_size(node: Node, want: int, blocknr: int) -> None:
     """A leaf reached in a tree of *want*-byte values must hold such
     values (else it belongs to another tree: a lookup would read garbage,
     an insert would mix value sizes).  Raises :class:`BTreeError`."""

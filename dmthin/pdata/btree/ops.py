@@ -14,8 +14,17 @@ from collections.abc import Sequence
 
 from ...errors import BTreeError
 from ..transaction import TransactionManager
-from .node import (INTERNAL_NODE, LEAF_NODE, MAX_SPINE_DEPTH, Node, Value, calc_max_entries,
-                   check_leaf_value_size, lower_bound, upper_bound)
+from .node import (
+    INTERNAL_NODE,
+    LEAF_NODE,
+    MAX_SPINE_DEPTH,
+    Node,
+    Value,
+    calc_max_entries,
+    check_leaf_value_size,
+    lower_bound,
+    upper_bound,
+)
 from .spine import BTreeInfo, ShadowSpine, ValueType, inc_children, le64_type
 
 SPACE_THRESHOLD = 8
@@ -139,7 +148,7 @@ def shadow_child(info: BTreeInfo, vt: ValueType, parent: Node, index: int) -> tu
 
 def split_one_into_two(info: BTreeInfo, s: ShadowSpine, parent_index: int, vt: ValueType,
                        key: int) -> None:
-    left_b, ln = s.current
+    _left_b, ln = s.current
     right_b, rn = _new_sibling(info.tm, ln)
     redistribute2(ln, rn)
     insert_at(s.parent[1], parent_index + 1, rn.keys[0], right_b)
@@ -173,7 +182,7 @@ def split_two_into_three(info: BTreeInfo, s: ShadowSpine, parent_index: int, vt:
 def btree_split_beneath(info: BTreeInfo, s: ShadowSpine, key: int) -> None:
     """The root is full: move its entries into two new children."""
     tm = info.tm
-    pb, pn = s.current
+    _pb, pn = s.current
     nr_left = len(pn.keys) // 2
     ln = Node(pn.flags, pn.max_entries, pn.value_size, pn.keys[:nr_left], pn.values[:nr_left])
     left_b = tm.new_node(ln)
@@ -186,7 +195,8 @@ def btree_split_beneath(info: BTreeInfo, s: ShadowSpine, key: int) -> None:
     pn.values = [left_b, right_b]
 
 
-def rebalance_left(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int, key: int) -> None:
+def rebalance_left(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int,
+                   key: int) -> None:
     pn = s.parent[1]
     sib_b, left = shadow_child(info, vt, pn, parent_index - 1)
     right = s.current[1]
@@ -196,7 +206,8 @@ def rebalance_left(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index:
         s.nodes[1] = [sib_b, left]
 
 
-def rebalance_right(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int, key: int) -> None:
+def rebalance_right(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int,
+                    key: int) -> None:
     pn = s.parent[1]
     sib_b, right = shadow_child(info, vt, pn, parent_index + 1)
     left = s.current[1]
@@ -206,7 +217,8 @@ def rebalance_right(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index
         s.nodes[1] = [sib_b, right]
 
 
-def rebalance_or_split(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int, key: int) -> None:
+def rebalance_or_split(info: BTreeInfo, s: ShadowSpine, vt: ValueType, parent_index: int,
+                       key: int) -> None:
     tm = info.tm
     parent = s.parent[1]
     nr_parent = len(parent.keys)

@@ -19,8 +19,17 @@ from collections.abc import Iterator, Sequence
 from ...errors import BTreeError
 from ..block import BlockManager
 from ..checksum import BTREE_NODE
-from .node import (HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, WALK_MAX_DEPTH, Value, check_header,
-                   lower_bound, read_u64_values, read_values)
+from .node import (
+    HEADER_SIZE,
+    INTERNAL_NODE,
+    LEAF_NODE,
+    WALK_MAX_DEPTH,
+    Value,
+    check_header,
+    lower_bound,
+    read_u64_values,
+    read_values,
+)
 
 
 def _check_node(b: int, flags: int, nr: int, mx: int, vs: int, keys: tuple[int, ...],
@@ -76,7 +85,7 @@ def iter_items(bm: BlockManager, root: int,
     """Yield ``(key, value)`` pairs under *root* in key order (validated as
     :func:`iter_leaves` does when *value_size* is given)."""
     for _b, keys, values in iter_leaves(bm, root, value_size):
-        yield from zip(keys, values)
+        yield from zip(keys, values, strict=True)
 
 
 def lookup(bm: BlockManager, root: int, key: int, value_size: int | None = None) -> Value | None:

@@ -17,9 +17,19 @@ from array import array
 from ..btree.builder import BlockWriter, btree_blocks, build_btree
 from ..checksum import BITMAP, INDEX
 from ..refcounts import RefCounts
-from .format import (BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, INDEX_ENTRY, INDEX_ENTRY_SIZE,
-                     METADATA_INDEX_OFFSET, REF_COUNT, REF_COUNT_SIZE, SpaceMapRoot,
-                     bitmap_all_ones, encode_bitmap_counts, nr_bitmaps)
+from .format import (
+    BITMAP_HEADER_SIZE,
+    ENTRIES_PER_BITMAP,
+    INDEX_ENTRY,
+    INDEX_ENTRY_SIZE,
+    METADATA_INDEX_OFFSET,
+    REF_COUNT,
+    REF_COUNT_SIZE,
+    SpaceMapRoot,
+    bitmap_all_ones,
+    encode_bitmap_counts,
+    nr_bitmaps,
+)
 
 E = ENTRIES_PER_BITMAP
 

@@ -10,8 +10,8 @@ merges the ref-count tree in key order, so memory stays bounded.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from ...errors import MetadataError
 from ...units import MAX_METADATA_BITMAPS
@@ -21,8 +21,17 @@ from ..btree.node import Value
 from ..btree.walk import iter_items
 from ..checksum import BITMAP, INDEX
 from ..refcounts import RefCounts
-from .format import (CAP3, ENTRIES_PER_BITMAP, INDEX_ENTRY_SIZE, REF_COUNT, REF_COUNT_SIZE,
-                     IndexEntry, decode_bitmap_counts, metadata_index_entry_offset, nr_bitmaps)
+from .format import (
+    CAP3,
+    ENTRIES_PER_BITMAP,
+    INDEX_ENTRY_SIZE,
+    REF_COUNT,
+    REF_COUNT_SIZE,
+    IndexEntry,
+    decode_bitmap_counts,
+    metadata_index_entry_offset,
+    nr_bitmaps,
+)
 
 
 def read_metadata_index(checker: BTreeChecker, bitmap_root: int,

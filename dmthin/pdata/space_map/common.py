@@ -15,9 +15,19 @@ from ..btree import remove as bt_remove
 from ..btree.spine import BTreeInfo, ValueType
 from ..checksum import BITMAP
 from ..transaction import TransactionManager
-from .format import (BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, FIELD_TO_COUNT, REF_COUNT,
-                     REF_COUNT_SIZE, IndexEntry, SpaceMapRoot, bitmap_find_free, bitmap_get,
-                     bitmap_set, nr_bitmaps)
+from .format import (
+    BITMAP_HEADER_SIZE,
+    ENTRIES_PER_BITMAP,
+    FIELD_TO_COUNT,
+    REF_COUNT,
+    REF_COUNT_SIZE,
+    IndexEntry,
+    SpaceMapRoot,
+    bitmap_find_free,
+    bitmap_get,
+    bitmap_set,
+    nr_bitmaps,
+)
 
 
 def find_common_free_block(old_ll: LowLevel, ll: LowLevel, begin: int) -> int | None:
@@ -210,8 +220,8 @@ class SpaceMapBase:
         self.allocated_this_transaction = 0
 
     @classmethod
-    def open(cls: type[_SM], tm: TransactionManager, nr_blocks: int, nr_allocated: int, bitmap_root: int,
-             ref_count_root: int) -> _SM:
+    def open(cls: type[_SM], tm: TransactionManager, nr_blocks: int, nr_allocated: int,
+             bitmap_root: int, ref_count_root: int) -> _SM:
         """Open the space map a superblock's space-map root describes
         (``dm_sm_disk_open``, ``dm_sm_metadata_open``)."""
         sm = cls(tm)

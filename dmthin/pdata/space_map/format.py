@@ -143,14 +143,14 @@ class IndexEntry:
         self.nr_free = nr_free
         self.none_free_before = none_free_before
 
-    def copy(self) -> "IndexEntry":
+    def copy(self) -> IndexEntry:
         return IndexEntry(self.blocknr, self.nr_free, self.none_free_before)
 
     def pack(self) -> bytes:
         return INDEX_ENTRY.pack(self.blocknr, self.nr_free, self.none_free_before)
 
     @classmethod
-    def unpack(cls, raw: bytes | bytearray | memoryview, offset: int = 0) -> "IndexEntry":
+    def unpack(cls, raw: bytes | bytearray | memoryview, offset: int = 0) -> IndexEntry:
         return cls(*INDEX_ENTRY.unpack_from(raw, offset))
 
     def __repr__(self) -> str:
@@ -174,5 +174,5 @@ class SpaceMapRoot(NamedTuple):
         return SM_ROOT.pack(*self)
 
     @classmethod
-    def unpack(cls, raw: bytes | bytearray | memoryview, offset: int = 0) -> "SpaceMapRoot":
+    def unpack(cls, raw: bytes | bytearray | memoryview, offset: int = 0) -> SpaceMapRoot:
         return cls(*SM_ROOT.unpack_from(raw, offset))
