@@ -14,7 +14,7 @@ What dm-thin.c does per data block, reproduced:
   whole block.  The other device keeps the old block.  A block that cannot
   get a new one (no space, read-only pool) fails alone: dm splits the bio
   per data block, so the write's other blocks are still written and the
-  write then reports the first error (observed on 6.1; tools/trace.py).
+  write then reports the first error (observed on 6.1 with the fidelity traces).
 * **discard** unmaps the whole data blocks inside the range
   (``get_bio_block_range`` rounds the start up and the end down; partial
   blocks at the edges are left alone, as observed on 6.1: tests/traces/discard-edges).

@@ -1,12 +1,15 @@
-"""tools/trace.py itself, on the host (no device-mapper needed): traces
+"""The trace library (tracelib) itself, on the host (no device-mapper needed): traces
 load and generate deterministically, the simulator replays a trace the same
 way twice, and the comparison reports a difference where there is one."""
 from __future__ import annotations
 
 import copy
 import json
+import runpy
 
-from tracetool import tool
+import pytest
+
+import tracelib as tool
 
 
 def test_generate_is_deterministic_and_round_trips(tmp_path):
@@ -24,24 +27,20 @@ def test_generate_is_deterministic_and_round_trips(tmp_path):
 def test_bad_trace_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"pool": {}}\n{"id": 1}\n')
-    try:
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         tool.load_trace(path)
-    except ValueError as err:
-        assert "bad.jsonl:2" in str(err)
-    else:
-        raise AssertionError("no error")
 
 
-def test_hand_written_traces_are_current(tmp_path):
-    """tests/traces/*.jsonl are what tests/traces/make.py writes."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("make_traces", tool.TRACES_DIR / "make.py")
-    make = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make)
-    for name, fn in make.TRACES.items():
-        _header, steps = fn()
-        path = tool.TRACES_DIR / f"{name.replace('_', '-')}.jsonl"
-        _got_header, got_steps = tool.load_trace(path)
+def test_hand_written_traces_are_current():
+    """tests/traces/*.jsonl are what tests/traces/make.py writes, header and steps."""
+    make = runpy.run_path(str(tool.TRACES_DIR / "make.py"))
+    files = sorted(p.name for p in tool.TRACES_DIR.glob("*.jsonl"))
+    assert files == sorted(f"{name.replace('_', '-')}.jsonl" for name in make["TRACES"])
+    for name in make["TRACES"]:
+        header, steps = make["build"](name)
+        path = tool.TRACES_DIR / f"{header['name']}.jsonl"
+        got_header, got_steps = tool.load_trace(path)
+        assert got_header == json.loads(json.dumps(header)), path
         assert got_steps == json.loads(json.dumps(steps)), path
 
 

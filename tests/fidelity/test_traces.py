@@ -1,10 +1,10 @@
-"""The simulator against the real kernel, trace by trace (fidelity §1-§2).
+"""The simulator against the real kernel, trace by trace.
 
 Each hand-written trace of tests/traces/ and N generated ones (env
 DMTHIN_FIDELITY_TRACES, default 2; seeds from DMTHIN_FIDELITY_SEED, default
 1; about DMTHIN_FIDELITY_WRITES=150 block writes each; DMTHIN_FIDELITY_FILL
-more whose pool fills, timing-dependent: see tools/trace.py gen) run through the public
-Pool API on the kernel backend and on the simulator; after every step the
+more whose pool fills, timing-dependent: see tracelib.generate) run through
+the public Pool API on the kernel backend and on the simulator; after every step the
 pool status, thin status lines, event counter and errno must agree, and at
 the end the thin_dump/thin_ls output, every device's bytes and the used
 metadata blocks.  The table of all comparisons is printed at the end of the
@@ -15,8 +15,7 @@ import os
 
 import pytest
 
-from tracetool import TALLY
-from tracetool import tool as trace_tool
+import tracelib as trace_tool
 
 pytestmark = pytest.mark.real_dm
 
@@ -31,7 +30,7 @@ CASES = [pytest.param(p, id=p.stem) for p in trace_tool.trace_files(())] + \
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_trace_agrees(case, tmp_path):
+def test_trace_agrees(case, tmp_path, session_tally):
     if isinstance(case, tuple):
         seed, fill = case
         header, steps = trace_tool.generate(seed, WRITES, fill)
@@ -43,6 +42,6 @@ def test_trace_agrees(case, tmp_path):
     kern = trace_tool.run_trace(path, "kernel", tmp_path)
     sim = trace_tool.run_trace(path, "sim", tmp_path)
     tally = trace_tool.compare(kern, sim)
-    trace_tool.compare(kern, sim, TALLY)
+    trace_tool.compare(kern, sim, session_tally)
     assert kern["final"]["check"]["rc"] == 0, kern["final"]["check"]["err"]
     assert tally.ok(), trace_tool.report(tally)

@@ -1,4 +1,4 @@
-"""Hostile metadata (issue 10 items 4, 5, 6): forged, re-sealed blocks.
+"""Hostile metadata: forged, re-sealed blocks.
 
 * dump validates what thin_dump validates (key order, max_entries, value
   size, flags): where thin_dump 0.9.0 refuses, ``dmthin dump`` exits 1 with
@@ -154,7 +154,7 @@ def test_ls_lists_a_damaged_pool_as_thin_ls(damaged, thin_tools_090):
 
 def test_read_and_write_through_a_foreign_node_fail_with_eio(tmp_path):
     """A mapping subtree whose internal node points at the details leaf
-    (issue 10: a traceback in 'thin read')."""
+    (it once gave a traceback in 'thin read')."""
     d = tmp_path / "pool"
     with Pool.create(d, data_size="64M", metadata_size="4M", backend="sim") as pool:
         t = pool.create_thin(1, "64M")

@@ -56,7 +56,7 @@ def model_size(text: str) -> int | None:
     return int(value)
 
 
-REPRODUCTIONS = [  # the inputs of issue 10 that gave tracebacks or wrong values
+REPRODUCTIONS = [  # inputs that once gave tracebacks or wrong values
     "16E", "9" * 400 + ".5", "1" * 5000, "999999999999999999999999999999E", "١٢٣M", "²",  # noqa: RUF001 - non-ASCII digits on purpose
     "1e3", "inf", "nan", "-1", "0x10", "1_000", "1.5.5G", " ", "", "K", "10 G B",
 ]

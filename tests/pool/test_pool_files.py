@@ -1,4 +1,4 @@
-"""A pool directory is hostile input (issue 10, items 1, 2, 9): symlinks are
+"""A pool directory is hostile input: symlinks are
 never followed, files never truncated or formatted that dmthin did not make,
 a failed create removes exactly what it made, another user's directory is
 refused unless asked."""

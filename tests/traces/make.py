@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write the hand-written fidelity traces of this folder (``*.jsonl``).
 
-Each trace probes one kernel behaviour; tools/trace.py replays it on both
-backends (format: tools/trace.py's docstring).  Run from anywhere:
+Each trace probes one kernel behaviour; tests/fidelity/tracelib replays it
+on both backends (format: that package's docstring).  Run from anywhere:
 ``python3 tests/traces/make.py``; the output is deterministic.
 """
 import json
@@ -254,10 +254,16 @@ def reopen_mid_trace():
     return {"pool": pool(64)}, steps
 
 
+def build(name: str) -> tuple[dict, list[dict]]:
+    """The header and steps of trace *name* as its file holds them."""
+    fn = TRACES[name]
+    header, steps = fn()
+    return {"name": name.replace("_", "-"), "doc": fn.__doc__.split("\n")[0], **header}, steps
+
+
 def main() -> None:
-    for name, fn in TRACES.items():
-        header, steps = fn()
-        header = {"name": name.replace("_", "-"), "doc": fn.__doc__.split("\n")[0], **header}
+    for name in TRACES:
+        header, steps = build(name)
         with open(HERE / f"{header['name']}.jsonl", "w") as f:
             f.write(json.dumps(header) + "\n")
             for s in steps:
