@@ -32,8 +32,8 @@ def pdata_tools_110() -> str:
 
 @pytest.fixture(scope="session")
 def thin_tools_090() -> dict[str, str]:
-    """{"thin_check": path, ...} of the installed 0.9.0 tools (thin_check,
-    thin_dump, thin_ls, thin_restore, thin_delta)."""
+    """{"thin_check": path, ...} of the installed 0.9.0 tools
+    (:data:`helpers.THIN_TOOLS_090`)."""
     try:
         return helpers.thin_tools_090()
     except helpers.Unavailable as e:

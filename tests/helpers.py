@@ -29,7 +29,8 @@ VMRUN = TOOLS / "vmrun"
 FETCH_THIN_TOOLS = TOOLS / "fetch-thin-tools"
 
 #: the 0.9.0 tools the tests use, all installed by thin-provisioning-tools 0.9.0
-THIN_TOOLS_090 = ("thin_check", "thin_dump", "thin_ls", "thin_restore", "thin_delta")
+THIN_TOOLS_090 = ("thin_check", "thin_dump", "thin_ls", "thin_restore", "thin_delta",
+                  "thin_repair", "thin_rmap", "thin_metadata_size", "thin_trim")
 THIN_TOOLS_090_DIR = "/usr/sbin"
 
 REAL_DM_SKIP = "needs root and device-mapper: run tools/test, which runs these in a qemu guest"

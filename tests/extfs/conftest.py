@@ -1,10 +1,6 @@
 """Fixtures of the extfs tests: a formatted simulated thin device."""
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 from extfs_helpers import new_device
 
 

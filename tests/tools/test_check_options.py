@@ -62,7 +62,7 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("opts", REFUSED, ids=lambda o: " ".join(o) or "no-input")
-def test_refused_combinations_exit_1_and_write_nothing(pool, tools090, opts):
+def test_refused_combinations_exit_1_and_write_nothing(pool, thin_tools_090, opts):
     before = digest(pool)
     theirs = run([THIN["thin_check"], *opts] + ([pool] if opts else []))
     ours = dmthin("check", *opts, *([pool] if opts else []))
@@ -71,8 +71,8 @@ def test_refused_combinations_exit_1_and_write_nothing(pool, tools090, opts):
     assert ours.stderr.strip(), "a refused command says why"
 
 
-def test_clear_needs_check_flag_writes_what_thin_check_writes(pool, tmp_path, tools090,
-                                                              pdata_tools):
+def test_clear_needs_check_flag_writes_what_thin_check_writes(pool, tmp_path, thin_tools_090,
+                                                              pdata_tools_110):
     theirs = shutil.copy(pool, tmp_path / "theirs")
     assert 'flags="1"' in first_line(pool)
     assert run([THIN["thin_check"], "-q", "--clear-needs-check-flag", theirs]).returncode == 0
@@ -80,14 +80,14 @@ def test_clear_needs_check_flag_writes_what_thin_check_writes(pool, tmp_path, to
     assert p.returncode == 0 and p.stdout == p.stderr == ""
     assert digest(pool) == digest(theirs)          # only the superblock changed, identically
     assert 'flags="0"' in first_line(pool)
-    assert checks_pass(pool, pdata_tools) == (0, 0)
+    assert checks_pass(pool, pdata_tools_110) == (0, 0)
     # The flag is clear now: nothing more is written.
     before = digest(pool)
     assert dmthin("check", "--clear-needs-check-flag", pool).returncode == 0
     assert digest(pool) == before
 
 
-def test_lvm_runs_the_console_script(pool, pdata_tools):
+def test_lvm_runs_the_console_script(pool, pdata_tools_110):
     """LVM: thin_check_executable=dmthin-thin_check, thin_check_options=
     ["-q", "--clear-needs-check-flag"], the metadata path last."""
     p = run([script("dmthin-thin_check"), "-q", "--clear-needs-check-flag", pool])
@@ -97,7 +97,7 @@ def test_lvm_runs_the_console_script(pool, pdata_tools):
     assert v.returncode == 0 and v.stdout.strip() == __version__
 
 
-def test_leaks_not_cleared_without_auto_repair(leaky, tools090, pdata_tools):
+def test_leaks_not_cleared_without_auto_repair(leaky, thin_tools_090, pdata_tools_110):
     before = digest(leaky)
     for argv in ([THIN["thin_check"], "-q", "--clear-needs-check-flag"],
                  [THIN["thin_check"], "-q"]):
@@ -114,17 +114,17 @@ def test_leaks_not_cleared_without_auto_repair(leaky, tools090, pdata_tools):
 
 @pytest.mark.parametrize("opts", [["--auto-repair"],
                                   ["--auto-repair", "--clear-needs-check-flag"]])
-def test_auto_repair_frees_leaks_and_clears_the_flag(leaky, opts, pdata_tools):
+def test_auto_repair_frees_leaks_and_clears_the_flag(leaky, opts, pdata_tools_110):
     p = dmthin("check", *opts, leaky)
     assert p.returncode == 0, p.stderr
     assert "fixed leaks: 1 metadata and 2 data blocks freed" in p.stderr
     # As thin_check 0.9.0: --auto-repair clears needs_check after the fix.
     assert 'flags="0"' in first_line(leaky)
-    assert checks_pass(leaky, pdata_tools) == (0, 0)
+    assert checks_pass(leaky, pdata_tools_110) == (0, 0)
     assert dmthin("check", "-q", leaky).returncode == 0
 
 
-def test_damage_is_never_fixed(pool, tools090):
+def test_damage_is_never_fixed(pool, thin_tools_090):
     corrupt(pool, Layout(pool).leaves[1][0])
     before = digest(pool)
     for opts in (["--auto-repair"], ["--clear-needs-check-flag"]):
@@ -133,7 +133,7 @@ def test_damage_is_never_fixed(pool, tools090):
     assert digest(pool) == before
 
 
-def test_override_mapping_root(pool, tools090):
+def test_override_mapping_root(pool, thin_tools_090):
     layout = Layout(pool)
     root = layout.sb.data_mapping_root
     for block, want in ((root, 0), (layout.details[0], 1), (layout.roots[1], 1)):
@@ -152,7 +152,7 @@ def test_version_everywhere(command):
     assert (p.returncode, p.stdout) == (0, __version__ + "\n")
 
 
-def test_dump_repair_dumps_what_survives(pool, tools090):
+def test_dump_repair_dumps_what_survives(pool, thin_tools_090):
     corrupt(pool, Layout(pool).leaves[1][1])
     theirs = run([THIN["thin_dump"], "-r", pool])
     ours = dmthin("dump", "-r", pool)

@@ -26,7 +26,7 @@ def _devices(path) -> list[int]:
 
 @SETTINGS
 @given(ops=pool_ops(), seed=st.integers(0, 1 << 30))
-def test_delta_matches_thin_delta(tmp_path, tools090, ops, seed):
+def test_delta_matches_thin_delta(tmp_path, thin_tools_090, ops, seed):
     path = build_pool(tmp_path / "meta", [*ops, ("thin", 98), ("maps", 98, 0, 2, 300),
                                           ("snap", 99, 98), ("maps", 99, 7, 3, 50)])
     devs = _devices(path)
@@ -47,7 +47,7 @@ def test_delta_matches_thin_delta(tmp_path, tools090, ops, seed):
         assert got.stderr.count("\n") == 1
 
 
-def test_delta_errors(tmp_path, tools090):
+def test_delta_errors(tmp_path, thin_tools_090):
     path = build_pool(tmp_path / "meta", [("thin", 1), ("maps", 1, 0, 1, 10)])
     for argv in (["--snap1", "1", "--snap2", "9"], ["--snap1", "1"], ["--snap2", "1"],
                  ["--snap1", "x", "--snap2", "1"], ["-m", "--snap1", "1", "--snap2", "1"]):
@@ -59,19 +59,19 @@ def test_delta_errors(tmp_path, tools090):
 @SETTINGS
 @given(ops=pool_ops(), regions=st.lists(st.tuples(st.integers(0, 6000), st.integers(1, 3000)),
                                         min_size=1, max_size=4))
-def test_rmap_matches_thin_rmap(tmp_path, tools090, pdata_tools, ops, regions):
+def test_rmap_matches_thin_rmap(tmp_path, thin_tools_090, pdata_tools_110, ops, regions):
     path = build_pool(tmp_path / "meta", ops)
     argv = [f"--region={b}..{b + n}" for b, n in regions]
     want = run([THIN["thin_rmap"], *argv, path])
     got = dmthin("rmap", *argv, path)
     assert got.returncode == want.returncode == 0
     assert got.stdout == want.stdout
-    theirs = run([pdata_tools, "thin_rmap", *argv, path])
+    theirs = run([pdata_tools_110, "thin_rmap", *argv, path])
     assert sorted(got.stdout.splitlines()) == sorted(theirs.stdout.splitlines())
 
 
 @pytest.mark.parametrize("region", ["5", "5..", "..5", "5..5", "9..3", "a..b", "1...4"])
-def test_rmap_bad_regions(tmp_path, tools090, region):
+def test_rmap_bad_regions(tmp_path, thin_tools_090, region):
     path = build_pool(tmp_path / "meta", [("thin", 1), ("maps", 1, 0, 1, 10)])
     assert run([THIN["thin_rmap"], "--region", region, path]).returncode == 1
     p = dmthin("rmap", "--region", region, path)

@@ -17,18 +17,18 @@ from toolgen import blank, build_pool, dmthin, mappings, pool_ops, run
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(ops=pool_ops())
-def test_same_as_thin_dump_110(tmp_path, pdata_tools, tools090, ops):
+def test_same_as_thin_dump_110(tmp_path, pdata_tools_110, thin_tools_090, ops):
     tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))
     meta = build_pool(tmp_path / "meta", ops)
     for extra in ([], ["--skip-mappings"], ["-m"], ["--dev-id", "0"]):
-        want = run([pdata_tools, "thin_dump", *extra, meta])
+        want = run([pdata_tools_110, "thin_dump", *extra, meta])
         got = dmthin("dump", "-f", "xml1", *extra, meta)
         assert got.returncode == (0 if want.returncode == 0 else 1), (extra, got.stderr)
         if want.returncode == 0:
             assert got.stdout == want.stdout, extra
     xml = tmp_path / "x.xml"
     xml.write_text(dmthin("dump", "-f", "xml1", meta).stdout)
-    for restore in (["dmthin"], [pdata_tools, "thin_restore"]):
+    for restore in (["dmthin"], [pdata_tools_110, "thin_restore"]):
         out = blank(tmp_path / "out", 16 << 20)
         if restore == ["dmthin"]:
             assert dmthin("restore", "-i", xml, "-o", out).returncode == 0

@@ -52,7 +52,7 @@ def argvs(draw):
 
 @settings(max_examples=300, deadline=None)
 @given(argv=argvs())
-def test_same_output_as_thin_metadata_size(tools090, argv):
+def test_same_output_as_thin_metadata_size(thin_tools_090, argv):
     want = run(["thin_metadata_size", *argv], executable=THIN["thin_metadata_size"])
     got = dmthin("metadata-size", *argv)
     assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout,
@@ -67,7 +67,7 @@ def test_same_output_as_thin_metadata_size(tools090, argv):
     ["-b", "64k", "-s", "1g"], ["-x"], ["-b"], ["--block-size"], ["--nosuch"],
     ["--unit=z", "-b", "1k", "-s", "1z", "-m", "1"],
 ])
-def test_examples(tools090, argv):
+def test_examples(thin_tools_090, argv):
     want = run(["thin_metadata_size", *argv], executable=THIN["thin_metadata_size"])
     got = dmthin("metadata-size", *argv)
     assert (got.returncode, got.stdout, got.stderr) == (want.returncode, want.stdout,
@@ -77,11 +77,11 @@ def test_examples(tools090, argv):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(nr_data=st.integers(1, 120000), thins=st.integers(1, 300))
-def test_worst_case_built(tmp_path, pdata_tools, nr_data, thins):
+def test_worst_case_built(tmp_path, pdata_tools_110, nr_data, thins):
     path = tmp_path / "worst"
     used = build_worst_case(path, nr_data, thins)
     assert used == worst_case_blocks(nr_data, thins)
-    assert checks_pass(path, pdata_tools) == (0, 0)
+    assert checks_pass(path, pdata_tools_110) == (0, 0)
     got = dmthin("check", path)
     assert got.returncode == 0 and "METADATA_FREE_BLOCKS=0" in got.stdout
 

@@ -19,20 +19,20 @@ from toolgen import THIN, build_pool, checks_pass, dmthin, pool_ops, run
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(ops=pool_ops())
-def test_packs_interoperate(tmp_path, pdata_tools, tools090, ops):
+def test_packs_interoperate(tmp_path, pdata_tools_110, thin_tools_090, ops):
     tmp_path = Path(tempfile.mkdtemp(dir=tmp_path))         # one per example
     meta = build_pool(tmp_path / "meta", ops)
     ours, theirs = tmp_path / "ours.pack", tmp_path / "theirs.pack"
     assert dmthin("metadata-pack", "-i", meta, "-o", ours).returncode == 0
-    assert run([pdata_tools, "thin_metadata_pack", "-i", meta, "-o", theirs]).returncode == 0
+    assert run([pdata_tools_110, "thin_metadata_pack", "-i", meta, "-o", theirs]).returncode == 0
     want = run([THIN["thin_dump"], meta]).stdout
     for pack in (ours, theirs):
         a, b = tmp_path / f"{pack.stem}.a", tmp_path / f"{pack.stem}.b"
         assert dmthin("metadata-unpack", "-i", pack, "-o", a).returncode == 0
-        assert run([pdata_tools, "thin_metadata_unpack", "-i", pack, "-o", b]).returncode == 0
+        assert run([pdata_tools_110, "thin_metadata_unpack", "-i", pack, "-o", b]).returncode == 0
         assert a.read_bytes() == b.read_bytes()
         assert run([THIN["thin_dump"], a]).stdout == want
-        assert checks_pass(a, pdata_tools) == (0, 0)
+        assert checks_pass(a, pdata_tools_110) == (0, 0)
 
 
 def test_refuses_to_overwrite_and_bad_packs(tmp_path):

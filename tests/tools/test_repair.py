@@ -71,11 +71,11 @@ def subset(got: dict, want: dict) -> None:
         assert not bad, f"device {dev}: mappings invented {list(bad.items())[:5]}"
 
 
-def test_undamaged_metadata_round_trips(original, tmp_path, tools090, pdata_tools):
+def test_undamaged_metadata_round_trips(original, tmp_path, thin_tools_090, pdata_tools_110):
     path, maps, _layout = original
     p, out = repaired(tmp_path, path)
     assert p.returncode == 0 and p.stderr == "", p.stderr
-    assert checks_pass(out, pdata_tools) == (0, 0)
+    assert checks_pass(out, pdata_tools_110) == (0, 0)
     assert mappings(out) == maps
     theirs = blank(tmp_path / "theirs", 16 * MiB)
     assert run([THIN["thin_repair"], "-i", path, "-o", theirs]).returncode == 0
@@ -84,7 +84,7 @@ def test_undamaged_metadata_round_trips(original, tmp_path, tools090, pdata_tool
     assert first_line(out).replace(' flags="0"', "") == head
 
 
-def test_lvm_argv(original, tmp_path, pdata_tools):
+def test_lvm_argv(original, tmp_path, pdata_tools_110):
     """lvconvert --repair: THIN_REPAIR '' -i META -o SPARE, then THIN_DUMP SPARE."""
     path, maps, layout = original
     bad = shutil.copy(path, tmp_path / "bad")
@@ -109,7 +109,7 @@ def _expect_without(layout: Layout, maps, lost_leaves) -> dict:
 
 @pytest.mark.parametrize("where", ["leaf1", "leaf2", "internal1", "root1", "root2", "root3",
                                    "top", "details", "superblock"])
-def test_one_lost_node(original, tmp_path, where, pdata_tools):
+def test_one_lost_node(original, tmp_path, where, pdata_tools_110):
     path, maps, layout = original
     if where.startswith("leaf"):
         # leaf1: a leaf of device 1 only; leaf2: one device 2 shares with its snapshot 3
@@ -132,7 +132,7 @@ def test_one_lost_node(original, tmp_path, where, pdata_tools):
     corrupt(bad, block)
     p, out = repaired(tmp_path, bad)
     assert p.returncode == 0, p.stderr
-    assert checks_pass(out, pdata_tools) == (0, 0)
+    assert checks_pass(out, pdata_tools_110) == (0, 0)
     got = mappings(out)
     want = _expect_without(layout, maps, [block]) if where.startswith("leaf") else maps
     assert got == want
@@ -142,7 +142,7 @@ def test_one_lost_node(original, tmp_path, where, pdata_tools):
             ' flags="0"', "")
 
 
-def test_lost_superblock_needs_the_block_size(original, tmp_path, pdata_tools):
+def test_lost_superblock_needs_the_block_size(original, tmp_path, pdata_tools_110):
     path, maps, _layout = original
     bad = shutil.copy(path, tmp_path / "bad")
     with open(bad, "r+b") as f:
@@ -153,7 +153,7 @@ def test_lost_superblock_needs_the_block_size(original, tmp_path, pdata_tools):
     assert not any(out.read_bytes()[:4096]), "nothing written on failure"
     p, out = repaired(tmp_path, bad, "--data-block-size", "128")
     assert p.returncode == 0, p.stderr
-    assert checks_pass(out, pdata_tools) == (0, 0)
+    assert checks_pass(out, pdata_tools_110) == (0, 0)
     assert mappings(out) == maps
 
 
@@ -182,7 +182,7 @@ def test_output_problems_are_one_line(original, tmp_path):
           suppress_health_check=[HealthCheck.function_scoped_fixture,
                                  HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ops=pool_ops(), picks=st.lists(st.integers(0, 1 << 30), min_size=1, max_size=3))
-def test_random_damage(tmp_path, pdata_tools, ops, picks):
+def test_random_damage(tmp_path, pdata_tools_110, ops, picks):
     path = build_pool(tmp_path / "meta", ops)
     layout = Layout(path)
     maps = mappings(path)
@@ -194,7 +194,7 @@ def test_random_damage(tmp_path, pdata_tools, ops, picks):
         corrupt(bad, b)
     out = blank(tmp_path / "out", 16 * MiB)
     plan = repair(bad, out, Overrides())
-    assert checks_pass(out, pdata_tools) == (0, 0), plan.report
+    assert checks_pass(out, pdata_tools_110) == (0, 0), plan.report
     got = mappings(out)
     subset(got, maps)
     ambiguous = any("fits several" in line for line in plan.report)
