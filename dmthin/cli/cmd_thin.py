@@ -10,28 +10,21 @@ from typing import Any
 
 from ..pool import Pool
 from ..units import format_size, parse_size
+from . import common
 from .activation import register_thin
 from .commands import SUMMARIES
-from .common import (
-    Handler,
-    add_command,
-    add_group,
-    add_pool_args,
-    emit_json,
-    open_pool,
-    parse_dev_id,
-)
+from .common import emit_json, open_pool
 from .thin_io import run_discard, run_read, run_write
 
 
-def _parsed(handler: Handler) -> Handler:
+def _parsed(handler: common.Handler) -> common.Handler:
     """*handler* after parsing ids, offsets and lengths, so a bad one is a
     one-line error like every other (argparse would print its usage too)."""
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         for name in ("dev_id", "new_id", "origin_id"):
             if getattr(args, name, None) is not None:
-                setattr(args, name, parse_dev_id(getattr(args, name)))
+                setattr(args, name, common.parse_dev_id(getattr(args, name)))
         for name, what in (("offset", "offset"), ("length", "length"),
                            ("size", "thin device size")):
             value = getattr(args, name, None)
@@ -112,13 +105,13 @@ _METAVARS = {"dev_id": "ID", "new_id": "NEW_ID", "origin_id": "ORIGIN_ID"}
 
 def register(subs: Any) -> None:
     """Add the ``thin`` command group."""
-    thin = add_group(subs, "thin", SUMMARIES["thin"],
-                     description="Thin devices of a pool directory.")
+    thin = common.add_group(subs, "thin", SUMMARIES["thin"],
+                            description="Thin devices of a pool directory.")
 
-    def sub(name: str, handler: Handler, help_text: str, *args: str,
+    def sub(name: str, handler: common.Handler, help_text: str, *args: str,
             aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-        s = add_command(thin, name, _parsed(handler), help_text, aliases=aliases)
-        add_pool_args(s)
+        s = common.add_command(thin, name, _parsed(handler), help_text, aliases=aliases)
+        common.add_pool_args(s)
         for arg in args:
             s.add_argument(arg, metavar=_METAVARS[arg])
         return s

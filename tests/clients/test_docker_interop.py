@@ -22,10 +22,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from client_docker import Dockerd, image_tar, known_content
 from client_env import Scratch, assert_same_state, dmthin, run, tree_state
 from client_fixtures import MADE_FILES, DockerRoot, copy_root
-
 from dmthin.cli.main import main as dmthin_main
 from dmthin.graph import Driver
 from dmthin.graph.layerdb import LayerDB

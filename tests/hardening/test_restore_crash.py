@@ -60,10 +60,10 @@ if __name__ == "__main__":
 
 # -- the parent --------------------------------------------------------------------------
 import pytest  # noqa: E402
-from forge import make_pool  # noqa: E402
 
 from dmthin import Pool  # noqa: E402
 from dmthin.errors import BadSuperblock  # noqa: E402
+from forge import make_pool  # noqa: E402
 from helpers import run_dmthin as dmthin  # noqa: E402
 
 

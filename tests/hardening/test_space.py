@@ -111,7 +111,7 @@ def test_library_queues_for_ever_until_space_appears(tmp_path, monkeypatch):
         assert thin.read(512 << 10, 4) == b"zzzz"
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "1e9", "-1", "١", "9" * 400, "0x10"])
+@pytest.mark.parametrize("value", ["nan", "inf", "1e9", "-1", "١", "9" * 400, "0x10"])  # noqa: RUF001 - non-ASCII digits on purpose
 def test_bad_timeout_is_one_line(tmp_path, monkeypatch, value):
     d = tmp_path / "pool"
     full_pool(d)
