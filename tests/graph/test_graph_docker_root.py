@@ -115,14 +115,14 @@ def test_layer_files_live_under_rootfs(docker_root, backend, tmp_path):
     root, layers = docker_root
     with DeviceSet(root, backend=backend, readonly=True) as ds, \
             ds.device_access("layer2", write=False) as image:
-            def dfs(cmd):
-                return subprocess.run(["debugfs", "-R", cmd, image], capture_output=True,
-                                      check=True).stdout
-            assert dfs("cat /rootfs/etc/motd") == layers["layer2"]["etc/motd"]
-            assert dfs("cat /rootfs/etc/os-release") == layers["layer1"]["etc/os-release"]
-            # Get writes id only when missing: a snapshot keeps its parent's, as in moby
-            assert dfs("cat /id") == b"layer1"
-            assert b"etc" not in dfs("ls -p /").split(b"/")
+        def dfs(cmd):
+            return subprocess.run(["debugfs", "-R", cmd, image], capture_output=True,
+                                  check=True).stdout
+        assert dfs("cat /rootfs/etc/motd") == layers["layer2"]["etc/motd"]
+        assert dfs("cat /rootfs/etc/os-release") == layers["layer1"]["etc/os-release"]
+        # Get writes id only when missing: a snapshot keeps its parent's, as in moby
+        assert dfs("cat /id") == b"layer1"
+        assert b"etc" not in dfs("ls -p /").split(b"/")
 
 
 def _set_transaction(root, open_id, hash_, dev_id):
