@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import MetadataError
+from . import writelog
 from .checksum import BLOCK_SIZE, Validator
 
 DEFAULT_CACHE_BLOCKS = 8192          # 32 MiB
@@ -59,6 +60,8 @@ class BlockManager:
         self.nr_blocks = self.file_blocks if nr_blocks is None else nr_blocks
         self.cache_blocks = max(16, cache_blocks)
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
+        #: the write log attached to this file (tests of crash states), or None
+        self._log = writelog.log_for(self.path) if writable else None
         self.reads = 0
         self.writes = 0
 
@@ -109,6 +112,8 @@ class BlockManager:
         if entry.validator is not None:
             entry.validator.prepare_for_write(buf, b)
         os.pwrite(self.fd, buf, b * BLOCK_SIZE)
+        if self._log is not None:
+            self._log[0].write(self._log[1], b * BLOCK_SIZE, buf)
         self.writes += 1
         entry.dirty = False
 
@@ -226,6 +231,8 @@ class BlockManager:
     def sync(self) -> None:
         if self.writable:
             os.fsync(self.fd)
+            if self._log is not None:
+                self._log[0].flush(self._log[1])
 
     def forget(self, b: int) -> None:
         """Drop block *b* from the cache without writing it."""

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeAlias
 
 from ..errors import IOFailure
+from ..pdata import writelog
+from ..units import SECTOR_SIZE
 
 FALLOC_FL_KEEP_SIZE = 0x01      # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -82,6 +84,8 @@ class DataFile:
         self.can_punch = True
         self.dirty = False
         self._end = self.size()
+        #: the write log attached to this file (tests of crash states), or None
+        self._log = writelog.log_for(self.path) if writable else None
 
     def _check_end(self, pos: int, length: int, what: str) -> None:
         """EIO for I/O past the end of the file (checked against its size
@@ -143,7 +147,19 @@ class DataFile:
         except OSError as err:
             raise IOFailure(f"writing data block {block} to {self.path} failed: "
                             f"{err.strerror}") from err
+        if self._log is not None:
+            self._log_write(pos, total)
         self.dirty = True
+
+    def _log_write(self, pos: int, length: int) -> None:
+        """Log a write as the block layer issues it: whole 512-byte sectors,
+        with what the file now holds around the bytes written (a device
+        never writes part of a sector)."""
+        lo = pos - pos % SECTOR_SIZE
+        hi = -(-(pos + length) // SECTOR_SIZE) * SECTOR_SIZE
+        data = os.pread(self.fd, hi - lo, lo)
+        assert self._log is not None
+        self._log[0].write(self._log[1], lo, data.ljust(hi - lo, b"\0"))
 
     def copy_block(self, src: int, dst: int) -> None:
         """Copy data block *src* to *dst* (breaking sharing)."""
@@ -161,6 +177,8 @@ class DataFile:
         if self.can_punch:
             try:
                 if punch_hole(self.fd, pos, length):
+                    if self._log is not None:
+                        self._log[0].zero(self._log[1], pos, length)
                     self.dirty = True
                     return
             except OSError as err:
@@ -199,6 +217,9 @@ class DataFile:
     def _punch_run(self, start: int, n: int) -> int:
         try:
             if punch_hole(self.fd, start * self.block_bytes, n * self.block_bytes):
+                if self._log is not None:
+                    self._log[0].zero(self._log[1], start * self.block_bytes,
+                                      n * self.block_bytes)
                 return n
         except OSError:
             return 0
@@ -212,4 +233,6 @@ class DataFile:
                 os.fdatasync(self.fd)
             except OSError as err:
                 raise IOFailure(f"syncing {self.path} failed: {err.strerror}") from err
+            if self._log is not None:
+                self._log[0].flush(self._log[1])
             self.dirty = False
