@@ -61,3 +61,17 @@ def file_holders(path: str | os.PathLike[str]) -> list[str]:
         if (bst.st_dev, bst.st_ino) == (st.st_dev, st.st_ino):
             found += [h for h in holders_of(major, minor) if h not in found]
     return found
+
+
+def backing_file_of(node: str) -> str | None:
+    """The backing file of the loop device *node* (``/dev/loopN``), from
+    sysfs; None for any other device or an unbound loop device."""
+    name = os.path.basename(node)
+    if not (name.startswith("loop") and name[4:].isdigit()):
+        return None
+    try:
+        with open(f"/sys/block/{name}/loop/backing_file", encoding="utf-8",
+                  errors="surrogateescape") as f:
+            return f.read().rstrip("\n") or None
+    except OSError:
+        return None

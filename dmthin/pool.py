@@ -99,7 +99,8 @@ class Pool:
 
     def __init__(self, pooldir: PoolDir | None, config: PoolConfig, impl: PoolBackend, *,
                  path: Path | None = None, readonly: bool = False, prefix: str | None = None,
-                 config_saved: bool = True, allow_other_owner: bool = False):
+                 config_saved: bool = True, allow_other_owner: bool = False,
+                 locker: PoolDir | None = None):
         """Wrap a backend serving *pooldir* (its lock held) with *config*.
         Use :meth:`create`, :meth:`open` or :meth:`adopt` instead: they
         build both."""
@@ -107,6 +108,9 @@ class Pool:
         if label is None:
             raise UsageError("Pool needs a pool directory or a path")
         self.pooldir = pooldir
+        #: whose lock this object holds (the pool directory's, or for an
+        #: attached device the one taken on its metadata)
+        self._locker = locker if locker is not None else pooldir
         self.config = config
         self._impl: PoolBackend | None = impl
         self._readonly = readonly
@@ -124,7 +128,7 @@ class Pool:
     def _serving(cls, o: Opened) -> Pool:
         return cls(o.pooldir, o.config, o.impl, path=o.spec.path, readonly=o.spec.readonly,
                    prefix=o.prefix, config_saved=o.config_saved,
-                   allow_other_owner=o.allow_other_owner)
+                   allow_other_owner=o.allow_other_owner, locker=o.locker)
 
     # -- construction ---------------------------------------------------------
     @classmethod
@@ -226,8 +230,8 @@ class Pool:
         finally:
             for dev in self._handles.values():
                 dev._bind(None)
-            if self.pooldir is not None:
-                self.pooldir.unlock()
+            if self._locker is not None:
+                self._locker.unlock()
 
     def deactivate(self) -> None:
         """Remove every device of this pool from the kernel -- its thin
@@ -239,8 +243,8 @@ class Pool:
         self._impl = None
         for dev in self._handles.values():
             dev._bind(None)
-        if self.pooldir is not None:
-            self.pooldir.unlock()
+        if self._locker is not None:
+            self._locker.unlock()
 
     def _backend(self) -> PoolBackend:
         if self._impl is None:

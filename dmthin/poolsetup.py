@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .backend import PoolBackend, PoolSpec, load_backend
-from .blockdev import file_holders
+from .blockdev import backing_file_of, file_holders
 from .errors import Busy, MetadataError, PoolLocked, UsageError
 from .pooldir import Created, PoolConfig, PoolDir, device_prefix
 from .poolmeta import holds_thin_magic, read_pool_superblock
@@ -63,6 +63,7 @@ class Opened:
     prefix: str                   # thin device dm names: <prefix>-<id>
     config_saved: bool            # False: pool.json not written yet (adopted)
     allow_other_owner: bool = False
+    locker: PoolDir | None = None  # holds the pool lock when there is no pool directory
 
 
 def check_low_water_mark(value: object) -> int:
@@ -291,6 +292,11 @@ def attach_device(device: str, backend: str | None, readonly: bool) -> Opened:
     impl = backend_cls.open(spec)
     try:
         table = PoolTable.parse(impl.table_line())
+        # the same lock a process opening the pool's directory takes: the
+        # metadata file behind the loop device, or the metadata device
+        meta = impl.info().metadata_device or device
+        locker = PoolDir(Path(device).parent, metadata=backing_file_of(meta) or meta)
+        locker.lock(exclusive=not readonly)
     except BaseException:
         impl.close(keep_active=True)
         raise
@@ -298,7 +304,7 @@ def attach_device(device: str, backend: str | None, readonly: bool) -> Opened:
                         low_water_mark=table.low_water_mark, features=table.features,
                         pool_name=name)
     return Opened(None, config, impl, replace(spec, data_block_sectors=table.data_block_sectors),
-                  prefix, False)
+                  prefix, False, locker=locker)
 
 
 def _dm_name(rdev: int, device: str) -> str:

@@ -209,16 +209,18 @@ def _configure(lfd: int, backing_fd: int, path: str, flags: int) -> None:
 
 
 def attach(path: str | os.PathLike[str], *, read_only: bool = False, autoclear: bool = True,
-           direct_io: bool = True) -> LoopDevice:
+           direct_io: bool = True, nofollow: bool = False) -> LoopDevice:
     """Attach a free loop device to the file *path* and return it, open.
 
     Retries when another process takes the same free device (EBUSY).
+    With *nofollow* a symlink at *path* is refused (ELOOP).
     Raises :class:`~dmthin.errors.InvalidArgument` if *path* is not a
     regular file, :class:`~dmthin.errors.Busy` when no loop device could be
     had, and OSError (EACCES/EPERM) when not root.
     """
     path = os.path.abspath(os.fspath(path))
-    bfd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+    bfd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+                  | (os.O_NOFOLLOW if nofollow else 0))
     try:
         if not stat.S_ISREG(os.fstat(bfd).st_mode):
             raise InvalidArgument(f"{path} is not a regular file; give a data or metadata file")

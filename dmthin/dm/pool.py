@@ -239,7 +239,7 @@ class KernelPoolBackend:
 
     def _zero_superblock(self) -> None:
         assert self.spec.metadata_path is not None
-        fd = os.open(self.spec.metadata_path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(self.spec.metadata_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.pwrite(fd, bytes(METADATA_BLOCK_SIZE), 0)
             os.fsync(fd)
@@ -261,7 +261,9 @@ class KernelPoolBackend:
                 if dev.size() < os.path.getsize(path):
                     dev.set_capacity()          # the file grew since it was attached
             else:
-                dev = loop.attach(path)
+                # The facade gives pool-directory files (never symlinks) or
+                # real paths of adopted files: a symlink here is a swap.
+                dev = loop.attach(path, nofollow=True)
             self.loops.append(dev)
             devs.append(dev.dev)
         self.metadata_dev, self.data_dev = devs

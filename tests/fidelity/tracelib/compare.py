@@ -67,6 +67,7 @@ def final_quantities(res: dict) -> dict:
         if f:
             rows[f[0]] = f[1:]
     out["thin_ls figures"] = rows
+    out["thin ids (metadata)"] = {"ids": fin.get("thin_ids")}
     out["device bytes (sha256)"] = fin["sha256"]
     out["thin_check 0.9.0 rc"] = {"rc": fin["check"]["rc"]}
     out["used metadata blocks (final)"] = {

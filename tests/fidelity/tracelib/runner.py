@@ -149,8 +149,8 @@ class Runner:
     def finish(self) -> dict:
         """Hash every device, close the pool, dump/ls/check the metadata."""
         pool = self.pool
-        final: dict = {"sha256": {}, "blocks": {}}
-        for dev_id in pool.thin_ids():
+        final: dict = {"sha256": {}, "blocks": {}, "thin_ids": pool.thin_ids()}
+        for dev_id in final["thin_ids"]:
             try:
                 thin = pool.thin(dev_id)
                 h = hashlib.sha256()
