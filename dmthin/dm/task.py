@@ -31,6 +31,7 @@ from ..errors import Busy, DeviceExists, InvalidArgument, ThinOSError
 from ..units import check_name
 from . import _lib
 from ._lib import LOCK, make_error
+from .busy import check_not_busy
 
 DEV_MAPPER = "/dev/mapper"
 
@@ -293,14 +294,15 @@ def remove(name: str, *, retry_seconds: float = 2.0, deferred: bool = False,
     """Remove device *name*.
 
     Refuses (EBUSY, naming the mount point or holder) a device that is
-    mounted or held by another dm device, unless *check_busy* is false.
-    Retries while the kernel answers EBUSY, for up to *retry_seconds*.  With
-    *deferred* the kernel removes it when its last opener closes it.  Raises
-    ENXIO if there is no such device.
+    mounted or held by another dm device, unless *check_busy* is false: the
+    kernel says EBUSY, and the mounts and holders are looked up only then
+    (a device that is merely open elsewhere, e.g. by udev's blkid, is
+    retried for up to *retry_seconds*).  With *deferred* the kernel removes
+    it when its last opener closes it (a mounted or held device is refused
+    first).  Raises ENXIO if there is no such device.
     """
     check_name(name)
-    if check_busy:
-        from .busy import check_not_busy
+    if check_busy and deferred:
         check_not_busy(info(name))
     deadline = time.monotonic() + max(0.0, retry_seconds)
     delay = 0.02
@@ -318,6 +320,8 @@ def remove(name: str, *, retry_seconds: float = 2.0, deferred: bool = False,
                 t.run()
             return
         except Busy:
+            if check_busy and not deferred:
+                check_not_busy(info(name))        # mounted or held: say so, now
             if deferred or time.monotonic() >= deadline:
                 raise
         time.sleep(delay)
