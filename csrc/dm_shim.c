@@ -12,12 +12,24 @@
 static void dmthin_log_line(int level, const char *file, int line,
                             int dm_errno_or_class, const char *text);
 
+/* The most verbose syslog level passed on (libdevmapper logs a dozen debug
+ * lines per task; formatting them and calling into Python for each is most
+ * of the binding's own cost).  Set by Python from its logger's level. */
+static int dmthin_log_max_level = 7;
+
+static void dmthin_set_log_level(int level)
+{
+    dmthin_log_max_level = level;
+}
+
 static void dmthin_log_trampoline(int level, const char *file, int line,
                                   int dm_errno_or_class, const char *f, ...)
 {
     char buf[2048];
     va_list ap;
 
+    if ((level & 7) > dmthin_log_max_level)
+        return;
     va_start(ap, f);
     vsnprintf(buf, sizeof buf, f, ap);
     va_end(ap);

@@ -98,6 +98,22 @@ def _init() -> None:
         _initialised = True
 
 
+_log_level_applied = -1
+
+
+def sync_log_level() -> None:
+    """Tell the C trampoline the most verbose libdevmapper level anyone
+    listens to: debug lines are formatted and passed to Python only when
+    ``dmthin.dm.libdevmapper`` logs at that level (errors always, for the
+    exception messages).  Cheap; called by every task (under LOCK)."""
+    global _log_level_applied
+    level = _LOG_DEBUG if log.isEnabledFor(5) else \
+        _LOG_INFO if log.isEnabledFor(logging.INFO) else _LOG_WARN
+    if level != _log_level_applied:
+        lib.dmthin_set_log_level(level)
+        _log_level_applied = level
+
+
 def require_dm() -> None:
     """Like :func:`require_kernel` without the root check; cached once it
     succeeds.  Every task calls it before touching libdevmapper."""

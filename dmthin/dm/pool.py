@@ -417,25 +417,14 @@ class KernelPoolBackend:
             return self._thins[dev_id]
         name = name or f"{device_prefix(self.spec.path)}-{dev_id}"
         table = ThinTable(size // SECTOR_SIZE, self.pool_dev, dev_id)
-        existing = task.info(name)
-        if existing.exists:
-            rows = task.table(name)
-            if len(rows) == 1 and rows[0].target_type == "thin":
-                tt = ThinTable.parse(rows[0].line())
-                if (tt.pool_dev, tt.dev_id) == (self.pool_dev, dev_id):
-                    thin = KernelThin(self, dev_id, tt.length_sectors * SECTOR_SIZE, existing,
-                                      activated=False)
-                    self._thins[dev_id] = thin
-                    return thin
-            raise DeviceExists(f"a device-mapper device named {name} already exists and is "
-                               f"not thin device {dev_id} of {self.pool_name}; remove it or "
-                               "pick another name")
         try:
             info = task.create(name, [(0, table.length_sectors, "thin", table.params())],
                                readonly=self.spec.readonly)
         except DeviceNotFound:
             raise DeviceNotFound(f"no thin device {dev_id} in pool {self.pool_name}; "
                                  f"create it first (create_thin {dev_id})") from None
+        except DeviceExists:
+            return self._attach_thin(dev_id, name)
         try:
             thin = KernelThin(self, dev_id, size, info, activated=True)
         except BaseException:
@@ -443,6 +432,21 @@ class KernelPoolBackend:
             raise
         self._thins[dev_id] = thin
         return thin
+
+    def _attach_thin(self, dev_id: int, name: str) -> KernelThin:
+        """The device *name* exists: attach to it if it is thin *dev_id* of
+        this pool (another process activated it), else EEXIST."""
+        rows = task.table(name)
+        if len(rows) == 1 and rows[0].target_type == "thin":
+            tt = ThinTable.parse(rows[0].line())
+            if (tt.pool_dev, tt.dev_id) == (self.pool_dev, dev_id):
+                thin = KernelThin(self, dev_id, tt.length_sectors * SECTOR_SIZE,
+                                  task.info(name), activated=False)
+                self._thins[dev_id] = thin
+                return thin
+        raise DeviceExists(f"a device-mapper device named {name} already exists and is "
+                           f"not thin device {dev_id} of {self.pool_name}; remove it or "
+                           "pick another name")
 
     def _thin(self, dev_id: int) -> KernelThin:
         self._check_open()

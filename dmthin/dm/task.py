@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import os
 import time
 from collections.abc import Iterable
@@ -75,9 +76,14 @@ class Target:
 PRIVATE_UDEV_FLAGS = 0x2 | 0x4 | 0x8   # DISABLE_{SUBSYSTEM,DISK,OTHER}_RULES
 
 
+#: names already validated (:func:`dmthin.units.check_name` raises, so only
+#: valid names are remembered)
+_valid_name = functools.lru_cache(maxsize=4096)(check_name)
+
+
 def node_path(name: str) -> str:
     """``/dev/mapper/<name>``."""
-    return os.path.join(DEV_MAPPER, check_name(name))
+    return os.path.join(DEV_MAPPER, _valid_name(name))
 
 
 def _b(text: str) -> bytes:
@@ -102,7 +108,7 @@ class Task:
     def __init__(self, kind: str, what: str, name: str | None = None):
         self.kind = kind
         self.what = what
-        self.name = check_name(name) if name is not None else None
+        self.name = _valid_name(name) if name is not None else None
         self._t: Any = None          # the dm_task (cffi)
         self._cookie: Any = None
 
@@ -111,6 +117,7 @@ class Task:
         _lib.require_dm()
         LOCK.acquire()
         try:
+            _lib.sync_log_level()
             with _lib.capture() as cap:
                 t = self.lib.dm_task_create(getattr(self.lib, self.kind))
             if t == self.ffi.NULL:
@@ -301,7 +308,7 @@ def remove(name: str, *, retry_seconds: float = 2.0, deferred: bool = False,
     it when its last opener closes it (a mounted or held device is refused
     first).  Raises ENXIO if there is no such device.
     """
-    check_name(name)
+    _valid_name(name)
     if check_busy and deferred:
         check_not_busy(info(name))
     deadline = time.monotonic() + max(0.0, retry_seconds)
