@@ -317,6 +317,15 @@ def _dm_name(rdev: int, device: str) -> str:
                          "an active thin pool") from None
 
 
-__all__ = ["Opened", "Created", "pool_spec", "create_pool", "open_pool", "adopt_pool",
-           "attach_device", "default_low_water_mark", "default_metadata_size",
-           "check_low_water_mark"]
+__all__ = [
+    "Created",
+    "Opened",
+    "adopt_pool",
+    "attach_device",
+    "check_low_water_mark",
+    "create_pool",
+    "default_low_water_mark",
+    "default_metadata_size",
+    "open_pool",
+    "pool_spec",
+]

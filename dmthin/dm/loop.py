@@ -401,6 +401,19 @@ def wait_detached(numbers: Iterable[int], timeout: float = 5.0) -> list[int]:
         time.sleep(0.01)
 
 
-__all__ = ["LoopDevice", "LoopInfo", "attach", "find", "detach", "get_status", "set_capacity",
-           "list_attached", "block_size64", "wait_detached", "holders", "backing_file",
-           "is_autoclear", "ThinOSError"]
+__all__ = [
+    "LoopDevice",
+    "LoopInfo",
+    "ThinOSError",
+    "attach",
+    "backing_file",
+    "block_size64",
+    "detach",
+    "find",
+    "get_status",
+    "holders",
+    "is_autoclear",
+    "list_attached",
+    "set_capacity",
+    "wait_detached",
+]

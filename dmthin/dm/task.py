@@ -465,7 +465,28 @@ def release() -> None:
             _lib.lib.dm_lib_release()
 
 
-__all__ = ["DeviceInfo", "Target", "Task", "create", "reload", "suspend", "resume", "remove",
-           "message", "status", "table", "info", "exists", "deps", "list_devices",
-           "target_versions", "driver_version", "library_version", "udev_sync", "release",
-           "node_path", "PRIVATE_UDEV_FLAGS", "ThinOSError"]
+__all__ = [
+    "PRIVATE_UDEV_FLAGS",
+    "DeviceInfo",
+    "Target",
+    "Task",
+    "ThinOSError",
+    "create",
+    "deps",
+    "driver_version",
+    "exists",
+    "info",
+    "library_version",
+    "list_devices",
+    "message",
+    "node_path",
+    "release",
+    "reload",
+    "remove",
+    "resume",
+    "status",
+    "suspend",
+    "table",
+    "target_versions",
+    "udev_sync",
+]
