@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
 from ..blockdev import file_holders, holders_of
 from ..errors import Busy
-from .task import DeviceInfo
+
+if TYPE_CHECKING:     # task imports this module: the type is only for annotations
+    from .task import DeviceInfo
 
 
 def _unescape(field: str) -> str:
