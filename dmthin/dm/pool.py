@@ -526,7 +526,7 @@ class KernelPoolBackend:
         for thin in sorted(self._thins.values(), key=lambda t: t.dev_id, reverse=True):
             try:
                 thin.deactivate() if thin.activated and not keep_active else thin.release()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - collected, the first re-raised below
                 thin.release()
                 errors.append(err)
         removed = False

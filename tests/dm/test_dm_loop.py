@@ -92,7 +92,7 @@ def test_concurrent_attaches_get_distinct_devices(root_loop, sparse):
     def run(p):
         try:
             got.append(loop.attach(p))
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - collected and asserted on
             errs.append(err)
     threads = [threading.Thread(target=run, args=(p,)) for p in paths]
     for t in threads:

@@ -103,7 +103,7 @@ def as_nobody(fn: Callable[[], object]) -> str:
             fn()
         except UsageError as err:
             msg = str(err)
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - reported to the parent
             msg = f"unexpected {type(err).__name__}: {err}"
         os.write(w, msg.encode())
         os._exit(0)
