@@ -3,8 +3,9 @@
 :func:`plan_repair` decides what survives (:mod:`dmthin.thin.salvage` walks
 the trees from the superblock's roots, tolerating bad nodes, and fills the
 holes with orphaned subtrees found by scanning the metadata); the plan is
-then written by the restorer (:func:`~dmthin.thin.restore.restore_events`),
-so the output is fresh metadata that passes thin_check 0.9.0 and 1.1.0:
+then written leaf by leaf (:mod:`dmthin.thin.repair_write`: surviving leaves
+copied once, trees shared as snapshots shared them), so the output is fresh
+metadata, about the input's size, that passes thin_check 0.9.0 and 1.1.0:
 every device whose subtree root (or some of its leaves) survives is kept,
 with the mappings of its readable leaves.  The input is only read.
 
@@ -48,7 +49,7 @@ from .format import (
 from .format import Superblock as DiskSuperblock
 from .ir import Device, RunBuilder, Superblock, to_map
 from .reader import open_block_manager
-from .restore import restore_events
+from .repair_write import write_repaired
 from .salvage import DETAILS, EMPTY, MAPPING, TOP, Loss, Salvager, Tree
 
 Leaf = tuple[int, int, int]               # block, low key, high key
@@ -480,12 +481,7 @@ def repair(input_path: str | os.PathLike[str], output_path: str | os.PathLike[st
             raise UsageError("this looks like XML, not thin-pool metadata: use 'dmthin "
                              "restore' for XML")
         plan = plan_repair(bm, overrides)
-        dropped = 0
-
-        def drive(visitor: Any) -> None:
-            nonlocal dropped
-            dropped = emit_plan(bm, plan, visitor)
-        restore_events(drive, output_path)
+        dropped = write_repaired(bm, plan, output_path)
         if dropped:
             plan.report.append(f"{dropped} mappings dropped (beyond the data device or out "
                                "of order)")

@@ -86,29 +86,32 @@ def gen_xml(path: Path, nr_mappings: int, nr_devices: int, pattern: str, seed: i
     return nr_data
 
 
-def timed(argv: list, prepare=None) -> tuple[float, int, int]:
-    """(seconds, peak RSS in KiB, exit status) of one child (GNU time measures
-    the peak of the command itself, not of this large process)."""
+def timed(argv: list, prepare=None) -> tuple[float, float, int, int]:
+    """(CPU seconds, wall seconds, peak RSS in KiB, exit status) of one child,
+    from GNU time (the command itself, not this large process).  CPU time
+    (user + system, every thread) is what the ratios use: on a loaded
+    machine wall time measures the scheduler."""
     if prepare:
         prepare()
     fd, rss_file = tempfile.mkstemp(prefix="dmthin-bench-rss-")
     os.close(fd)
-    full = [GNU_TIME, "-q", "-f", "%M", "-o", rss_file] + [str(a) for a in argv]
+    full = [GNU_TIME, "-q", "-f", "%U %S %M", "-o", rss_file] + [str(a) for a in argv]
     t0 = time.perf_counter()
     p = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     dt = time.perf_counter() - t0
     try:
-        rss = int(Path(rss_file).read_text().split()[-1])
+        user, system, rss_text = Path(rss_file).read_text().split()[-3:]
+        cpu, rss = float(user) + float(system), int(rss_text)
     except (ValueError, IndexError):
-        rss = 0
+        cpu, rss = dt, 0
     os.unlink(rss_file)
     if p.returncode != 0:
         print(f"  ! {' '.join(map(str, argv))}: exit {p.returncode}: "
               f"{p.stderr.decode(errors='replace').strip()[:200]}")
-    return dt, rss, p.returncode
+    return cpu, dt, rss, p.returncode
 
 
-def best(argv: list, repeat: int, prepare=None) -> tuple[float, int, int]:
+def best(argv: list, repeat: int, prepare=None) -> tuple[float, float, int, int]:
     return min(timed(argv, prepare) for _ in range(repeat))
 
 
@@ -155,10 +158,10 @@ def _pool(work: Path, name: str, n: int, devices: int, shape: str) -> tuple[Path
     xml, md = work / f"{name}.xml", work / f"{name}.md"
     t0 = time.perf_counter()
     nr_data = gen_xml(xml, n, devices, shape)
-    size = max(64, (n * 24 // (1 << 20)) + 64) << 20
+    size = max(64, (n * 48 // (1 << 20)) + 64) << 20
     with open(md, "wb") as f:
         f.truncate(size)
-    if timed([f"{SBIN}/thin_restore", "-i", xml, "-o", md])[2]:
+    if timed([f"{SBIN}/thin_restore", "-i", xml, "-o", md])[3]:
         sys.exit(f"thin_restore 0.9.0 failed on {xml}")
     print(f"{name}: {devices} devices, {xml.stat().st_size / 1e6:.0f} MB XML, {size >> 20} MiB "
           f"metadata, {nr_data} data blocks ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -208,14 +211,16 @@ def main() -> int:
 
 def show(rows, header: bool) -> None:
     if header:
-        print(f"{'tool':8} {'shape':8} {'mappings':>9} {'dmthin s':>9} {'0.9.0 s':>8} "
-              f"{'1.1.0 s':>8} {'/0.9.0':>7} {'/1.1.0':>7} {'RSS MiB dmthin/0.9.0/1.1.0':>28}")
+        print(f"{'tool':8} {'shape':8} {'mappings':>9} {'CPU s: dmthin':>14} {'0.9.0':>7} "
+              f"{'1.1.0':>7} {'/0.9.0':>7} {'/1.1.0':>7}  {'wall s: dmthin/0.9.0/1.1.0':>27} "
+              f"{'RSS MiB: dmthin/0.9.0/1.1.0':>28}")
     for tool, shape, n, res in rows:
-        (t, r, c), (t0, r0, c0), (t1, r1, c1) = res["dmthin"], res["0.9.0"], res["1.1.0"]
+        (t, w, r, c), (t0, w0, r0, c0), (t1, w1, r1, c1) = (res["dmthin"], res["0.9.0"],
+                                                            res["1.1.0"])
         flag = "" if not (c or c0 or c1) else f"  exit {c}/{c0}/{c1}"
-        print(f"{tool:8} {shape:8} {n:9} {t:9.2f} {t0:8.2f} {t1:8.2f} {t / t0:7.2f} "
-              f"{t / t1:7.2f} {r / 1024:10.0f} {r0 / 1024:8.0f} {r1 / 1024:8.0f}{flag}",
-              flush=True)
+        print(f"{tool:8} {shape:8} {n:9} {t:14.2f} {t0:7.2f} {t1:7.2f} {t / max(t0, .01):7.2f} "
+              f"{t / max(t1, .01):7.2f}  {w:13.2f} {w0:6.2f} {w1:6.2f} "
+              f"{r / 1024:14.0f} {r0 / 1024:6.0f} {r1 / 1024:6.0f}{flag}", flush=True)
 
 
 def profile(tool: str, md: Path, xml: Path, work: Path, devices: int, nr_data: int) -> int:

@@ -1,0 +1,224 @@
+"""Writing a repair plan as new metadata, leaf by leaf, keeping what
+snapshots share.
+
+Every surviving leaf whose entries all stay (none out of its key range, out
+of order or past the data device) is copied as it is -- once, however many
+devices use it -- and a device whose leaves are all such copies gets
+internal nodes built over them (devices with the very same leaves share
+one tree, as snapshots do).  Other devices' mappings are packed into new
+full leaves.  So the output takes about the space the input did, even for
+pools with many snapshots, and costs a copy per leaf, not work per mapping
+(the data reference counts excepted).  Then come the top-level and details
+trees, the data space map (counts: the leaves referring to each data
+block), the metadata space map (counts: one per parent pointer, so shared
+leaves and trees count several) and the superblock, last, through
+:class:`~dmthin.thin.output.MetadataOutput` (crash-safe).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from array import array
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from ..errors import UsageError
+from ..pdata.block import BlockManager
+from ..pdata.btree.builder import BlockWriter, build_btree, build_u64_btree, partition
+from ..pdata.btree.node import (HEADER_FIELDS, HEADER_FIELDS_OFFSET, HEADER_SIZE, INTERNAL_NODE,
+                                calc_max_entries)
+from ..pdata.checksum import BITMAP, BLOCK_SIZE, BTREE_NODE, INDEX, SUPERBLOCK
+from ..pdata.refcounts import RefCounts
+from ..pdata.space_map.build import build_disk_space_map
+from ..pdata.space_map.format import (BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, INDEX_ENTRY,
+                                      METADATA_INDEX_OFFSET, REF_COUNT, SpaceMapRoot,
+                                      encode_bitmap_counts, nr_bitmaps)
+from ..units import MAX_METADATA_BLOCKS
+from .format import TIME_BITS, Superblock, pack_sm_root
+from .output import MetadataOutput
+
+if TYPE_CHECKING:                       # repair.py imports this module
+    from .repair import Plan
+
+MAPPING_MAX = calc_max_entries(8)
+E = ENTRIES_PER_BITMAP
+
+
+@dataclass
+class _Layout:
+    """What one pass over the plan produced (blocks are numbered from 1)."""
+    total: int = 0
+    roots: dict[int, int] = field(default_factory=dict)          # dev_id -> root
+    refs: dict[int, int] = field(default_factory=dict)           # shared block -> parents
+    mapped: dict[int, int] = field(default_factory=dict)         # dev_id -> mappings written
+    dropped: int = 0
+
+
+class _Pass:
+    def __init__(self, bm: BlockManager, plan: Plan, w: BlockWriter):
+        self.bm, self.plan, self.w = bm, plan, w
+        self.limit = plan.nr_data_blocks << TIME_BITS
+        self.counts = RefCounts(plan.nr_data_blocks)
+        self.copied: dict[int, tuple[int, int]] = {}   # source leaf -> (new block, first key)
+        self.trees: dict[tuple[int, ...], int] = {}    # source leaves -> new root
+        self.layout = _Layout()
+
+    def _read(self, b: int) -> tuple[bytes, tuple[int, ...], tuple[int, ...], int]:
+        buf = bytes(self.bm.read(b, BTREE_NODE))
+        nr, mx = struct.unpack_from("<II", buf, 16)
+        keys = struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE)
+        return buf, keys, struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx), mx
+
+    def _ref(self, b: int) -> None:
+        refs = self.layout.refs
+        refs[b] = refs.get(b, 1) + 1
+
+    def device(self, dev_id: int, leaves: list[tuple[int, int, int]]) -> None:
+        reuse: list[int] = []
+        keys_all, values_all = array("Q"), array("Q")
+        last, clean = -1, True
+        for b, lo, hi in leaves:
+            _buf, keys, values, mx = self._read(b)
+            if (clean and keys and keys[0] > last and keys[0] >= lo and keys[-1] < hi
+                    and max(values) < self.limit and mx == MAPPING_MAX
+                    and (len(leaves) == 1 or len(keys) >= MAPPING_MAX // 3)):
+                reuse.append(b)
+                keys_all.extend(keys)
+                values_all.extend(values)
+                last = keys[-1]
+                continue
+            clean = False
+            for k, v in zip(keys, values):
+                if k > last and lo <= k < hi and v < self.limit:
+                    keys_all.append(k)
+                    values_all.append(v)
+                    last = k
+                else:
+                    self.layout.dropped += 1
+        self.layout.mapped[dev_id] = len(keys_all)
+        if clean and reuse:
+            self.layout.roots[dev_id] = self._shared_tree(tuple(reuse))
+            return
+        self.counts.inc_packed(values_all, TIME_BITS)
+        self.layout.roots[dev_id] = build_u64_btree(self.w, keys_all, values_all)
+
+    def _shared_tree(self, leaves: tuple[int, ...]) -> int:
+        root = self.trees.get(leaves)
+        if root is not None:
+            self._ref(root)
+            return root
+        level: list[tuple[int, int]] = []
+        for b in leaves:
+            got = self.copied.get(b)
+            if got is None:
+                buf, keys, values, _mx = self._read(b)
+                nb = self.w.alloc(BTREE_NODE)
+                off = self.w.offset(nb)
+                self.w.buf[off:off + BLOCK_SIZE] = buf
+                self.counts.inc_packed(values, TIME_BITS)
+                got = self.copied[b] = (nb, keys[0] if keys else 0)
+            else:
+                self._ref(got[0])
+            level.append((got[1], got[0]))
+        root = self._internal(level)
+        self.trees[leaves] = root
+        return root
+
+    def _internal(self, level: list[tuple[int, int]]) -> int:
+        while len(level) > 1:
+            parents: list[tuple[int, int]] = []
+            i = 0
+            for size in partition(len(level), MAPPING_MAX):
+                chunk = level[i:i + size]
+                b = self.w.alloc(BTREE_NODE)
+                off = self.w.offset(b)
+                HEADER_FIELDS.pack_into(self.w.buf, off + HEADER_FIELDS_OFFSET, INTERNAL_NODE,
+                                        b, size, MAPPING_MAX, 8)
+                struct.pack_into(f"<{size}Q", self.w.buf, off + HEADER_SIZE,
+                                 *(k for k, _ in chunk))
+                struct.pack_into(f"<{size}Q", self.w.buf, off + HEADER_SIZE + 8 * MAPPING_MAX,
+                                 *(c for _, c in chunk))
+                parents.append((chunk[0][0], b))
+                i += size
+            level = parents
+        return level[0][1]
+
+    def run(self, nr_meta: int) -> tuple[SpaceMapRoot, SpaceMapRoot, int, int]:
+        plan = self.plan
+        for dev_id, d in plan.devices.items():
+            self.device(dev_id, d.leaves)
+        ids = sorted(plan.devices)
+        top = build_u64_btree(self.w, ids, [self.layout.roots[i] for i in ids])
+        details = (replace(plan.devices[i].details, mapped_blocks=self.layout.mapped[i]).pack()
+                   for i in ids)
+        det = build_btree(self.w, ids, b"".join(details), 24)
+        data_sm = build_disk_space_map(self.w, self.counts)
+        meta_sm = self._metadata_space_map(nr_meta)
+        self.layout.total = self.w.next
+        return data_sm, meta_sm, top, det
+
+    def _metadata_space_map(self, nr_meta: int) -> SpaceMapRoot:
+        """Counts 1 for every block written (this space map's too), and the
+        number of parents for shared ones; an overflow tree for 3 and more."""
+        over = sorted((b, c) for b, c in self.layout.refs.items() if c >= 3)
+        ref_root = build_btree(self.w, array("Q", (b for b, _c in over)),
+                               b"".join(REF_COUNT.pack(c) for _b, c in over), 4)
+        nbm = nr_bitmaps(nr_meta)
+        used = self.w.next + nbm + 1
+        entries = []
+        for bi in range(nbm):
+            b = self.w.alloc(BITMAP)
+            lo, hi = bi * E, min((bi + 1) * E, nr_meta)
+            n = max(0, min(used, hi) - lo)
+            counts = bytearray(b"\x01" * n)
+            for blk, c in self.layout.refs.items():
+                if lo <= blk < lo + n:
+                    counts[blk - lo] = min(c, 3)
+            body = encode_bitmap_counts(counts)
+            off = self.w.offset(b) + BITMAP_HEADER_SIZE
+            self.w.buf[off:off + len(body)] = body
+            entries.append(INDEX_ENTRY.pack(b, E - n, min(E, n)))
+        index = self.w.alloc(INDEX)
+        off = self.w.offset(index) + METADATA_INDEX_OFFSET
+        blob = b"".join(entries)
+        self.w.buf[off:off + len(blob)] = blob
+        return SpaceMapRoot(nr_meta, used, index, ref_root)
+
+
+def write_repaired(bm: BlockManager, plan: Plan, output: str | os.PathLike[str]) -> int:
+    """Write *plan* as new metadata to the existing *output*; return the
+    number of mappings dropped.  A counting pass first: nothing is written
+    unless it fits.  Raises :class:`UsageError` (missing or too small
+    output) and ``OSError``."""
+    p = os.fspath(output)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(f"output {p} does not exist: create it first with the metadata size "
+                         f"(e.g. truncate -s 8M {p})") from None
+    try:
+        nr_meta = min(os.lseek(fd, 0, os.SEEK_END) // BLOCK_SIZE, MAX_METADATA_BLOCKS)
+    finally:
+        os.close(fd)
+    dry = _Pass(bm, plan, BlockWriter(None))
+    dry.run(nr_meta)
+    if dry.layout.total > nr_meta:
+        raise UsageError(f"the output is too small: the repaired metadata needs "
+                         f"{dry.layout.total} blocks ({dry.layout.total * 4} KiB) but the output "
+                         f"holds {nr_meta}; use a bigger metadata file or device")
+    with MetadataOutput(p) as target:
+        target.begin()
+        w = BlockWriter(target.fd)
+        real = _Pass(bm, plan, w)
+        data_sm, meta_sm, top, det = real.run(nr_meta)
+        w.flush()
+        sb = Superblock(flags=0, version=2, time=plan.time, trans_id=plan.transaction_id,
+                        data_sm_root=pack_sm_root(data_sm), metadata_sm_root=pack_sm_root(meta_sm),
+                        data_mapping_root=top, device_details_root=det,
+                        data_block_size=plan.data_block_size, metadata_nr_blocks=nr_meta)
+        buf = bytearray(BLOCK_SIZE)
+        sb.pack_into(buf)
+        SUPERBLOCK.prepare_for_write(buf, 0)
+        target.write_superblock(buf)
+        target.commit()
+    return real.layout.dropped
