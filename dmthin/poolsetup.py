@@ -23,6 +23,7 @@ from .poolmeta import holds_thin_magic, read_pool_superblock
 from .target import PoolTable
 from .target.table import normalise_features
 from .thin.format import MAX_DATA_BLOCKS
+from .thin.metadata_size import recommended_metadata_size
 from .units import (
     MAX_METADATA_SECTORS,
     SECTOR_SIZE,
@@ -47,10 +48,13 @@ def default_low_water_mark(nr_data_blocks: int) -> int:
 
 
 def default_metadata_size(nr_data_blocks: int) -> int:
-    """LVM's rule: 64 bytes per data block, at least 2 MiB, whole MiB,
-    at most the kernel's maximum."""
-    size = -(-max(MIN_METADATA_BYTES, nr_data_blocks * 64) // _MiB) * _MiB
-    return min(size, MAX_METADATA_BYTES)
+    """The metadata the worst case of *nr_data_blocks* needs, with room for
+    a thousand thin devices and a quarter to spare
+    (:func:`~dmthin.thin.metadata_size.recommended_metadata_size`, what
+    ``dmthin metadata-size --exact`` computes): close to LVM's rule of 64
+    bytes per data block, at least 2 MiB, whole MiB, at most the kernel's
+    maximum."""
+    return recommended_metadata_size(max(nr_data_blocks, 1), 1)
 
 
 @dataclass
