@@ -25,14 +25,26 @@ from typing import TYPE_CHECKING
 from ..errors import UsageError
 from ..pdata.block import BlockManager
 from ..pdata.btree.builder import BlockWriter, build_btree, build_u64_btree, partition
-from ..pdata.btree.node import (HEADER_FIELDS, HEADER_FIELDS_OFFSET, HEADER_SIZE, INTERNAL_NODE,
-                                calc_max_entries)
+from ..pdata.btree.node import (
+    HEADER_FIELDS,
+    HEADER_FIELDS_OFFSET,
+    HEADER_SIZE,
+    INTERNAL_NODE,
+    calc_max_entries,
+)
 from ..pdata.checksum import BITMAP, BLOCK_SIZE, BTREE_NODE, INDEX, SUPERBLOCK
 from ..pdata.refcounts import RefCounts
 from ..pdata.space_map.build import build_disk_space_map
-from ..pdata.space_map.format import (BITMAP_HEADER_SIZE, ENTRIES_PER_BITMAP, INDEX_ENTRY,
-                                      METADATA_INDEX_OFFSET, REF_COUNT, SpaceMapRoot,
-                                      encode_bitmap_counts, nr_bitmaps)
+from ..pdata.space_map.format import (
+    BITMAP_HEADER_SIZE,
+    ENTRIES_PER_BITMAP,
+    INDEX_ENTRY,
+    METADATA_INDEX_OFFSET,
+    REF_COUNT,
+    SpaceMapRoot,
+    encode_bitmap_counts,
+    nr_bitmaps,
+)
 from ..units import MAX_METADATA_BLOCKS
 from .format import TIME_BITS, Superblock, pack_sm_root
 from .output import MetadataOutput
@@ -88,7 +100,7 @@ class _Pass:
                 last = keys[-1]
                 continue
             clean = False
-            for k, v in zip(keys, values):
+            for k, v in zip(keys, values, strict=True):
                 if k > last and lo <= k < hi and v < self.limit:
                     keys_all.append(k)
                     values_all.append(v)

@@ -211,7 +211,7 @@ def test_random_damage(tmp_path, pdata_tools_110, ops, picks):
         assert not missing, (dev, sorted(missing)[:10], plan.report)
 
 
-def test_repair_keeps_what_snapshots_share(tmp_path, pdata_tools):
+def test_repair_keeps_what_snapshots_share(tmp_path, pdata_tools_110):
     """Fifteen snapshots of a 20000-mapping device, each with a few writes of
     its own: unshared, the output would need 16 times the origin's leaves; the
     repair copies each surviving leaf once and shares the trees."""
@@ -224,7 +224,7 @@ def test_repair_keeps_what_snapshots_share(tmp_path, pdata_tools):
     corrupt(bad, layout.details[0])
     out = blank(tmp_path / "out", 2 << 20)
     plan = repair(bad, out, Overrides())
-    assert checks_pass(out, pdata_tools) == (0, 0), plan.report
+    assert checks_pass(out, pdata_tools_110) == (0, 0), plan.report
     assert mappings(out) == mappings(path)
     used_in = Layout(path).sb.metadata_sm.nr_allocated
     used_out = Layout(out).sb.metadata_sm.nr_allocated

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from toolgen import THIN, Layout, blank, corrupt, dmthin, run
 
 from dmthin import Pool
+from toolgen import THIN, Layout, blank, corrupt, dmthin, run
 
 pytestmark = pytest.mark.real_dm
 
@@ -66,7 +66,7 @@ def kernel_pool(tmp_path_factory) -> Path:
     return meta
 
 
-def test_delta_and_rmap_match_090(kernel_pool, tools090):
+def test_delta_and_rmap_match_090(kernel_pool, thin_tools_090):
     with loop(kernel_pool) as dev:
         for a, b in ((1, 2), (2, 3), (1, 3), (3, 1)):
             for extra in ([], ["--verbose"]):
@@ -79,18 +79,18 @@ def test_delta_and_rmap_match_090(kernel_pool, tools090):
             assert (got.returncode, got.stdout) == (want.returncode, want.stdout), region
 
 
-def test_dump_xml1_and_check_match_the_tools(kernel_pool, tools090, pdata_tools):
+def test_dump_xml1_and_check_match_the_tools(kernel_pool, thin_tools_090, pdata_tools_110):
     with loop(kernel_pool) as dev:
-        want = run([pdata_tools, "thin_dump", dev]).stdout
+        want = run([pdata_tools_110, "thin_dump", dev]).stdout
         assert "<def " in want or "<ref " in want or "<device" in want
         assert dmthin("dump", "-f", "xml1", kernel_pool).stdout == want
         assert dmthin("dump", kernel_pool).stdout == run([THIN["thin_dump"], dev]).stdout
         assert run([THIN["thin_check"], "-q", dev]).returncode == 0
-        assert run([pdata_tools, "thin_check", "-q", dev]).returncode == 0
+        assert run([pdata_tools_110, "thin_check", "-q", dev]).returncode == 0
     assert dmthin("check", "-q", kernel_pool).returncode == 0
 
 
-def test_repair_of_damaged_kernel_metadata(kernel_pool, tmp_path, tools090, pdata_tools):
+def test_repair_of_damaged_kernel_metadata(kernel_pool, tmp_path, thin_tools_090, pdata_tools_110):
     layout = Layout(kernel_pool)
     victims = [layout.leaves[2][len(layout.leaves[2]) // 2], layout.roots[3], layout.top[0]]
     for victim in victims:
@@ -101,14 +101,15 @@ def test_repair_of_damaged_kernel_metadata(kernel_pool, tmp_path, tools090, pdat
         assert p.returncode == 0, p.stderr
         with loop(out) as dev:
             assert run([THIN["thin_check"], "-q", dev]).returncode == 0
-            assert run([pdata_tools, "thin_check", "-q", dev]).returncode == 0
+            assert run([pdata_tools_110, "thin_check", "-q", dev]).returncode == 0
 
 
-def test_packs_interoperate_on_kernel_metadata(kernel_pool, tmp_path, pdata_tools, tools090):
+def test_packs_interoperate_on_kernel_metadata(kernel_pool, tmp_path, pdata_tools_110,
+                                               thin_tools_090):
     ours, theirs = tmp_path / "ours.pack", tmp_path / "theirs.pack"
     assert dmthin("metadata-pack", "-i", kernel_pool, "-o", ours).returncode == 0
     with loop(kernel_pool) as dev:
-        assert run([pdata_tools, "thin_metadata_pack", "-i", dev, "-o", theirs]).returncode == 0
+        assert run([pdata_tools_110, "thin_metadata_pack", "-i", dev, "-o", theirs]).returncode == 0
         want = run([THIN["thin_dump"], dev]).stdout
     for pack in (ours, theirs):
         out = tmp_path / f"{pack.stem}.md"
