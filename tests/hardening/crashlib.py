@@ -257,7 +257,7 @@ class Checker:
         if any(sectors is not None for _i, sectors in st.applied):
             v.torn += 1
         idx = [i for i, _s in st.applied]
-        if idx and idx != list(range(idx[0], idx[0] + len(idx))) or \
+        if (idx and idx != list(range(idx[0], idx[0] + len(idx)))) or \
                 (idx and st.label != "all" and st.label != "torn last"):
             v.reordered += 1
         where = f"cut {st.cut} ({st.label}, {len(st.applied)} unflushed writes kept)"

@@ -18,8 +18,8 @@ import os
 import random
 
 import pytest
-from crashlib import Model, check_states, describe, run_workload
 
+from crashlib import Model, check_states, describe, run_workload
 from dmthin.pdata import block as blockmod
 from dmthin.pdata import writelog
 from dmthin.pdata.writelog import Replayer, WriteLog
