@@ -1,4 +1,4 @@
-"""Replay of the 2014 Docker storage article (docs/seed-experiment.md)
+"""Replay of the 2014 Docker storage article (docs/experiment.md)
 through the graph driver.
 
 Steps: start the driver (base device formatted with Docker's mkfs.ext4

@@ -1,4 +1,4 @@
-"""Check thin-pool metadata as ``thin_check`` does (dm-thin-format.md §1-§5).
+"""Check thin-pool metadata as ``thin_check`` does (docs/format.md, sections 1-5).
 
 :func:`check_metadata` validates, without writing anything:
 

@@ -1,4 +1,4 @@
-"""Pools move between backends (fidelity §3): a pool written by the
+"""Pools move between backends (docs/fidelity.md): a pool written by the
 simulator opens on the kernel and reads back byte for byte, the kernel keeps
 writing into it, and the simulator reads that back; the same the other way
 round, and for metadata written by ``dmthin restore`` over a data file laid

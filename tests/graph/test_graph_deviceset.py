@@ -1,7 +1,7 @@
 """DeviceSet at block level on the simulator: device lifecycle, ids,
 transactions and rollback, free-space errors, deferred removal and deletion,
 status, restart.  Expected values come from Docker's algorithms
-(docs/docker-devmapper.md), the pool's own status, blkid/dumpe2fs and
+(docs/docker.md), the pool's own status, blkid/dumpe2fs and
 thin_check 0.9.0."""
 import json
 import os

@@ -32,7 +32,7 @@ def test_crc32c_and_salts():
 
 
 def test_documented_worked_example_formula():
-    # csum = crc32c_std(block[4:]) ^ 0xffffffff ^ salt  (dm-thin-format.md §1)
+    # csum = crc32c_std(block[4:]) ^ 0xffffffff ^ salt  (docs/format.md, section 1)
     import crc32c
     blk = bytearray(4096)
     blk[100] = 42

@@ -7,7 +7,7 @@ under-full node, wrong counts, leaks, ...).  Each case asserts that
 ``dmthin check`` fails cleanly (one line per problem, exit 1, no traceback)
 and that its verdict agrees with the tool version that checks that kind of
 thing (0.9.0 compares only metadata counts; 1.1.0 also data counts and
-mapped_blocks, dm-thin-format.md §4.5).
+mapped_blocks, docs/format.md section 7).
 """
 from __future__ import annotations
 
@@ -413,7 +413,7 @@ EXPECT = {
     "meta_wrong_count": (True, True),
     "meta_leak": (True, True),
     "meta_in_use_marked_free": (True, True),
-    # 0.9.0 does not compare data counts nor mapped_blocks (§4.5).
+    # 0.9.0 does not compare data counts nor mapped_blocks (docs/format.md section 7).
     "data_wrong_count": (False, True),
     "data_leak": (False, True),
     "data_beyond": (False, True),
@@ -554,7 +554,7 @@ def test_large_multi_bitmap_data_space_map(tmp_path, pdata_tools_110):
 
 def make_metadata_snapshot(p: Path) -> int:
     """Hand-build a held metadata snapshot as reserve_metadata_snap does
-    (§5): copy the superblock to a free block H with zeroed sm roots, +1 on
+    (docs/format.md section 4): copy the superblock to a free block H with zeroed sm roots, +1 on
     its two tree roots, held_root = H.  Return H."""
     L = Layout(p)
     nr = L.sb.metadata_sm.nr_blocks
