@@ -21,9 +21,10 @@ import os
 import subprocess
 import tempfile
 import uuid as _uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from ..errors import InvalidArgument, IOFailure, NotSupported
+from ..sparse import data_regions, holes_reported
 from ._binding import BlockDevice
 
 log = logging.getLogger("dmthin.extfs")
@@ -50,33 +51,6 @@ def _run(argv: list[str]) -> None:
         lines = [ln for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else f"exit status {proc.returncode}"
         raise IOFailure(f"{' '.join(argv[:2])} failed: {last}")
-
-
-def data_regions(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` byte ranges of *fd* holding data (SEEK_DATA/SEEK_HOLE)."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:       # ENXIO: nothing after pos
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        pos = end
-
-
-def _holes_reported(directory: str) -> bool:
-    fd, name = tempfile.mkstemp(prefix=".holecheck", dir=directory)
-    try:
-        os.ftruncate(fd, 1 << 20)
-        os.pwrite(fd, b"x" * 4096, 512 << 10)
-        try:
-            return os.lseek(fd, 0, os.SEEK_DATA) > 0
-        except OSError:
-            return False
-    finally:
-        os.close(fd)
-        os.unlink(name)
 
 
 def import_image(device: BlockDevice, path: str | os.PathLike[str]) -> int:
@@ -117,7 +91,7 @@ def mkfs(device: BlockDevice, fs: str = "ext4", mkfs_args: Sequence[str] = (),
         raise NotSupported(XFS_REFUSAL if fs == "xfs" else
                            f"unsupported filesystem {fs!r}: set dm.fs=ext4")
     directory = os.fspath(workdir) if workdir is not None else tempfile.gettempdir()
-    if not _holes_reported(directory):
+    if not holes_reported(directory):
         raise InvalidArgument(f"{directory} cannot keep sparse files (no SEEK_DATA): give a "
                               "work directory on ext4, xfs, btrfs or tmpfs")
     fd, scratch = tempfile.mkstemp(prefix=".mkfs-", suffix=".img", dir=directory)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .. import ThinDevice
 from ..errors import IOFailure, NotSupported
+from ..sparse import data_regions, holes_reported
 
 READ_SIZE = 1 << 20
 _TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -60,34 +61,6 @@ def run_tool(argv: list[str], on_image: bool = False, input: bytes | None = None
     return proc.stdout.decode(errors="replace")
 
 
-def holes_reliable(directory: str | os.PathLike[str]) -> bool:
-    """True if the filesystem of *directory* reports holes (SEEK_HOLE)."""
-    fd, name = tempfile.mkstemp(prefix=".holecheck", dir=directory)
-    try:
-        os.ftruncate(fd, 1 << 20)
-        os.pwrite(fd, b"x" * 4096, 512 << 10)
-        try:
-            return os.lseek(fd, 0, os.SEEK_DATA) > 0
-        except OSError:
-            return False
-    finally:
-        os.close(fd)
-        os.unlink(name)
-
-
-def _data_regions(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges holding data, per SEEK_DATA/SEEK_HOLE."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:   # ENXIO: no data after pos
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        pos = end
-
-
 class ImageMirror:
     """A thin device's bytes in a sparse file, written back by :meth:`sync`."""
 
@@ -97,7 +70,7 @@ class ImageMirror:
         self.chunk = chunk
         self.size = thin.size
         self._hashes: dict[int, bytes] = {}
-        self._reliable = holes_reliable(self.path.parent)
+        self._reliable = holes_reported(self.path.parent)
 
     @classmethod
     def export(cls, thin: ThinDevice, path: str | os.PathLike[str], chunk: int,
@@ -139,7 +112,7 @@ class ImageMirror:
         seen: dict[int, bytes] = {}
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for start, end in _data_regions(fd, self.size):
+            for start, end in data_regions(fd, self.size):
                 first, last = start // chunk, (end + chunk - 1) // chunk
                 for idx in range(first, last):
                     off = idx * chunk
