@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -179,3 +180,38 @@ def run_dmthin_subprocess(*args: object, input: bytes | None = None,
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-m", "dmthin", *_argv(args)], cwd=REPO, env=env,
                           input=input, capture_output=True, timeout=timeout)
+
+
+def layer_tar(entries: list[tuple[str, str, dict]], *, t0: float, fill: int = 100,
+              chr_dev: tuple[int, int] = (1, 5)) -> bytes:
+    """A PAX tar of ``(name, kind, extra)`` entries, kind one of dir, file,
+    sym, hard, fifo, chr; *extra* may give ``mode``, ``owner`` (uid, gid),
+    ``data`` (a file's bytes; default the name repeated *fill* times),
+    ``to`` (a link's target) and ``xattrs``.  Entry *i* gets mtime
+    ``t0 + i`` (give t0 a fraction to test sub-second times)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i, (name, kind, extra) in enumerate(entries):
+            ti = tarfile.TarInfo(name)
+            ti.mtime = t0 + i
+            ti.mode = extra.get("mode", 0o755 if kind == "dir" else 0o644)
+            ti.uid, ti.gid = extra.get("owner", (0, 0))
+            data = None
+            if kind == "dir":
+                ti.type = tarfile.DIRTYPE
+            elif kind == "file":
+                data = extra.get("data", name.encode() * fill)
+                ti.size = len(data)
+            elif kind in ("sym", "hard"):
+                ti.type = tarfile.SYMTYPE if kind == "sym" else tarfile.LNKTYPE
+                ti.linkname = extra["to"]
+            elif kind == "fifo":
+                ti.type = tarfile.FIFOTYPE
+            elif kind == "chr":
+                ti.type = tarfile.CHRTYPE
+                ti.devmajor, ti.devminor = chr_dev
+            if "xattrs" in extra:
+                ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                                  for k, v in extra["xattrs"].items()}
+            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()

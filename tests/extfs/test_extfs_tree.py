@@ -15,6 +15,7 @@ from dmthin.graph import differ
 from dmthin.graph.exttree import ExtTree
 from dmthin.graph.tree import DirTree
 from extfs_helpers import fsck
+from helpers import layer_tar
 
 ROOT = os.geteuid() == 0
 T0 = 1_500_000_000
@@ -22,33 +23,7 @@ T0 = 1_500_000_000
 
 def layer(entries):
     """A tar of (name, kind, extra) entries; mtimes fixed, owners as given."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for i, (name, kind, extra) in enumerate(entries):
-            ti = tarfile.TarInfo(name)
-            ti.mtime = T0 + i + 0.25
-            ti.mode = extra.get("mode", 0o755 if kind == "dir" else 0o644)
-            ti.uid, ti.gid = extra.get("owner", (0, 0))
-            data = None
-            if kind == "dir":
-                ti.type = tarfile.DIRTYPE
-            elif kind == "file":
-                data = extra.get("data", name.encode() * 100)
-                ti.size = len(data)
-            elif kind == "sym":
-                ti.type, ti.linkname = tarfile.SYMTYPE, extra["to"]
-            elif kind == "hard":
-                ti.type, ti.linkname = tarfile.LNKTYPE, extra["to"]
-            elif kind == "fifo":
-                ti.type = tarfile.FIFOTYPE
-            elif kind == "chr":
-                ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 5
-            if "xattrs" in extra:
-                ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
-                                  for k, v in extra["xattrs"].items()}
-            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
-    buf.seek(0)
-    return buf
+    return io.BytesIO(layer_tar(entries, t0=T0 + 0.25))
 
 
 BASE = [("etc", "dir", {}), ("etc/hosts", "file", {}),

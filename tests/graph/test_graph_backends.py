@@ -3,14 +3,13 @@ layers applied and diffed through the kernel's mount (kernel backend) and
 through the ext4 view of the simulated thin device (simulator) give the
 same files, the same Changes, DiffSize and byte-identical diff tars."""
 import hashlib
-import io
 import os
-import tarfile
 
 import pytest
 
 from dmthin.graph import Driver, differ
 from graph_helpers import SMALL
+from helpers import layer_tar
 
 pytestmark = pytest.mark.real_dm
 T0 = 1_600_000_000
@@ -18,32 +17,7 @@ CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12)
 
 
 def tar_of(entries):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for i, (name, kind, extra) in enumerate(entries):
-            ti = tarfile.TarInfo(name)
-            ti.mtime = T0 + i + 0.5
-            ti.mode = extra.get("mode", 0o755 if kind == "dir" else 0o644)
-            ti.uid, ti.gid = extra.get("owner", (0, 0))
-            data = None
-            if kind == "dir":
-                ti.type = tarfile.DIRTYPE
-            elif kind == "file":
-                data = extra.get("data", name.encode() * 50)
-                ti.size = len(data)
-            elif kind == "sym":
-                ti.type, ti.linkname = tarfile.SYMTYPE, extra["to"]
-            elif kind == "hard":
-                ti.type, ti.linkname = tarfile.LNKTYPE, extra["to"]
-            elif kind == "fifo":
-                ti.type = tarfile.FIFOTYPE
-            elif kind == "chr":
-                ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 4, 64
-            if "xattrs" in extra:
-                ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
-                                  for k, v in extra["xattrs"].items()}
-            tar.addfile(ti, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
+    return layer_tar(entries, t0=T0 + 0.5, fill=50, chr_dev=(4, 64))
 
 
 BASE = tar_of([("etc", "dir", {}), ("etc/hosts", "file", {}),
