@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from ..report import NullReport, Report, StreamReport
 
 
-class TerminalReport:
+class TerminalReport(StreamReport):
     """A :class:`~dmthin.report.Report` for a terminal: lines on *stream*
     and a tqdm progress bar, drawn from the first :meth:`progress` call and
     moved *min_step* units at a time at least; *scale*: show k/M/G
@@ -22,30 +22,18 @@ class TerminalReport:
 
     def __init__(self, desc: str, unit: str, *, stream: TextIO | None = None,
                  min_step: int = 1, scale: bool = True, binary: bool = False) -> None:
+        super().__init__(stream if stream is not None else sys.stderr)
         self.desc, self.unit = desc, unit
-        self.stream = stream if stream is not None else sys.stderr
         self.min_step, self.scale, self.binary = min_step, scale, binary
         self._bar: Any = None
         self._shown = 0
 
     def _line(self, line: str) -> None:
+        """Lines go above the bar once it is drawn."""
         if self._bar is not None:
             self._bar.write(line, file=self.stream)
         else:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
-    def info(self, line: str) -> None:
-        """Print *line* (above the bar)."""
-        self._line(line)
-
-    def warning(self, line: str) -> None:
-        """Print *line* (above the bar)."""
-        self._line(line)
-
-    def fatal(self, line: str) -> None:
-        """Print *line* (above the bar)."""
-        self._line(line)
+            super()._line(line)
 
     def progress(self, done: int, total: int | None) -> None:
         """Move the bar to *done* of *total*."""
