@@ -41,24 +41,22 @@ from ..pooldir import device_prefix
 from ..target import Message, PoolStatus, PoolTable, ThinStatus, ThinTable
 from ..target.table import normalise_features
 from ..units import METADATA_BLOCK_SIZE, SECTOR_SIZE
-from . import _lib, busy, loop, task
+from . import _lib, busy, loop, task, udev
 from .blockio import BlockIO
 
 NODE_WAIT = 5.0     # seconds to wait for /dev/mapper/<name> to appear
 LOOP_DETACH_WAIT = 2.0
 
 
-def _wait_node(name: str, minor: int) -> str:
-    """The device node: ``/dev/mapper/<name>`` once it exists, else (no
-    node after :data:`NODE_WAIT` seconds) ``/dev/dm-<minor>``."""
+def _wait_node(name: str, major: int, minor: int) -> str:
+    """The device node: ``/dev/mapper/<name>`` once it is this device's
+    (waiting on udev's events when udevd runs, else polling), else (not
+    after :data:`NODE_WAIT` seconds) ``/dev/dm-<minor>``."""
     path = task.node_path(name)
-    deadline = time.monotonic() + NODE_WAIT
-    while not os.path.exists(path):
-        if time.monotonic() >= deadline:
-            alt = f"/dev/dm-{minor}"
-            return alt if os.path.exists(alt) else path
-        time.sleep(0.001)
-    return path
+    if udev.wait_node(path, os.makedev(major, minor), timeout=NODE_WAIT):
+        return path
+    alt = f"/dev/dm-{minor}"
+    return alt if os.path.exists(alt) else path
 
 
 def node_of(dev: str) -> str:
@@ -89,7 +87,7 @@ class KernelThin:
         self.name: str = info.name
         self.activated = activated
         self.major, self.minor = info.major, info.minor
-        self.path: str = _wait_node(self.name, info.minor)
+        self.path: str = _wait_node(self.name, info.major, info.minor)
         self._io = BlockIO(self.path, readonly=pool.spec.readonly)
 
     def __repr__(self) -> str:

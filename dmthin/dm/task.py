@@ -9,7 +9,12 @@ Names are validated (:func:`dmthin.units.check_name`) before they reach the
 kernel.  Operations that add or remove ``/dev/mapper`` nodes (create,
 resume, remove) use a udev cookie and ``dm_udev_wait``: with udevd running
 that waits for udev; without it libdevmapper makes the nodes itself (udev
-sync is switched off at load, see :mod:`dmthin.dm._lib`).
+sync is switched off at load, see :mod:`dmthin.dm._lib`).  When udevd runs
+but libdevmapper cannot synchronise with it (:func:`dmthin.dm.udev.owns_nodes`),
+create and remove leave the node to udev and wait for it through a udev
+monitor (bounded: :func:`create` raises ETIMEDOUT, :func:`remove` logs a
+warning), so the node is there after :func:`create` and gone after
+:func:`remove` in every case.
 
 Example::
 
@@ -22,19 +27,22 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
+import logging
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Busy, DeviceExists, InvalidArgument, ThinOSError
+from ..errors import Busy, DeviceExists, InvalidArgument, ThinOSError, TimedOut
 from ..units import check_name
-from . import _lib
+from . import _lib, udev
 from ._lib import LOCK, make_error
 from .busy import check_not_busy
 
 DEV_MAPPER = "/dev/mapper"
+
+log = logging.getLogger("dmthin.dm.task")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,8 @@ class Target:
 
 #: udev flags for devices nobody should scan (Docker's pool, devicemapper-rs' private())
 PRIVATE_UDEV_FLAGS = 0x2 | 0x4 | 0x8   # DISABLE_{SUBSYSTEM,DISK,OTHER}_RULES
+#: DM_UDEV_DISABLE_DM_RULES_FLAG: udev's dm rules make no /dev/mapper node
+DISABLE_DM_RULES = 0x1
 
 
 #: names already validated (:func:`dmthin.units.check_name` raises, so only
@@ -84,6 +94,13 @@ _valid_name = functools.lru_cache(maxsize=4096)(check_name)
 def node_path(name: str) -> str:
     """``/dev/mapper/<name>``."""
     return os.path.join(DEV_MAPPER, _valid_name(name))
+
+
+def _udev_timeout(name: str, present: bool) -> str:
+    verb = "make" if present else "remove"
+    return (f"udev did not {verb} {node_path(name)} within {udev.UDEV_WAIT:g} s (udevd runs "
+            "but libdevmapper does not synchronise with it); check udevd (udevadm monitor), "
+            "or set DM_DISABLE_UDEV=1 so that libdevmapper manages /dev/mapper itself")
 
 
 def _b(text: str) -> bytes:
@@ -242,9 +259,14 @@ def create(name: str, table: Table, *, uuid: str | None = None, readonly: bool =
     libdevmapper removes the device again if the table load fails.  Raises
     EEXIST (:class:`DeviceExists`) if the name is taken (the kernel says
     EBUSY; we check), EINVAL for a bad table (:class:`InvalidArgument`),
-    ENXIO for a missing underlying device.
+    ENXIO for a missing underlying device, ETIMEDOUT (:class:`TimedOut`,
+    the device removed again) when udev owns the nodes
+    (:func:`dmthin.dm.udev.owns_nodes`) and does not make ``/dev/mapper/<name>``
+    within :data:`dmthin.dm.udev.UDEV_WAIT` seconds.
     """
     rows = _targets(table)
+    # udev's rules make the node (not libdevmapper) when we cannot sync with it
+    by_udev = not udev_flags & DISABLE_DM_RULES and udev.owns_nodes()
     with Task("DM_DEVICE_CREATE", f"create {name}", name) as t:
         if uuid:
             t.check(t.lib.dm_task_set_uuid(t.t, _b(uuid)), "dm_task_set_uuid")
@@ -253,20 +275,26 @@ def create(name: str, table: Table, *, uuid: str | None = None, readonly: bool =
         for row in rows:
             t.add_target(*row)
         t.check(t.lib.dm_task_set_add_node(t.t, t.lib.DM_ADD_NODE_ON_CREATE), "set_add_node")
-        t.use_cookie(udev_flags)
+        t.use_cookie(udev_flags | (t.lib.DM_UDEV_DISABLE_LIBRARY_FALLBACK if by_udev else 0))
         try:
             t.run()
         except Busy as err:
-            existing = err
+            refused: Busy | None = err
         else:
-            return t.info()
+            refused, created = None, t.info()
+    if refused is None:
+        if by_udev and not udev.wait_node(node_path(name),
+                                          os.makedev(created.major, created.minor)):
+            remove(name, retry_seconds=0, check_busy=False)     # nothing half made is left
+            raise TimedOut(f"create {name}: " + _udev_timeout(name, True))
+        return created
     # The kernel answers EBUSY when the name is taken: say EEXIST, as a
     # thin id that is taken would.
     if info(name).exists:
         raise DeviceExists(f"create {name}: a device-mapper device with this name already "
                            "exists (the kernel answered EBUSY); remove it first "
                            f"(dmsetup remove {name}) or pick another name") from None
-    raise existing
+    raise refused
 
 
 def reload(name: str, table: Table) -> None:
@@ -306,11 +334,15 @@ def remove(name: str, *, retry_seconds: float = 2.0, deferred: bool = False,
     (a device that is merely open elsewhere, e.g. by udev's blkid, is
     retried for up to *retry_seconds*).  With *deferred* the kernel removes
     it when its last opener closes it (a mounted or held device is refused
-    first).  Raises ENXIO if there is no such device.
+    first).  When udev owns the nodes, waits for it to remove
+    ``/dev/mapper/<name>`` (a warning in the log if it does not within
+    :data:`dmthin.dm.udev.UDEV_WAIT` seconds).  Raises ENXIO if there is no
+    such device.
     """
     _valid_name(name)
     if check_busy and deferred:
         check_not_busy(info(name))
+    by_udev = udev.owns_nodes()
     deadline = time.monotonic() + max(0.0, retry_seconds)
     delay = 0.02
     while True:
@@ -323,8 +355,12 @@ def remove(name: str, *, retry_seconds: float = 2.0, deferred: bool = False,
                         # udev removes the node when the device really goes;
                         # libdevmapper's fallback would remove it now (moby#24740)
                         flags = t.lib.DM_UDEV_DISABLE_LIBRARY_FALLBACK
+                elif by_udev:
+                    flags = t.lib.DM_UDEV_DISABLE_LIBRARY_FALLBACK
                 t.use_cookie(flags)
                 t.run()
+            if by_udev and not deferred and not udev.wait_node(node_path(name), present=False):
+                log.warning("remove %s: %s", name, _udev_timeout(name, False))
             return
         except Busy:
             if check_busy and not deferred:

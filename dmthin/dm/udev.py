@@ -33,8 +33,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import pyudev
-
 from .. import blockdev
 from . import _lib
 
@@ -52,12 +50,20 @@ UDEV_DATA = "/run/udev/data"
 _local = threading.local()
 
 
+def _pyudev() -> Any:
+    """The pyudev module, imported on first use, not with this module: it
+    costs about 12 ms per process, and :mod:`dmthin.dm.task` (which imports
+    this module) needs it only when udev owns the nodes (:func:`owns_nodes`)."""
+    import pyudev
+    return pyudev
+
+
 def context() -> Any:
     """This thread's :class:`pyudev.Context` (libudev objects are not shared
     between threads), or None when libudev cannot be loaded."""
     if not hasattr(_local, "context"):
         try:
-            _local.context = pyudev.Context()
+            _local.context = _pyudev().Context()
         except ImportError as err:           # no libudev.so.1: read sysfs directly
             log.debug("libudev unavailable (%s): reading sysfs directly", err)
             _local.context = None
@@ -249,6 +255,7 @@ def describe(major: int, minor: int) -> BlockDevice | None:
     if ctx is None:
         path = blockdev.sys_path(major, minor)
         return _build(_SysfsView(path)) if os.path.exists(path) else None
+    pyudev = _pyudev()
     try:
         device = pyudev.Devices.from_device_number(ctx, "block", os.makedev(major, minor))
     except pyudev.DeviceNotFoundError:
@@ -310,7 +317,7 @@ def _monitor() -> Any:
     if ctx is None:
         return None
     try:
-        monitor = pyudev.Monitor.from_netlink(ctx)
+        monitor = _pyudev().Monitor.from_netlink(ctx)
         monitor.filter_by("block", device_type="disk")
         monitor.start()
     except OSError as err:
