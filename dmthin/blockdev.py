@@ -96,9 +96,4 @@ def backing_file_of(node: str) -> str | None:
     name = os.path.basename(node)
     if not (name.startswith("loop") and name[4:].isdigit()):
         return None
-    try:
-        with open(f"/sys/block/{name}/loop/backing_file", encoding="utf-8",
-                  errors="surrogateescape") as f:
-            return f.read().rstrip("\n") or None
-    except OSError:
-        return None
+    return read_attr(f"/sys/block/{name}", "loop/backing_file") or None

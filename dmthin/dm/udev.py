@@ -347,14 +347,15 @@ def _wait_events(monitor: Any, path: str, rdev: int | None, present: bool,
 
 
 def wait_node(path: str, rdev: int | None = None, *, present: bool = True,
-              timeout: float = UDEV_WAIT) -> bool:
+              timeout: float | None = None) -> bool:
     """Wait until *path* is the node of device number *rdev* (any block
     device if None), or with *present* false until *path* is gone.  Waits on
     a udev monitor when udevd runs, else polls.  Returns whether that
-    happened within *timeout* seconds."""
+    happened within *timeout* seconds (:data:`UDEV_WAIT` if None); returns
+    at once, without loading pyudev, if it already has."""
     if _reached(path, rdev, present):
         return True
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (UDEV_WAIT if timeout is None else timeout)
     monitor = _monitor() if _lib.udev_running() else None
     if monitor is None:
         return _poll(path, rdev, present, deadline)

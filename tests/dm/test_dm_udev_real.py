@@ -116,11 +116,41 @@ assert not [p for p in os.listdir("/dev/mapper") if p.startswith(prefix)], "node
 print("LEFT", [n for n, _, _ in task.list_devices() if n.startswith(prefix)])
 """
 
+STALLED = r"""
+import errno, os, signal, sys, time
+from dmthin.errors import TimedOut
+from dmthin.dm import _lib, task, udev
+
+_ffi, lib = _lib.require_binding()
+lib.dm_udev_set_sync_support(0)
+assert udev.owns_nodes()
+udev.UDEV_WAIT = 1.0
+pid, name = int(sys.argv[1]), sys.argv[2]
+os.kill(pid, signal.SIGSTOP)              # udevd queues the events and handles none
+try:
+    t0 = time.monotonic()
+    try:
+        task.create(name, [(0, 2048, "zero", "")])
+    except TimedOut as err:
+        assert err.errno == errno.ETIMEDOUT
+        msg = str(err)
+        assert msg.count("\n") == 0 and f"udev did not make /dev/mapper/{name}" in msg, msg
+        assert "DM_DISABLE_UDEV=1" in msg, msg
+    else:
+        raise AssertionError("create returned without a node")
+    took = time.monotonic() - t0
+    assert 1.0 <= took < 10, took
+    assert not task.exists(name), "the device outlived the timeout"
+    assert not os.path.lexists(f"/dev/mapper/{name}")
+finally:
+    os.kill(pid, signal.SIGCONT)
+print("TIMED OUT", round(took, 2))
+"""
+
 
 @pytest.fixture
-def udevd():
-    """systemd-udevd running for the test; the environment for its
-    children (without the guest's DM_DISABLE_UDEV)."""
+def udevd_proc():
+    """systemd-udevd running for the test (its process)."""
     if not os.path.exists(UDEVD):
         pytest.fail("systemd-udevd missing: apt-get install udev (tools/test installs it)",
                     pytrace=False)
@@ -134,11 +164,19 @@ def udevd():
                 break
             time.sleep(0.05)
         assert os.path.exists("/run/udev/control"), "systemd-udevd did not start"
-        yield {k: v for k, v in os.environ.items() if k != "DM_DISABLE_UDEV"}
+        yield proc
     finally:
+        proc.send_signal(signal.SIGCONT)          # in case a test left it stopped
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         shutil.rmtree("/run/udev", ignore_errors=True)
+
+
+@pytest.fixture
+def udevd(udevd_proc):
+    """systemd-udevd running; the environment for the test's children
+    (without the guest's DM_DISABLE_UDEV)."""
+    return {k: v for k, v in os.environ.items() if k != "DM_DISABLE_UDEV"}
 
 
 def _child(code: str, env: dict[str, str], *args: str) -> str:
@@ -225,6 +263,13 @@ def _check_kept_devices(monkeypatch) -> None:
 
 def test_without_udev_sync_nodes_come_from_udev_through_the_monitor(udevd):
     assert "LEFT []" in _child(NO_SYNC, udevd)
+
+
+def test_udev_that_makes_no_node_is_a_bounded_error(udevd_proc, udevd, tag):
+    """udevd runs and sync is off, but udevd handles no event: create gives
+    up after udev.UDEV_WAIT with ETIMEDOUT and leaves no device behind."""
+    out = _child(STALLED, udevd, str(udevd_proc.pid), f"{tag}-stalled")
+    assert "TIMED OUT" in out
 
 
 def test_dm_ls_without_udevd(real_dm, tmp_path, tag, monkeypatch):
