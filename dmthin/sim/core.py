@@ -25,6 +25,14 @@ between its thin devices' I/O and its metadata engine.
   (``metadata_operation_failed``: :meth:`SimCore.fail_metadata`).  The
   threshold event fires when free metadata blocks fall to the threshold.
 * **Flush** of a thin device: :meth:`SimCore.flush_thin`.
+* **Mapping lookups** (:meth:`SimCore.lookup`) go through a bounded cache
+  of ``(data block, time)`` per device and virtual block, as the kernel's
+  lookups hit its block cache.  It holds what the engine says and never
+  whether a block is shared: that depends on the device's snapshotted time,
+  which the caller reads fresh from the device's details.  Whatever changes
+  a mapping goes through the core and forgets it: :meth:`insert_mapping`,
+  :meth:`forget_mappings` (discard, delete, a new device id), an abort
+  (:meth:`fail_metadata`) forgets all.  A commit changes no mapping.
 
 Thread safety: one lock (:attr:`SimCore.lock`) serialises everything; a
 writer waiting for space or for a suspended device releases it.  Methods
@@ -50,6 +58,11 @@ from .params import (
     metadata_reserve,
 )
 from .writes import WriteQueue
+
+#: mappings the lookup cache keeps per device before it starts over
+LOOKUP_CACHE_BLOCKS = 1 << 15
+#: a mapping the cache does not hold (None means "unmapped")
+_MISS = (-1, -1)
 
 
 class _OutOfDataSpace(Exception):
@@ -100,6 +113,8 @@ class SimCore(PoolModes):
         self._commit_after_insert = False
         self._writes = WriteQueue(data)
         self._suspended: set[int] = set()
+        #: dev_id -> {vblock: (data block, time), or None: unmapped}
+        self._lookups: dict[int, dict[int, tuple[int, int] | None]] = {}
         with self.lock:
             self.set_mode(Mode.READ_ONLY if self.read_only_table else Mode.WRITE, quiet=True)
 
@@ -110,6 +125,7 @@ class SimCore(PoolModes):
         failed)."""
         self._writes.drop()
         self._pending_release.clear()
+        self._lookups.clear()           # the abort reverts mappings
         self._dirty = False
         self._commit_after_insert = False
         try:
@@ -258,9 +274,56 @@ class SimCore(PoolModes):
                 self.commit()                           # the kernel's periodic commit
         self.check_open()
 
+    # -- mappings (lock held) ------------------------------------------------------------
+    def lookup(self, dev_id: int, vblock: int) -> tuple[int, int] | None:
+        """``(data block, time)`` of *vblock* of thin *dev_id*, or None if it
+        is unmapped: the engine's lookup, through the cache.  Whether the
+        block is shared is for the caller to decide from fresh device
+        details (``snapshotted_time > time``).
+
+        Raises IOFailure if the metadata cannot be read.
+        """
+        cache = self._lookups.get(dev_id)
+        if cache is None:
+            cache = self._lookups[dev_id] = {}
+        else:
+            hit = cache.get(vblock, _MISS)
+            if hit is not _MISS:
+                return hit
+        try:
+            found = self.metadata.lookup(dev_id, vblock)
+        except (MetadataError, OSError) as err:
+            raise IOFailure(f"looking up block {vblock} of thin device {dev_id} failed: "
+                            f"{err}") from err
+        hit = None if found is None else (found[0], found[1])
+        if len(cache) >= LOOKUP_CACHE_BLOCKS:
+            cache.clear()
+        cache[vblock] = hit
+        return hit
+
+    def forget_mappings(self, dev_id: int, begin: int = 0, end: int | None = None) -> None:
+        """Drop the cached mappings of *dev_id* in ``[begin, end)`` (from
+        *begin* on if *end* is None): they are about to change, or the
+        device is deleted, new or no longer active."""
+        if begin == 0 and end is None:
+            self._lookups.pop(dev_id, None)
+            return
+        cache = self._lookups.get(dev_id)
+        if not cache:
+            return
+        if end is not None and end - begin < len(cache):
+            for v in range(begin, end):
+                cache.pop(v, None)
+        else:
+            for v in [v for v in cache if v >= begin and (end is None or v < end)]:
+                del cache[v]
+
     def insert_mapping(self, dev_id: int, vblock: int, block: int) -> None:
         """Map *vblock* of *dev_id* to data *block*.  On a metadata failure
         the pool goes read-only and this raises IOFailure."""
+        cache = self._lookups.get(dev_id)
+        if cache is not None:
+            cache.pop(vblock, None)
         try:
             self.metadata.insert(dev_id, vblock, block)
         except NoSpace as err:
@@ -286,6 +349,12 @@ class SimCore(PoolModes):
     def flush_writes(self) -> None:
         """Write the queued data (IOFailure if the data file fails)."""
         self._writes.flush()
+
+    def write_through(self, block: int, offset: int, part: Chunk) -> None:
+        """Write *part* at byte *offset* of data *block* now, after the
+        queued data (IOFailure if the data file fails)."""
+        self._writes.flush()
+        self.data.pwrite(block * self.block_bytes + offset, part)
 
     def flush_thin(self, dev_id: int) -> None:
         """A flush (REQ_PREFLUSH) of thin *dev_id*: commit if anything changed.
@@ -320,6 +389,14 @@ class SimCore(PoolModes):
         """Let the held I/O of thin *dev_id* proceed."""
         self._suspended.discard(dev_id)
         self.cond.notify_all()
+
+    def enter_io(self, dev_id: int) -> None:
+        """Before an I/O to thin *dev_id*: wait while it is suspended, then
+        raise InvalidArgument (closed pool) or IOFailure (failed pool)."""
+        if dev_id in self._suspended:
+            self.wait_resumed(dev_id)
+        if self._closed or self._mode == Mode.FAIL:
+            self.check_not_failed()
 
     def wait_resumed(self, dev_id: int) -> None:
         """Wait while thin *dev_id* is suspended (and the pool open)."""
@@ -363,6 +440,7 @@ class SimCore(PoolModes):
         """Mark the pool closed, wake every waiter, close the files (without
         committing: commit first)."""
         self._closed = True
+        self._lookups.clear()
         self.cond.notify_all()
         self.metadata.close()
         self.data.close()

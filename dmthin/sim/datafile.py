@@ -132,6 +132,39 @@ class DataFile:
             raise IOFailure(f"reading data block {block} from {self.path} failed: "
                             f"{err.strerror}") from err
 
+    def pread(self, pos: int, length: int) -> bytes:
+        """*length* bytes at byte *pos* of the file (one data block or a run
+        of them): one ``pread`` returning the bytes, no intermediate buffer.
+        Raises IOFailure as :meth:`read_into`."""
+        if pos + length > self._end:
+            self._check_end(pos, length, "reading")
+        try:
+            got = os.pread(self.fd, length, pos)
+        except OSError as err:
+            raise IOFailure(f"reading data block {pos // self.block_bytes} from {self.path} "
+                            f"failed: {err.strerror}") from err
+        if len(got) == length:
+            return got
+        out = bytearray(length)             # short: finish as read_into does
+        out[:len(got)] = got
+        self.read_into(0, pos + len(got), memoryview(out)[len(got):])
+        return bytes(out)
+
+    def pwrite(self, pos: int, data: Chunk) -> None:
+        """Write the bytes *data* (bytes, or a byte-format view) at byte *pos*
+        of the file: one ``pwrite``.  Raises IOFailure as :meth:`write`."""
+        n = len(data)
+        if pos + n > self._end:
+            self._check_end(pos, n, "writing")
+        try:
+            done = os.pwrite(self.fd, data, pos)
+            while done < n:                 # a short write: finish it
+                done += os.pwrite(self.fd, memoryview(data)[done:], pos + done)
+        except OSError as err:
+            raise IOFailure(f"writing data block {pos // self.block_bytes} to {self.path} "
+                            f"failed: {err.strerror}") from err
+        self.dirty = True
+
     def write(self, block: int, offset: int, parts: Sequence[Chunk]) -> None:
         """Write the buffers *parts* back to back at data block *block*,
         byte *offset* within it."""

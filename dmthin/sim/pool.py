@@ -163,7 +163,8 @@ class SimPoolBackend:
 
     @property
     def metadata(self) -> MetadataEngine:
-        """The open metadata engine (tests, tools)."""
+        """The open metadata engine (tests, tools), to read: a change made
+        through it bypasses the pool, and its cache of mappings."""
         return self.core.metadata
 
     @property
@@ -212,16 +213,22 @@ class SimPoolBackend:
 
     def _apply(self, msg: Message) -> None:
         """Apply *msg* to the metadata (lock held; the caller commits)."""
-        md = self.core.metadata
+        core = self.core
+        md = core.metadata
         match msg.command, msg.args:
             case "create_thin", (dev_id,):
+                core.forget_mappings(dev_id)
                 md.create_thin(dev_id)
             case "create_snap", (dev_id, origin_id):
+                # the origin's mappings stay as they are: only its snapshotted
+                # time changes, which the I/O reads fresh from its details
+                core.forget_mappings(dev_id)
                 md.create_snap(dev_id, origin_id)
             case "delete", (dev_id,):
                 if self._active.get(dev_id):
                     raise Busy(f"thin device {dev_id} is active; deactivate it before "
                                "deleting it")
+                core.forget_mappings(dev_id)
                 md.delete(dev_id)
             case "set_transaction_id", (old, new):
                 md.set_transaction_id(old, new)
@@ -310,6 +317,7 @@ class SimPoolBackend:
                 self._active[dev_id] = count
             else:
                 self._active.pop(dev_id, None)
+                core.forget_mappings(dev_id)        # keep the cache to active devices
                 core.unsuspend(dev_id)
             if not core.closed:
                 core.commit()

@@ -72,8 +72,7 @@ class SimThin:
         core = self._core
         if not self._active:
             raise IOFailure(f"thin device {self.dev_id} is not active")
-        core.wait_resumed(self.dev_id)
-        core.check_not_failed()
+        core.enter_io(self.dev_id)
         return core
 
     # -- read ---------------------------------------------------------------------------
@@ -82,22 +81,24 @@ class SimThin:
 
         Raises IOFailure (EIO) if the data file or the metadata cannot be read.
         """
-        out = bytearray(length)
-        view = memoryview(out)
         if not length:
             return b""
-        with self._core.lock:
-            core = self._enter()
-            md = core.metadata
-            bs = core.block_bytes
-            first = offset // bs
+        core = self._core
+        bs = core.block_bytes
+        first, boff = divmod(offset, bs)
+        with core.lock:
+            self._enter()
+            if boff + length <= bs:            # one block: one pread, no buffer
+                hit = core.lookup(self.dev_id, first)
+                if hit is None:
+                    return bytes(length)
+                return core.data.pread(hit[0] * bs + boff, length)
+            out = bytearray(length)
+            view = memoryview(out)
             last = (offset + length - 1) // bs
             try:
-                if first == last:
-                    hit = md.lookup(self.dev_id, first)
-                    mappings = [] if hit is None else [(first, hit[0])]
-                else:
-                    mappings = [(v, d) for v, d, _t in md.mappings(self.dev_id, first, last + 1)]
+                mappings = [(v, d) for v, d, _t in
+                            core.metadata.mappings(self.dev_id, first, last + 1)]
             except (MetadataError, OSError) as err:
                 raise IOFailure(f"reading the mappings of thin device {self.dev_id} failed: "
                                 f"{err}") from err
@@ -125,15 +126,25 @@ class SimThin:
         after the no-space timeout), IOFailure (EIO: a read-only pool asked
         for a new block, or a metadata/data file failure).
         """
-        view = memoryview(data).cast("B")
-        total = len(view)
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+        total = len(data)
         if not total:
             return 0
-        with self._core.lock:
-            core = self._enter()
+        core = self._core
+        vblock, boff = divmod(offset, core.block_bytes)
+        with core.lock:
+            self._enter()
             core.maybe_periodic_commit()
+            if boff + total <= core.block_bytes:
+                # one block, mapped and not shared (the common case): in place
+                dev = self.dev_id
+                hit = core.lookup(dev, vblock)
+                if hit is not None and not core.metadata.snapshotted_time(dev) > hit[1]:
+                    core.write_through(hit[0], boff, data)
+                    return total
             try:
-                self._write_locked(core, offset, view)
+                self._write_locked(core, offset, memoryview(data))
             finally:
                 core.flush_writes()
         return total
@@ -154,14 +165,11 @@ class SimThin:
             part = view[i:i + chunk]
             whole = chunk == bs
             if maps is not None:
-                m = maps[1].get(vblock)
-                hit = None if m is None else (m[0], m[1], maps[0] > m[1])
+                snap_time, m = maps[0], maps[1].get(vblock)
             else:
-                try:
-                    hit = md.lookup(dev, vblock)
-                except (MetadataError, OSError) as err:
-                    raise IOFailure(f"looking up block {vblock} of thin device {dev} failed: "
-                                    f"{err}") from err
+                m = core.lookup(dev, vblock)
+                snap_time = 0 if m is None else md.snapshotted_time(dev)
+            hit = None if m is None else (m[0], m[1], snap_time > m[1])
             if hit is not None and not hit[2]:
                 core.queue_write(hit[0], boff, part)
                 i += chunk
@@ -258,6 +266,7 @@ class SimThin:
                         # over the whole range, mapped or not: it still shadows
                         # the top-level leaf and marks the details changed
                         # (+2 metadata blocks under a held metadata snapshot)
+                        core.forget_mappings(self.dev_id, begin, end)
                         md.remove_range(self.dev_id, begin, end)
                         core.mark_dirty()
                         break
@@ -275,6 +284,7 @@ class SimThin:
                             break
                     if not batch:
                         break
+                    core.forget_mappings(self.dev_id, begin, last + 1)
                     md.remove_range(self.dev_id, begin, last + 1)
                     core.release_on_commit(d for d, shared in batch
                                            if not shared or md.data_block_count(d) == 0)

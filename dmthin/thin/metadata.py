@@ -307,6 +307,12 @@ class ThinMetadata:
         :class:`DeviceNotFound` (ENODATA)."""
         return self._open_device(dev_id).copy()
 
+    def snapshotted_time(self, dev_id: int) -> int:
+        """Device *dev_id*'s snapshotted time, as :meth:`details` gives it
+        (without the copy: the simulator reads it per I/O).  Raises
+        :class:`DeviceNotFound` (ENODATA)."""
+        return self._open_device(dev_id).snapshotted_time
+
     def has_device(self, dev_id: int) -> bool:
         """True if thin device *dev_id* exists (committed or not)."""
         return dev_id in self._devices or \

@@ -118,6 +118,9 @@ class FakeMetadata:
         tid, ctime, stime = self._s.details[dev]
         return DeviceDetails(len(self._s.devs[dev]), tid, ctime, stime)
 
+    def snapshotted_time(self, dev: int) -> int:
+        return self.details(dev).snapshotted_time
+
     def create_thin(self, dev: int) -> None:
         if dev in self._s.devs:
             raise DeviceExists(str(dev))
