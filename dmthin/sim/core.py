@@ -59,8 +59,8 @@ from .params import (
 )
 from .writes import WriteQueue
 
-#: mappings the lookup cache keeps per device before it starts over
-LOOKUP_CACHE_BLOCKS = 1 << 15
+#: mappings the lookup cache takes in (over all devices) before it starts over
+LOOKUP_CACHE_BLOCKS = 1 << 16
 #: a mapping the cache does not hold (None means "unmapped")
 _MISS = (-1, -1)
 
@@ -115,6 +115,7 @@ class SimCore(PoolModes):
         self._suspended: set[int] = set()
         #: dev_id -> {vblock: (data block, time), or None: unmapped}
         self._lookups: dict[int, dict[int, tuple[int, int] | None]] = {}
+        self._lookups_taken = 0         # entries added since the cache was last emptied
         with self.lock:
             self.set_mode(Mode.READ_ONLY if self.read_only_table else Mode.WRITE, quiet=True)
 
@@ -296,8 +297,11 @@ class SimCore(PoolModes):
             raise IOFailure(f"looking up block {vblock} of thin device {dev_id} failed: "
                             f"{err}") from err
         hit = None if found is None else (found[0], found[1])
-        if len(cache) >= LOOKUP_CACHE_BLOCKS:
-            cache.clear()
+        if self._lookups_taken >= LOOKUP_CACHE_BLOCKS:
+            self._lookups.clear()
+            self._lookups_taken = 0
+            cache = self._lookups[dev_id] = {}
+        self._lookups_taken += 1
         cache[vblock] = hit
         return hit
 

@@ -30,14 +30,16 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from simhelpers import BS, THIN_CHECK, check_tools, open_sim, pattern, sim_pool
 
 from dmthin.errors import DeviceExists, DeviceNotFound, IOFailure, NotSupported
+from dmthin.sim import core as core_module
 from dmthin.sim.pool import SimPoolBackend
+from simhelpers import BS, THIN_CHECK, check_tools, open_sim, pattern, sim_pool
 
 NBLOCKS = 8                        # blocks per thin device
 SIZE = NBLOCKS * BS
@@ -300,9 +302,12 @@ def run(ops: list[tuple], pdata_tools_110: str | None = None) -> None:
 
 @settings(max_examples=int(os.environ.get("DMTHIN_SIM_EXAMPLES", "40")), deadline=None,
           print_blob=True)
-@given(ops=st.lists(op_strategy(), min_size=1, max_size=60))
-def test_lookup_cache_matches_a_model_without_one(ops: list[tuple]) -> None:
-    run(ops)
+@given(ops=st.lists(op_strategy(), min_size=1, max_size=60),
+       bound=st.sampled_from([core_module.LOOKUP_CACHE_BLOCKS, 3]))
+def test_lookup_cache_matches_a_model_without_one(ops: list[tuple], bound: int) -> None:
+    """*bound*: the cache's size, also tiny (it empties itself every few lookups)."""
+    with mock.patch.object(core_module, "LOOKUP_CACHE_BLOCKS", bound):
+        run(ops)
 
 
 # Each invalidation the cache needs, on its own (hypothesis finds them too;
