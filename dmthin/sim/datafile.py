@@ -163,6 +163,8 @@ class DataFile:
         except OSError as err:
             raise IOFailure(f"writing data block {pos // self.block_bytes} to {self.path} "
                             f"failed: {err.strerror}") from err
+        if self._log is not None:
+            self._log_write(pos, n)
         self.dirty = True
 
     def write(self, block: int, offset: int, parts: Sequence[Chunk]) -> None:
