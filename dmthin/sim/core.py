@@ -33,6 +33,8 @@ between its thin devices' I/O and its metadata engine.
   a mapping goes through the core and forgets it: :meth:`insert_mapping`,
   :meth:`forget_mappings` (discard, delete, a new device id), an abort
   (:meth:`fail_metadata`) forgets all.  A commit changes no mapping.
+  :meth:`SimCore.write_mapped` writes a mapped, unshared block in place
+  from the cache: the path of most writes.
 
 Thread safety: one lock (:attr:`SimCore.lock`) serialises everything; a
 writer waiting for space or for a suspended device releases it.  Methods
@@ -354,11 +356,23 @@ class SimCore(PoolModes):
         """Write the queued data (IOFailure if the data file fails)."""
         self._writes.flush()
 
-    def write_through(self, block: int, offset: int, part: Chunk) -> None:
-        """Write *part* at byte *offset* of data *block* now, after the
-        queued data (IOFailure if the data file fails)."""
+    def write_mapped(self, dev_id: int, vblock: int, offset: int, part: Chunk) -> bool:
+        """Write *part* at byte *offset* of *vblock* of thin *dev_id* now, in
+        place, if the block is mapped and not shared (the common case, after
+        the queued data); False, having written nothing, if it is unmapped or
+        shared (the caller provisions or breaks sharing).
+
+        Raises IOFailure if the metadata or the data file fails.
+        """
+        cache = self._lookups.get(dev_id)
+        hit = _MISS if cache is None else cache.get(vblock, _MISS)
+        if hit is _MISS:
+            hit = self.lookup(dev_id, vblock)
+        if hit is None or self.metadata.snapshotted_time(dev_id) > hit[1]:
+            return False
         self._writes.flush()
-        self.data.pwrite(block * self.block_bytes + offset, part)
+        self.data.pwrite(hit[0] * self.block_bytes + offset, part)
+        return True
 
     def flush_thin(self, dev_id: int) -> None:
         """A flush (REQ_PREFLUSH) of thin *dev_id*: commit if anything changed.
@@ -401,6 +415,16 @@ class SimCore(PoolModes):
             self.wait_resumed(dev_id)
         if self._closed or self._mode == Mode.FAIL:
             self.check_not_failed()
+
+    def enter_write(self, dev_id: int) -> None:
+        """Before a write or discard to thin *dev_id*: :meth:`enter_io`, then
+        :meth:`maybe_periodic_commit`."""
+        if dev_id in self._suspended:
+            self.wait_resumed(dev_id)
+        if self._closed or self._mode == Mode.FAIL:
+            self.check_not_failed()
+        if self.commit_period and self._dirty:
+            self.maybe_periodic_commit()
 
     def wait_resumed(self, dev_id: int) -> None:
         """Wait while thin *dev_id* is suspended (and the pool open)."""

@@ -134,15 +134,13 @@ class SimThin:
         core = self._core
         vblock, boff = divmod(offset, core.block_bytes)
         with core.lock:
-            self._enter()
-            core.maybe_periodic_commit()
-            if boff + total <= core.block_bytes:
-                # one block, mapped and not shared (the common case): in place
-                dev = self.dev_id
-                hit = core.lookup(dev, vblock)
-                if hit is not None and not core.metadata.snapshotted_time(dev) > hit[1]:
-                    core.write_through(hit[0], boff, data)
-                    return total
+            if not self._active:
+                raise IOFailure(f"thin device {self.dev_id} is not active")
+            core.enter_write(self.dev_id)
+            # one block, mapped and not shared (the common case): in place
+            if boff + total <= core.block_bytes and \
+                    core.write_mapped(self.dev_id, vblock, boff, data):
+                return total
             try:
                 self._write_locked(core, offset, memoryview(data))
             finally:

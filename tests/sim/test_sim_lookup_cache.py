@@ -5,7 +5,9 @@ device and virtual block.  Hypothesis interleaves what can change a mapping
 or whether it is shared -- writes (one block, partial or whole; several
 blocks), snapshots (of snapshots too), deletes, discards, commits (flush,
 status, deactivation), aborts (the metadata-failure path: the transaction
-is rolled back and the pool goes read-only) and reopens -- with single-block
+is rolled back and the pool goes read-only), reopens, metadata snapshots
+held and released (writes shadow more blocks under one; no mapping
+changes) and data device growth -- with single-block
 reads and writes that go through the cache.  The model keeps, per device,
 ``vblock -> (token, time)`` and the bytes of every token (a data block: its
 bytes survive an abort, its mapping does not), the device's snapshotted
@@ -66,6 +68,8 @@ class Model:
         self.cur = State()
         self.committed = State()
         self.read_only = False
+        #: a metadata snapshot is held (each message commits: not rolled back)
+        self.held = False
         #: token -> the data block's bytes (not transactional)
         self.blocks: dict[int, bytearray] = {}
         self._tokens = itertools.count()
@@ -148,6 +152,8 @@ def op_strategy() -> st.SearchStrategy[tuple]:
         st.tuples(st.just("status"),),
         st.tuples(st.just("abort"),),
         st.tuples(st.just("reopen"),),
+        st.tuples(st.just("metadata_snap"),),
+        st.tuples(st.just("grow"),),
     )
 
 
@@ -262,6 +268,22 @@ class Runner:
                 core.fail_metadata("test", OSError(errno.EIO, "injected metadata failure"))
             model.abort()
             assert pool.status().mode.value == "ro"
+        elif kind == "metadata_snap":          # reserve, or release the held one
+            if model.read_only:
+                with pytest.raises(NotSupported):
+                    pool.reserve_metadata_snap()
+            elif model.held:
+                pool.release_metadata_snap()
+                model.held = False
+                model.commit()
+            else:
+                pool.reserve_metadata_snap()
+                model.held = True
+                model.commit()
+        elif kind == "grow":                   # the data device, live (a reload)
+            size = os.path.getsize(os.path.join(self.path, "data"))
+            pool.resize_data(size + 8 * BS)
+            model.commit()
         elif kind == "reopen":
             pool.close()
             model.commit()
@@ -336,6 +358,11 @@ R = ("read", 0, (1, 0), 4096)
      ("write", 0, (0, 0), 4096, 5), ("read", 0, (0, 0), 4096), W, R, ("reopen",), W, R],
     # an abort after a discard brings the mapping back
     [("create", 0), W, ("flush", 0), ("discard", 0, (1, 0), BS), R, ("abort",), R],
+    # a held metadata snapshot changes no mapping nor whether it is shared;
+    # growing the data device neither
+    [("create", 0), W, R, ("metadata_snap",), ("write", 0, (1, 0), 512, 6), R,
+     ("snap", 1, 0), ("write", 0, (1, 0), 512, 7), R, ("read", 1, (1, 0), 4096),
+     ("metadata_snap",), ("grow",), W, R, ("discard", 0, (0, 0), 2 * BS), R],
 ])
 def test_lookup_cache_invalidation(ops: list[tuple], pdata_tools_110: str) -> None:
     run(ops, pdata_tools_110)
