@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         # A pool directory: restore its metadata under the pool's writer lock,
         # so a running dmthin process on that pool is never overwritten.
         pool = PoolDir(output)
+        pool.check_dir()
         output = os.fspath(pool.metadata_path)
     overrides = parse_overrides(args)
     size = os.path.getsize(args.input) if not stdin and os.path.isfile(args.input) else 0
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             # a pool's metadata file may be held by a loop device: in place
             restore(source, output, progress=(lambda done: report.progress(done, size))
                     if size > PROGRESS_MIN_BYTES else None, in_place=pool is not None or None,
-                    **overrides)
+                    nofollow=pool is not None, **overrides)
     finally:
         if pool is not None:
             pool.unlock()

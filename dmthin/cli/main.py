@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     the commands mirroring thin-provisioning-tools."""
     if argv is None:
         argv = sys.argv[1:]
+    _undecodable_safe_streams()
     parser = build_parser(argv)
     args, extras = parser.parse_known_args(argv)
     command: argparse.ArgumentParser = args.command_parser
@@ -85,6 +86,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{command.prog}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _undecodable_safe_streams() -> None:
+    """Paths from argv may hold bytes that are not UTF-8 (decoded with
+    surrogateescape): stdout gives them back as the same bytes, stderr
+    escapes them, whatever the locale, instead of failing with
+    UnicodeEncodeError."""
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors=errors)
+            except (ValueError, OSError):
+                pass
 
 
 def one_line(err: BaseException) -> str:

@@ -16,6 +16,7 @@ clear error -- never a mix that opens.
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -54,16 +55,18 @@ class MetadataOutput:
 
     *in_place*: None decides by the output's type (see the module
     docstring).  *new_size*: the size in bytes of a new file, made when
-    *path* does not exist (else the output must exist).  Raises
-    ``OSError`` (``FileNotFoundError`` for a missing output)."""
+    *path* does not exist (else the output must exist).  *nofollow*: the
+    output is a pool directory's file, never reached through a symlink.
+    Raises ``OSError`` (``FileNotFoundError`` for a missing output,
+    ``ELOOP`` for a symlink with *nofollow*)."""
 
     def __init__(self, path: str | os.PathLike[str], *, in_place: bool | None = None,
-                 new_size: int | None = None):
+                 new_size: int | None = None, nofollow: bool = False):
         self.path = os.fspath(path)
         self._tmp: str | None = None
         self.committed = False
         try:
-            st: os.stat_result | None = os.stat(self.path)
+            st: os.stat_result | None = os.lstat(self.path) if nofollow else os.stat(self.path)
         except FileNotFoundError:
             if new_size is None:
                 raise
@@ -71,8 +74,12 @@ class MetadataOutput:
         if st is not None and in_place is None:
             in_place = not stat.S_ISREG(st.st_mode) or st.st_nlink != 1
         self.in_place = bool(in_place)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, f"{self.path} is a symbolic link: a pool's files are "
+                          "never written through one")
         if self.in_place:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC
+                              | (os.O_NOFOLLOW if nofollow else 0))
             return
         # a symlink stays: the file it names is replaced
         self.path = os.path.realpath(self.path)

@@ -274,7 +274,7 @@ def output_blocks(path: str | os.PathLike[str]) -> int:
 def restore_events(drive: Drive, output: str | os.PathLike[str], *,
                    transaction_id: int | None = None, data_block_size: int | None = None,
                    nr_data_blocks: int | None = None,
-                   in_place: bool | None = None) -> Restorer:
+                   in_place: bool | None = None, nofollow: bool = False) -> Restorer:
     """Restore from any IR producer: ``drive(visitor)`` emits the events
     (e.g. ``lambda v: dump(bm, v)`` copies metadata, like thin_repair's
     dump + restore).  *drive* is called two or three times and must emit
@@ -283,9 +283,10 @@ def restore_events(drive: Drive, output: str | os.PathLike[str], *,
     the XML attributes they replace: *transaction_id*, *data_block_size* (in
     sectors), *nr_data_blocks*.  *in_place*: see
     :class:`~dmthin.thin.output.MetadataOutput` (None: a regular file gets a
-    new file renamed over it, anything else is written in place).  Raises
-    :class:`~dmthin.errors.InvalidArgument`, :class:`UsageError`, ``OSError``
-    and whatever the producer raises."""
+    new file renamed over it, anything else is written in place); *nofollow*:
+    the output is a pool directory's metadata, never written through a
+    symlink.  Raises :class:`~dmthin.errors.InvalidArgument`,
+    :class:`UsageError`, ``OSError`` and whatever the producer raises."""
     nr_meta = output_blocks(output)
     if nr_bitmaps(nr_meta) > MAX_METADATA_BITMAPS:
         raise UsageError("metadata device larger than the kernel maximum")
@@ -299,7 +300,7 @@ def restore_events(drive: Drive, output: str | os.PathLike[str], *,
     if unsorted:
         drive(_Collector(r, unsorted))
     total = plan_blocks(r, nr_meta)
-    with MetadataOutput(output, in_place=in_place) as target:
+    with MetadataOutput(output, in_place=in_place, nofollow=nofollow) as target:
         target.begin()
         _write(drive, target, r, sb, nr_meta, total)
     return r
@@ -326,7 +327,7 @@ def _rereadable(f: IO[bytes]) -> tuple[IO[bytes], int, int, IO[bytes] | None]:
 def restore(xml_source: str | os.PathLike[str] | IO[bytes], output: str | os.PathLike[str], *,
             transaction_id: int | None = None, data_block_size: int | None = None,
             nr_data_blocks: int | None = None, progress: Callable[[int], None] | None = None,
-            in_place: bool | None = None) -> Restorer:
+            in_place: bool | None = None, nofollow: bool = False) -> Restorer:
     """Restore metadata XML *xml_source* (path or binary file object; one
     that cannot seek, such as stdin, is first copied to a temporary file)
     into the existing *output*.  Nothing is written unless the whole input is
@@ -338,7 +339,8 @@ def restore(xml_source: str | os.PathLike[str] | IO[bytes], output: str | os.Pat
     output_blocks(output)                       # fail early, before any spooling
     overrides: dict[str, Any] = {"transaction_id": transaction_id,
                                      "data_block_size": data_block_size,
-                                     "nr_data_blocks": nr_data_blocks, "in_place": in_place}
+                                     "nr_data_blocks": nr_data_blocks, "in_place": in_place,
+                                     "nofollow": nofollow}
     if isinstance(xml_source, (str, os.PathLike)):
         try:
             if os.path.samefile(xml_source, output):
