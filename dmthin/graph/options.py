@@ -60,7 +60,10 @@ def ram_in_bytes(text: str) -> int:
         raise UsageError(f"invalid size: '{text}' (use a size like 10G, 512M)")
     mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
             "p": 1 << 50}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
+    size = float(m.group(1)) * mult
+    if not size < 1 << 63:            # Go's ParseFloat: out of range past float64, int64
+        raise UsageError(f"invalid size: '{text}' is out of range (at most 8E)")
+    return int(size)
 
 
 def parse_bool(text: str, key: str) -> bool:
