@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import shutil
 import stat
@@ -28,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import helpers
-from dmthin.cli.main import main as dmthin_main
 
 #: programs of the clients' tree, relative to its root
 DOCKERD = "usr/sbin/dockerd"
@@ -67,27 +65,16 @@ def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True, timeout: 
 
 
 def dmthin(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``dmthin ARGS`` run in this process (its ``main``, stdout and stderr
-    captured): under TCG a new Python process costs seconds to import
-    dmthin, the command itself a fraction of that.  :func:`dmthin_process`
-    runs the real command.
+    """``dmthin ARGS`` run in this process (helpers.run_dmthin): under TCG a
+    new Python process costs seconds to import dmthin, the command itself a
+    fraction of that.  :func:`dmthin_process` runs the real command.
 
     :raises ClientError: *check* and a non-zero exit.
     """
-    out, err = io.BytesIO(), io.BytesIO()
-    wout = io.TextIOWrapper(out, encoding="utf-8", newline="\n", write_through=True)
-    werr = io.TextIOWrapper(err, encoding="utf-8", newline="\n", write_through=True)
-    with contextlib.redirect_stdout(wout), contextlib.redirect_stderr(werr):
-        try:
-            rc = dmthin_main(list(args))
-        except SystemExit as e:  # argparse
-            rc = e.code if isinstance(e.code, int) else 1
-        wout.flush()
-        werr.flush()
-    p = subprocess.CompletedProcess(["dmthin", *args], rc, out.getvalue().decode(),
-                                    err.getvalue().decode())
-    if check and rc != 0:
-        raise ClientError(f"dmthin {' '.join(args)} exited {rc}:\n{p.stdout}{p.stderr}".rstrip())
+    p = helpers.run_dmthin(*args, text=True)
+    if check and p.returncode != 0:
+        raise ClientError(f"dmthin {' '.join(args)} exited {p.returncode}:\n"
+                          f"{p.stdout}{p.stderr}".rstrip())
     return p
 
 
