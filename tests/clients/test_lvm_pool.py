@@ -10,6 +10,8 @@ and one more, writes and discards in between (module fixture).  Then:
   check`` passes as thin_check does, the devices are the thin ids LVM
   records, and the metadata's bytes do not change;
 - live pool: the same through a held metadata snapshot (``-m``);
+- ``dmthin pool status`` reads the live pool (``/dev/mapper/VG-POOL-tpool``):
+  LVM's transaction id, nothing written, no device added or changed;
 - ``dmthin restore`` of that dump into a new LV, swapped into the pool with
   ``lvconvert --swapmetadata``: LVM checks and activates it and every LV
   reads back the same bytes.
@@ -100,6 +102,33 @@ def test_live_pool_through_a_metadata_snapshot(
             assert ids == set(thin_ids(sc).values())
         finally:
             run(["dmsetup", "message", sc.tpool(), "0", "release_metadata_snap"])
+        assert sc.current_digests() == sc.digests
+    finally:
+        sc.deactivate()
+
+
+STATUS = re.compile(r"(?:^|\s)(\d+) \d+/\d+ \d+/\d+ ")  # TRANSACTION META DATA ...
+
+
+def lvm_transaction(sc: PoolScenario) -> int:
+    """The pool's transaction id as LVM records it."""
+    return int(sc.lvm("lvs", "--noheadings", "-o", "transaction_id",
+                      f"{sc.vg}/{sc.pool}").stdout.strip())
+
+
+def test_pool_status_of_lvms_live_pool_is_read_only(scenario: PoolScenario) -> None:
+    # LVM's active pool, attached to by its device-mapper name
+    sc = scenario
+    transaction = lvm_transaction(sc)
+    sc.activate()
+    try:
+        devices = run(["dmsetup", "ls"]).stdout
+        table = run(["dmsetup", "table", sc.tpool()]).stdout
+        out = dmthin("pool", "status", "/dev/mapper/" + sc.tpool()).stdout
+        m = STATUS.search(out)
+        assert m and int(m.group(1)) == transaction, out
+        assert run(["dmsetup", "ls"]).stdout == devices
+        assert run(["dmsetup", "table", sc.tpool()]).stdout == table
         assert sc.current_digests() == sc.digests
     finally:
         sc.deactivate()
