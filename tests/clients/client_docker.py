@@ -508,9 +508,14 @@ class Dockerd:
     def read_file(self, image: str, path: str) -> bytes:
         """A file's bytes in *image*, through a container made and removed
         for it (its device is mounted by dockerd)."""
+        return self.read_files(image, [path])[path]
+
+    def read_files(self, image: str, paths: Sequence[str]) -> dict[str, bytes]:
+        """Several files of *image* through one container made and removed
+        for them: {path: bytes}."""
         cid = self.create(image, ["/bin/true"])
         try:
-            return self.cp_out(cid, path)
+            return {path: self.cp_out(cid, path) for path in paths}
         finally:
             self.rm(cid)
 

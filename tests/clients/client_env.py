@@ -20,7 +20,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -67,7 +66,8 @@ def run(argv: Sequence[str | os.PathLike[str]], *, check: bool = True, timeout: 
 def dmthin(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``dmthin ARGS`` run in this process (helpers.run_dmthin): under TCG a
     new Python process costs seconds to import dmthin, the command itself a
-    fraction of that.  :func:`dmthin_process` runs the real command.
+    fraction of that.  (LVM runs dmthin's console scripts as processes:
+    tests/clients/test_lvm_tools.py.)
 
     :raises ClientError: *check* and a non-zero exit.
     """
@@ -76,11 +76,6 @@ def dmthin(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         raise ClientError(f"dmthin {' '.join(args)} exited {p.returncode}:\n"
                           f"{p.stdout}{p.stderr}".rstrip())
     return p
-
-
-def dmthin_process(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``python -m dmthin ARGS`` as its own process (this checkout's)."""
-    return run([sys.executable, "-m", "dmthin", *args], check=check)
 
 
 def require_guest() -> None:
