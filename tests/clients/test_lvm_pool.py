@@ -10,7 +10,8 @@ and one more, writes and discards in between (module fixture).  Then:
   check`` passes as thin_check does, the devices are the thin ids LVM
   records, and the metadata's bytes do not change;
 - live pool: the same through a held metadata snapshot (``-m``);
-- ``dmthin pool status`` reads the live pool (``/dev/mapper/VG-POOL-tpool``):
+- ``dmthin pool status`` reads the inactive pool (components adopted from a
+  directory of its own) and the live one (``/dev/mapper/VG-POOL-tpool``):
   LVM's transaction id, nothing written, no device added or changed;
 - ``dmthin restore`` of that dump into a new LV, swapped into the pool with
   ``lvconvert --swapmetadata``: LVM checks and activates it and every LV
@@ -114,6 +115,29 @@ def lvm_transaction(sc: PoolScenario) -> int:
     """The pool's transaction id as LVM records it."""
     return int(sc.lvm("lvs", "--noheadings", "-o", "transaction_id",
                       f"{sc.vg}/{sc.pool}").stdout.strip())
+
+
+def test_pool_status_of_lvms_inactive_pool_is_read_only(scenario: PoolScenario,
+                                                        clients_scratch: Scratch) -> None:
+    # the components activated read-only, adopted from a directory of its
+    # own and read by the simulator
+    sc, lvm = scenario, scenario.lvm
+    transaction = lvm_transaction(sc)
+    components = (f"{sc.vg}/{sc.tmeta}", f"{sc.vg}/{sc.pool}_tdata")
+    for lv in components:  # one per command: LVM refuses hidden LVs in a list
+        lvm("lvchange", "-ay", "-y", lv)
+    try:
+        meta, data = sc.path(sc.tmeta), sc.path(f"{sc.pool}_tdata")
+        before = content_digest(meta)
+        pooldir = clients_scratch.mkdir("lvm-adopted") / "pool"
+        dmthin("pool", "adopt", "--data", data, "--metadata", meta, str(pooldir))
+        out = dmthin("pool", "status", str(pooldir)).stdout
+        m = STATUS.search(out)
+        assert m and int(m.group(1)) == transaction, out
+        assert content_digest(meta) == before, "reading changed LVM's metadata"
+    finally:
+        for lv in components:
+            lvm("lvchange", "-an", lv)
 
 
 def test_pool_status_of_lvms_live_pool_is_read_only(scenario: PoolScenario) -> None:
