@@ -1,9 +1,15 @@
-"""Block devices seen through sysfs (no root, no device-mapper binding):
-what is stacked on a device or on the loop devices of a file.
+"""Block devices seen without root or the device-mapper binding: the size
+of a file or block device, and (through sysfs) what is stacked on a device
+or on the loop devices of a file.
 
-Used by the facade to refuse writing metadata a live kernel pool holds, by
-:mod:`dmthin.dm.busy` to name the holders of a device it cannot remove,
-and by :mod:`dmthin.dm.udev` (the same reading when libudev is missing).
+Sizes: ``st_size`` is 0 for a block device (LVM's ``_tdata``/``_tmeta``
+components, ``/dev/loopN``), so every size of a pool's data or metadata is
+taken with :func:`fd_size`/:func:`path_size`, which ask the device.
+
+The holders are used by the facade to refuse writing metadata a live kernel
+pool holds, by :mod:`dmthin.dm.busy` to name the holders of a device it
+cannot remove, and by :mod:`dmthin.dm.udev` (the same reading when libudev
+is missing).
 
 Holders are read here from sysfs directly, not through pyudev: libudev has
 no accessor for ``holders/`` (pyudev would list the same directory), and
@@ -12,8 +18,57 @@ simulator included.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import struct
+
+BLKGETSIZE64 = 0x80081272       # _IOR(0x12, 114, size_t)
+
+
+def fd_size(fd: int) -> int:
+    """Size in bytes of the open regular file or block device *fd*: the
+    device's size (``BLKGETSIZE64``, else its end) for a block device,
+    ``st_size`` otherwise.  The file offset is left where it was.
+
+    :raises OSError: from ``fstat`` on a bad descriptor.
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISBLK(st.st_mode):
+        return st.st_size
+    try:
+        size: int = struct.unpack("=Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]
+        return size
+    except OSError:
+        pos = os.lseek(fd, 0, os.SEEK_CUR)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, pos, os.SEEK_SET)
+        return end
+
+
+def is_block_device(path: str | os.PathLike[str]) -> bool:
+    """True when *path* (followed) is a block device; False for anything
+    else, missing paths included."""
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def path_size(path: str | os.PathLike[str]) -> int:
+    """Size in bytes of the regular file or block device *path* (a block
+    device is opened read-only to ask it; nothing is written).
+
+    :raises OSError: for a missing or unreadable path (ENOENT, EACCES).
+    """
+    st = os.stat(path)
+    if not stat.S_ISBLK(st.st_mode):
+        return st.st_size
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd_size(fd)
+    finally:
+        os.close(fd)
 
 
 def sys_path(major: int, minor: int) -> str:

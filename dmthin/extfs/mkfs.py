@@ -23,6 +23,7 @@ import tempfile
 import uuid as _uuid
 from collections.abc import Sequence
 
+from ..blockdev import fd_size
 from ..errors import InvalidArgument, IOFailure, NotSupported
 from ..sparse import data_regions, holes_reported
 from ._binding import BlockDevice
@@ -59,7 +60,7 @@ def import_image(device: BlockDevice, path: str | os.PathLike[str]) -> int:
     written = 0
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
+        size = fd_size(fd)
         for start, end in data_regions(fd, min(size, device.size)):
             pos = start
             while pos < end:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Self
 
 from .. import Pool, ThinDevice, extfs
+from ..blockdev import path_size
 from ..errors import (
     Busy,
     DeviceExists,
@@ -616,7 +617,7 @@ class DeviceSet:
                     continue
                 nbytes = ram_in_bytes(size) if isinstance(size, str) else int(size)
                 path = self.loop_dir / name
-                have = path.stat().st_size
+                have = path_size(path)
                 if nbytes < have:
                     raise UsageError(f"devmapper: Can't shrink file {path}")
                 if nbytes > have:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import Pool
+from ..blockdev import path_size
 from ..errors import UsageError
 from ..pooldir import CONFIG_NAME
 from .options import DeviceSetOptions
@@ -121,7 +122,7 @@ def _grow_loop_files(pool: Pool, pooldir: Path, options: DeviceSetOptions) -> No
              pool.resize_metadata)):
         if not given:
             continue
-        have = (pooldir / name).stat().st_size
+        have = path_size(pooldir / name)
         if size > have:
             resize(size)
         elif size < have:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..blockdev import fd_size
 from ..errors import MetadataError
 from . import writelog
 from .checksum import BLOCK_SIZE, Validator
@@ -52,11 +53,7 @@ class BlockManager:
         self.writable = writable
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         self.fd = os.open(self.path, flags)
-        size = os.fstat(self.fd).st_size
-        if not size and os.path.exists(self.path) and not os.path.isfile(self.path):
-            # A block device: fstat gives 0; seek to the end.
-            size = os.lseek(self.fd, 0, os.SEEK_END)
-        self.file_blocks = size // BLOCK_SIZE
+        self.file_blocks = fd_size(self.fd) // BLOCK_SIZE   # a block device's st_size is 0
         self.nr_blocks = self.file_blocks if nr_blocks is None else nr_blocks
         self.cache_blocks = max(16, cache_blocks)
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
@@ -70,8 +67,7 @@ class BlockManager:
 
     def refresh_size(self) -> None:
         """Take up a file (or device) that has grown since it was opened."""
-        size = os.fstat(self.fd).st_size or os.lseek(self.fd, 0, os.SEEK_END)
-        self.file_blocks = size // BLOCK_SIZE
+        self.file_blocks = fd_size(self.fd) // BLOCK_SIZE
 
     def close(self) -> None:
         """Close the file without writing dirty blocks (abort semantics)."""

@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeAlias
 
+from ..blockdev import fd_size
 from ..errors import IOFailure
 from ..pdata import writelog
 from ..units import SECTOR_SIZE
@@ -106,8 +107,8 @@ class DataFile:
             self.fd = -1
 
     def size(self) -> int:
-        """The file's size in bytes."""
-        return os.fstat(self.fd).st_size
+        """The file's (or block device's) size in bytes."""
+        return fd_size(self.fd)
 
     def nr_blocks(self) -> int:
         """Whole data blocks the file holds."""

@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 
 from ..backend import BackendInfo, MetadataReader, PoolSpec
+from ..blockdev import is_block_device, path_size
 from ..errors import (
     Busy,
     DeviceNotFound,
@@ -84,7 +85,7 @@ class SimPoolBackend:
         self.path = spec.path
         self.data_path, self.metadata_path = _files(spec)
         self.core = SimCore(str(spec.path), md, data, spec.features, spec.low_water_mark,
-                            metadata_threshold(os.path.getsize(self.metadata_path)),
+                            metadata_threshold(path_size(self.metadata_path)),
                             view_only=spec.readonly)
         self._active: dict[int, int] = {}       # dev_id -> activation count
 
@@ -108,7 +109,7 @@ class SimPoolBackend:
                                   "never formats metadata read-only; create it without "
                                   "read_only")
         block_bytes = spec.data_block_sectors * SECTOR_SIZE
-        nr_blocks = os.path.getsize(data_path) // block_bytes
+        nr_blocks = path_size(data_path) // block_bytes
         md = engine.format(metadata_path, data_block_sectors=spec.data_block_sectors,
                            nr_data_blocks=nr_blocks, cache_blocks=DEFAULT_CACHE_BLOCKS)
         return cls._attach(spec, md)
@@ -132,7 +133,7 @@ class SimPoolBackend:
                     f"{metadata_path}: metadata block size is {md.data_block_sectors} "
                     f"sectors but the pool's config says {spec.data_block_sectors}; "
                     "changing the data block size is not supported")
-            nr_file = os.path.getsize(data_path) // (md.data_block_sectors * SECTOR_SIZE)
+            nr_file = path_size(data_path) // (md.data_block_sectors * SECTOR_SIZE)
             if nr_file < md.nr_data_blocks:
                 raise InvalidArgument(
                     f"{data_path} holds {nr_file} data blocks but the metadata expects "
@@ -278,7 +279,7 @@ class SimPoolBackend:
         file paths in place of the devices' ``major:minor``."""
         with self.core.lock:
             self.core.check_open()
-            length = os.path.getsize(self.data_path) // SECTOR_SIZE
+            length = self.core.data.size() // SECTOR_SIZE
             return PoolTable(length, str(self.metadata_path.resolve()),
                              str(self.data_path.resolve()), self.core.block_sectors,
                              self.core.low_water_blocks, tuple(self.spec.features)).to_line()
@@ -360,7 +361,7 @@ class SimPoolBackend:
             if size < current:
                 raise InvalidArgument(f"cannot shrink the data file of {self.path} from "
                                       f"{current} to {size} bytes")
-            os.truncate(self.data_path, size)
+            self._grow(self.data_path, "data", current, size)
             self.resume()
 
     def resize_metadata(self, size: int) -> None:
@@ -371,12 +372,24 @@ class SimPoolBackend:
         """
         with self.core.lock:
             self.core.check_not_failed()
-            current = os.path.getsize(self.metadata_path)
+            current = path_size(self.metadata_path)
             if size < current:
                 raise InvalidArgument(f"cannot shrink the metadata file of {self.path} "
                                       f"from {current} to {size} bytes")
-            os.truncate(self.metadata_path, size)
+            self._grow(self.metadata_path, "metadata", current, size)
             self.resume()
+
+    def _grow(self, path: Path, what: str, current: int, size: int) -> None:
+        """Grow the file *path* to *size* bytes; a block device cannot be
+        grown from here (InvalidArgument naming the device) unless it
+        already holds *size* bytes."""
+        if is_block_device(path):
+            if size > current:
+                raise InvalidArgument(f"the {what} of pool {self.path} is the block device "
+                                      f"{path} of {current} bytes: grow the device itself "
+                                      "first")
+            return
+        os.truncate(path, size)
 
     def deactivate(self) -> None:
         """Activation lasts as long as this object: :meth:`close`."""

@@ -40,6 +40,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..blockdev import fd_size
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.check import BTreeChecker, NodeError, new_totals
@@ -222,7 +223,7 @@ class _Checker:
             if _looks_like_xml(os.pread(bm.fd, 64, 0)):
                 err(_XML_HINT)
             else:
-                err(f"metadata is too small: {os.fstat(bm.fd).st_size} bytes, "
+                err(f"metadata is too small: {fd_size(bm.fd)} bytes, "
                     "not even a superblock (4096 bytes)")
             return False
         try:
