@@ -1,5 +1,5 @@
-"""cffi builder (API, out-of-line mode) for ``dmthin._tools_ffi``: the hot
-loops of thin_delta and thin_rmap in C++ (``tools_accel.cpp``; its sort is
+"""cffi builder (API, out-of-line mode) for ``dmthin._tools_ffi``: CRC-32C
+and the hot loops of the metadata tools in C++ (``tools_accel.cpp``; its sort is
 libstdc++'s ``std::sort``, the order thin_rmap 0.9.0 prints ties in).
 
 Optional, as the other bindings: without a C++ compiler dmthin installs
@@ -14,6 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 ffibuilder = FFI()
 ffibuilder.cdef("""
+uint32_t dm_crc32c(uint32_t crc, const uint8_t *p, size_t n);
 long dm_leaf_runs(const uint8_t *blk, uint64_t *state, uint64_t *out, size_t cap);
 long dm_leaf_rmap(const uint8_t *blk, const uint64_t *begins, const uint64_t *ends,
                   size_t nregions, uint64_t dev, uint64_t *state, uint64_t *out, size_t cap);
@@ -27,6 +28,9 @@ struct dm_delta {
     uint64_t cb, ce;
     int finished;
 };
+long dm_xml_maps(char *buf, size_t n, size_t pos, int maps_ok, uint64_t data_limit,
+                 uint64_t *out, size_t cap, size_t *stop, size_t *markup_stop, int *why);
+size_t dm_xml_squeeze(char *buf, size_t n);
 void dm_delta_init(struct dm_delta *c, int verbose);
 int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li,
                  const uint64_t *right, size_t nr, size_t *ri, char *out, size_t cap,

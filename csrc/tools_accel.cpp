@@ -1,6 +1,7 @@
-/* Hot loops of dmthin's metadata tools (thin_delta, thin_rmap), for
- * dmthin._tools_ffi.  Every function has a pure-Python twin giving the same
- * results (dmthin/thin/delta.py, rmap.py); the tests compare them.
+/* Hot loops of dmthin's metadata tools, for dmthin._tools_ffi: CRC-32C,
+ * thin_delta's and thin_rmap's leaf loops.  Every function has a pure-Python
+ * twin giving the same results (dmthin/pdata/checksum.py, dmthin/thin/delta.py,
+ * rmap.py); the tests compare them.
  *
  * A mapping leaf is a validated 4 KiB btree node: le32 nr_entries at 16,
  * le32 max_entries at 20, le64 keys[max] at 32, le64 values[max] after.
@@ -30,9 +31,67 @@ bool leaf(const uint8_t *blk, uint32_t *nr, const uint8_t **keys, const uint8_t 
 
 struct Run { uint64_t key; uint32_t index; };
 
+/* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), slicing by 8. */
+struct CrcTables {
+    uint32_t t[8][256];
+    CrcTables() {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+            t[0][i] = c;
+        }
+        for (uint32_t i = 0; i < 256; i++)
+            for (int s = 1; s < 8; s++)
+                t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+    }
+};
+const CrcTables crc_tables;
+
+uint32_t crc_soft(uint32_t crc, const uint8_t *p, size_t n) {
+    const auto &t = crc_tables.t;
+    while (n >= 8) {
+        uint64_t v = le64(p) ^ crc;
+        crc = t[7][v & 0xFF] ^ t[6][(v >> 8) & 0xFF] ^ t[5][(v >> 16) & 0xFF] ^
+              t[4][(v >> 24) & 0xFF] ^ t[3][(v >> 32) & 0xFF] ^ t[2][(v >> 40) & 0xFF] ^
+              t[1][(v >> 48) & 0xFF] ^ t[0][v >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--)
+        crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xFF];
+    return crc;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("sse4.2"))) uint32_t crc_sse42(uint32_t crc, const uint8_t *p, size_t n) {
+    uint64_t c = crc;
+    while (n >= 8) {
+        c = __builtin_ia32_crc32di(c, le64(p));
+        p += 8;
+        n -= 8;
+    }
+    crc = (uint32_t)c;
+    while (n--)
+        crc = __builtin_ia32_crc32qi(crc, *p++);
+    return crc;
+}
+const bool have_sse42 = __builtin_cpu_supports("sse4.2");
+#endif
+
 }  // namespace
 
 extern "C" {
+
+/* CRC-32C of p[0..n) from crc, with no inversion in or out (the kernel's
+ * dm_bm_checksum is dm_crc32c(~0, ...) ^ salt). */
+uint32_t dm_crc32c(uint32_t crc, const uint8_t *p, size_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (have_sse42)
+        return crc_sse42(crc, p, n);
+#endif
+    return crc_soft(crc, p, n);
+}
 
 /* thin_delta's mapping_recorder over one leaf: runs (vbegin, dbegin, len)
  * of consecutive virtual and data blocks, time ignored.  state holds the
@@ -268,6 +327,209 @@ int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li
             return DM_DONE;
         }
     }
+}
+
+}  /* extern "C" */
+
+/* ---- thin_dump XML: the mapping elements, for dmthin/thin/xml.py ---------- */
+
+namespace {
+
+const uint64_t U64_MAX = ~0ull;
+const uint64_t MAX_TIME = (1ull << 24) - 1;
+
+/* Matches literal s at p (within end): 1, 0 (differs) or -1 (runs out). */
+int lit(const char *p, const char *end, const char *s, size_t n) {
+    size_t have = (size_t)(end - p);
+    if (have < n)
+        return std::memcmp(p, s, have) == 0 ? -1 : 0;
+    return std::memcmp(p, s, n) == 0 ? 1 : 0;
+}
+
+/* A quoted decimal attribute value: digits then '"'; 1, 0 (not one, or
+ * above 2^64-1) or -1 (runs out).  *p moves past the closing quote. */
+int num(const char **pp, const char *end, uint64_t *v) {
+    const char *p = *pp;
+    uint64_t x = 0;
+    const char *start = p;
+    for (;; p++) {
+        if (p == end)
+            return -1;
+        unsigned c = (unsigned char)*p - '0';
+        if (c > 9)
+            break;
+        if (x > (U64_MAX - c) / 10)
+            return 0;
+        x = x * 10 + c;
+    }
+    if (p == start || *p != '"')
+        return 0;
+    *v = x;
+    *pp = p + 1;
+    return 1;
+}
+
+/* One mapping element at p ('<') in thin_dump's own spelling (the names,
+ * attribute order and single spaces it writes), its values in the ranges
+ * the reader accepts without an error: 1 (out[0..4) = origin, data, time,
+ * length; *after = past the element), 0 (anything else: the slow path
+ * parses it) or -1 (the buffer ends inside it). */
+int mapping(const char *p, const char *end, uint64_t data_limit, uint64_t *out,
+            const char **after) {
+    static const char S0[] = "<single_mapping origin_block=\"", S1[] = " data_block=\"",
+                      R0[] = "<range_mapping origin_begin=\"", R1[] = " data_begin=\"",
+                      R2[] = " length=\"", T[] = " time=\"", E[] = "/>";
+    int r;
+    uint64_t o, d, t, n = 1;
+#define STEP(x) do { if ((r = (x)) != 1) return r; } while (0)
+#define LIT(s) do { STEP(lit(p, end, s, sizeof s - 1)); p += sizeof s - 1; } while (0)
+    if (end - p < 2)
+        return -1;
+    if (p[1] == 's') {
+        LIT(S0); STEP(num(&p, end, &o));
+        LIT(S1); STEP(num(&p, end, &d));
+    } else {
+        LIT(R0); STEP(num(&p, end, &o));
+        LIT(R1); STEP(num(&p, end, &d));
+        LIT(R2); STEP(num(&p, end, &n));
+    }
+    LIT(T); STEP(num(&p, end, &t));
+    LIT(E);
+#undef LIT
+#undef STEP
+    if (n == 0 || t > MAX_TIME || n - 1 > U64_MAX - o || d >= data_limit || n > data_limit - d)
+        return 0;
+    out[0] = o; out[1] = d; out[2] = t; out[3] = n;
+    *after = p;
+    return 1;
+}
+
+/* The end of the markup at p ('<'): past its '>' (quotes respected), or of
+ * a comment or processing instruction; nullptr if the buffer ends first. */
+const char *markup_end(const char *p, const char *end) {
+    const char *close = nullptr;
+    if (end - p >= 4 && std::memcmp(p, "<!--", 4) == 0)
+        close = "-->";
+    else if (end - p >= 2 && p[1] == '?')
+        close = "?>";
+    if (close) {
+        size_t n = std::strlen(close);
+        for (const char *q = p + 2; q + n <= end; q++)
+            if (std::memcmp(q, close, n) == 0)
+                return q + n;
+        return nullptr;
+    }
+    char quote = 0;
+    for (const char *q = p + 1; q < end; q++) {
+        if (quote) {
+            if (*q == quote)
+                quote = 0;
+        } else if (*q == '"' || *q == '\'') {
+            quote = *q;
+        } else if (*q == '>') {
+            return q + 1;
+        }
+    }
+    return nullptr;
+}
+
+}  // namespace
+
+extern "C" {
+
+/* Scan buf[pos..n) of metadata XML for mapping elements while they may
+ * appear (maps_ok: directly inside <device> or <def>).  Each one taken gives
+ * (origin, data, time, length, packed value (data << 24 | time), offset of
+ * its '<') in out (at most cap) and is overwritten with spaces, so that expat, fed the buffer after the
+ * caller delivers the mappings, sees the same structure at the same line and
+ * column.  Text is passed over.  Stops at the first markup it does not take
+ * (*stop at its '<', *markup_stop past it; with maps_ok 0 at the first '<'),
+ * at the end of the buffer or when out is full.  Returns the number taken;
+ * *why: 0 end, 1 markup at *stop, 2 out full, 3 the buffer ends inside the
+ * markup at *stop (read more), 4 markup the scanner does not follow
+ * (<!DOCTYPE, CDATA: the caller parses the rest with expat alone). */
+long dm_xml_maps(char *buf, size_t n, size_t pos, int maps_ok, uint64_t data_limit,
+                 uint64_t *out, size_t cap, size_t *stop, size_t *markup_stop, int *why) {
+    const char *end = buf + n;
+    char *p = buf + pos;
+    size_t k = 0;
+    for (;;) {
+        char *lt = (char *)std::memchr(p, '<', (size_t)(end - p));
+        if (!lt) {
+            *stop = n; *why = 0;
+            return (long)k;
+        }
+        *stop = (size_t)(lt - buf);
+        if (maps_ok && end - lt >= 2 && (lt[1] == 's' || lt[1] == 'r')) {
+            if (k == cap) {
+                *why = 2;
+                return (long)k;
+            }
+            const char *after;
+            uint64_t *rec = out + 6 * k;
+            int r = mapping(lt, end, data_limit, rec, &after);
+            if (r == 1) {
+                rec[4] = (rec[1] << 24) | rec[2];
+                rec[5] = (uint64_t)(lt - buf);
+                k++;
+                std::memset(lt, ' ', (size_t)(after - lt));
+                p = (char *)after;
+                continue;
+            }
+            if (r < 0) {
+                *why = 3;
+                return (long)k;
+            }
+        }
+        if (end - lt < 2 || (end - lt < 9 && lt[1] == '!')) {
+            *why = 3;
+            return (long)k;
+        }
+        if (lt[1] == '!' && std::memcmp(lt, "<!--", 4) != 0) {
+            *why = 4;
+            return (long)k;
+        }
+        const char *m = markup_end(lt, end);
+        if (!m) {
+            *why = 3;
+            return (long)k;
+        }
+        *markup_stop = (size_t)(m - buf);
+        *why = 1;
+        return (long)k;
+    }
+}
+
+}  /* extern "C" */
+
+extern "C" {
+
+/* Squeeze buf[0..n) in place for expat: in each run of spaces, tabs and
+ * newlines (markup-free text expat ignores, as the blanked mapping elements
+ * are) only the newlines and the blanks after the last one stay, so expat
+ * counts the same lines and columns for what follows.  Other bytes are
+ * kept.  Returns the new length. */
+size_t dm_xml_squeeze(char *buf, size_t n) {
+    size_t w = 0, i = 0;
+    while (i < n) {
+        char c = buf[i];
+        if (c != ' ' && c != '\t' && c != '\n') {
+            buf[w++] = c;
+            i++;
+            continue;
+        }
+        size_t j = i, last_nl = n;
+        for (; j < n && (buf[j] == ' ' || buf[j] == '\t' || buf[j] == '\n'); j++)
+            if (buf[j] == '\n') {
+                buf[w++] = '\n';
+                last_nl = j;
+            }
+        size_t keep_from = last_nl == n ? i : last_nl + 1;
+        for (size_t q = keep_from; q < j; q++)
+            buf[w++] = buf[q];
+        i = j;
+    }
+    return w;
 }
 
 }  /* extern "C" */

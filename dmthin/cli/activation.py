@@ -14,14 +14,8 @@ from typing import Any
 from ..errors import UsageError
 from ..pool import Pool
 from ..target.table import POOL_FEATURES
-from .common import (
-    Handler,
-    add_backend_arg,
-    add_command,
-    add_pool_args,
-    parse_dev_id,
-    parse_natural,
-)
+from .common import Handler, add_command, parse_dev_id, parse_natural
+from .pool_args import add_backend_arg, add_pool_args
 
 KERNEL = "kernel"
 SIM_NOTE = ("with the simulator a pool is active only while a process holds it open; "

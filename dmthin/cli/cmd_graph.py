@@ -22,7 +22,8 @@ from ..graph.inspection import cat, export, find_device, list_devices
 from ..graph.layerdb import LayerDB
 from ..graph.rootpool import driver_home
 from .commands import SUMMARIES
-from .common import add_backend_arg, add_command, add_group, emit_json
+from .common import add_command, add_group, emit_json
+from .pool_args import add_backend_arg
 
 
 def register(subs: Any) -> None:

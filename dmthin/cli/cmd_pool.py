@@ -25,7 +25,8 @@ from ..units import (
 )
 from .activation import register_pool
 from .commands import SUMMARIES
-from .common import add_command, add_group, add_pool_args, emit_json, open_pool
+from .common import add_command, add_group, emit_json
+from .pool_args import add_pool_args, open_pool
 
 _MIN_BLOCK = format_size(DATA_BLOCK_SIZE_MIN_SECTORS * SECTOR_SIZE)
 _MAX_BLOCK = format_size(DATA_BLOCK_SIZE_MAX_SECTORS * SECTOR_SIZE)

@@ -12,7 +12,8 @@ from ..errors import UsageError
 from ..graph.article import plot
 from ..graph.replay import Replay
 from .commands import SUMMARIES
-from .common import add_backend_arg, add_command
+from .common import add_command
+from .pool_args import add_backend_arg
 
 WORKLOADS = ("docker-article",)
 

@@ -13,7 +13,8 @@ from ..units import format_size, parse_size
 from . import common
 from .activation import register_thin
 from .commands import SUMMARIES
-from .common import emit_json, open_pool
+from .common import emit_json
+from .pool_args import add_pool_args, open_pool
 from .thin_io import run_discard, run_read, run_write
 
 
@@ -111,7 +112,7 @@ def register(subs: Any) -> None:
     def sub(name: str, handler: common.Handler, help_text: str, *args: str,
             aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
         s = common.add_command(thin, name, _parsed(handler), help_text, aliases=aliases)
-        common.add_pool_args(s)
+        add_pool_args(s)
         for arg in args:
             s.add_argument(arg, metavar=_METAVARS[arg])
         return s

@@ -1,5 +1,6 @@
 """What every ``cmd_*`` module shares: the parser class, subcommand groups,
-pool and metadata arguments, JSON and file output, argument parsing.
+metadata arguments (the pool ones: :mod:`dmthin.cli.pool_args`), JSON and file
+output, argument parsing.
 
 Conventions:
 
@@ -26,10 +27,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO, NoReturn, TextIO
 
 from .. import __version__, units
-from ..backend import BACKENDS, DEFAULT_BACKEND
 from ..errors import UsageError
-from ..pool import Pool
-from ..pooldir import PoolDir
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -86,34 +84,6 @@ def add_group(subs: Any, name: str, help: str, *, description: str | None = None
     return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND", required=True)
 
 
-# -- pools ---------------------------------------------------------------------------
-def add_backend_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    """``--backend``, one of :data:`dmthin.backend.BACKENDS`; *default* None
-    means the pool's own."""
-    p.add_argument("--backend", choices=tuple(BACKENDS), default=default,
-                   help=" or ".join(BACKENDS) + "; default: "
-                        + (default or "the pool's own"))
-
-
-def add_pool_args(p: argparse.ArgumentParser, *, create: bool = False,
-                  backend: str | None = None) -> None:
-    """POOLDIR, ``--backend`` (for *create*, defaulting to
-    :data:`~dmthin.backend.DEFAULT_BACKEND`; else to *backend*, None: the
-    pool's own) and ``--allow-other-owner``."""
-    p.add_argument("pooldir", metavar="POOLDIR")
-    add_backend_arg(p, DEFAULT_BACKEND if create else backend)
-    p.add_argument("--allow-other-owner", action="store_true",
-                   help="use a pool directory owned by another user (refused by default)")
-
-
-def open_pool(args: argparse.Namespace, readonly: bool = False) -> Pool:
-    """The pool in ``args.pooldir`` with ``args.backend`` (None: its own),
-    read-only if *readonly* (nothing written: for commands that only look).
-    Raises what :meth:`dmthin.Pool.open` raises."""
-    return Pool.open(args.pooldir, backend=args.backend, readonly=readonly,
-                     allow_other_owner=getattr(args, "allow_other_owner", False))
-
-
 # -- metadata files -----------------------------------------------------------------
 def add_metadata_arg(p: argparse.ArgumentParser, nargs: str | None = None) -> None:
     """The METADATA positional of the metadata tools."""
@@ -137,6 +107,10 @@ def metadata_path(arg: str) -> str:
                          "or pool directory") from None
     if not stat.S_ISDIR(st.st_mode):
         return arg
+    # A pool directory's layout (pooldir: pathlib, json, the target tables)
+    # only now: the metadata tools are mostly given a file, and this import
+    # is a third of their start-up.
+    from ..pooldir import PoolDir
     path = os.fspath(PoolDir(arg).metadata_path)
     if not os.access(arg, os.R_OK | os.X_OK):
         raise UsageError(denied)

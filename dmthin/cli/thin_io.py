@@ -13,7 +13,8 @@ from typing import BinaryIO
 from ..errors import UsageError
 from ..sim.params import DEFAULT_NO_SPACE_TIMEOUT, NO_SPACE_TIMEOUT_ENV, env_seconds
 from ..units import format_size
-from .common import binary_output, open_pool
+from .common import binary_output
+from .pool_args import open_pool
 from .progress import command_report
 
 CHUNK = 4 << 20

@@ -8,11 +8,12 @@ CRC-32C with its final inversion undone.
 from __future__ import annotations
 
 import struct
-
-import crc32c as _crc32c
+from collections.abc import Callable
 
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
 from ..units import METADATA_BLOCK_SIZE
+from .accel import ffi as _ffi
+from .accel import lib as _lib
 
 BLOCK_SIZE = METADATA_BLOCK_SIZE         # every metadata block
 
@@ -23,15 +24,33 @@ INDEX_CSUM_XOR = 160478        # dm-space-map-common.c
 
 _CSUM = struct.Struct("<I")
 _BLOCKNR = struct.Struct("<Q")
-_crc = _crc32c.crc32c
 
 #: what a block is read into or written from
 Buffer = bytes | bytearray | memoryview
 
+#: the standard CRC-32C of a buffer, and the kernel's form over a block's
+#: bytes 4..4095 (no final inversion): the accelerator's, else the ``crc32c``
+#: package's (imported only then: its import costs more than a tool's whole
+#: run on small metadata)
+_crc: Callable[[Buffer], int]
+_block_crc: Callable[[Buffer], int]
+if _lib is not None:
+    def _crc(data: Buffer) -> int:
+        return int(_lib.dm_crc32c(0xFFFFFFFF, _ffi.from_buffer(data), len(data))) ^ 0xFFFFFFFF
+
+    def _block_crc(buf: Buffer) -> int:
+        n = min(len(buf), BLOCK_SIZE) - 4
+        return int(_lib.dm_crc32c(0xFFFFFFFF, _ffi.from_buffer(buf) + 4, max(n, 0)))
+else:
+    from crc32c import crc32c as _crc
+
+    def _block_crc(buf: Buffer) -> int:
+        return _crc(memoryview(buf)[4:BLOCK_SIZE]) ^ 0xFFFFFFFF
+
 
 def block_checksum(buf: Buffer, salt: int) -> int:
     """The checksum the kernel stores at offset 0 for a block of this kind."""
-    return (_crc(memoryview(buf)[4:BLOCK_SIZE]) ^ 0xFFFFFFFF ^ salt) & 0xFFFFFFFF
+    return _block_crc(buf) ^ salt
 
 
 class Validator:

@@ -23,12 +23,23 @@ from xml.parsers import expat
 
 from ..errors import UsageError
 from ..units import MAX_DEV_ID
+from .accel import ffi, lib
 from .format import MAX_DATA_BLOCK, MAX_TIME, TIME_BITS, TIME_MASK
 from .ir import Device, Map, MetadataVisitor, Superblock
 
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
 READ_CHUNK = 1 << 20
+#: mappings the accelerator's scanner hands over at a time
+_SCAN_BATCH = 4096
+#: u64s of each mapping the scanner takes: origin, data, time, length,
+#: packed value, offset of its element
+_REC = 6
+#: markup the scanner hands back in a row before expat takes over alone
+#: (a document not in thin_dump's spelling)
+_MAX_REFUSED = 256
+#: markup longer than this unfinished at a chunk's end: expat alone from there
+_MAX_CARRY = 1 << 20
 
 
 class XmlError(UsageError):
@@ -361,12 +372,94 @@ class _Reader:
         return a["name"]
 
 
+def _parse_scanned(source: IO[bytes], p: expat.XMLParserType, r: _Reader,
+                   progress: Callable[[int], None] | None) -> None:
+    """Feed *source* to *p* as :func:`read_xml` does, with the accelerator
+    taking the mapping elements thin_dump writes (``dm_xml_maps``): they go
+    to the reader's ``map_raw`` directly (or, a batch at a time, to the
+    visitor's ``map_batch(origins, datas, times, lengths, packed_values)``
+    if it has one: it takes the whole batch as that many ``map_raw`` calls
+    would, or returns False having changed nothing), and expat sees spaces in their
+    place, so every other element, every error and every position is
+    expat's and the reader's as without it.  A mapping the scanner does not
+    take (another spelling, a value out of range, a misplaced one) is left
+    for expat and the reader's checks.  Raises what the reader raises;
+    errors from ``map_raw`` carry the position of their element.  Runs of
+    blanks and newlines reach expat squeezed (``dm_xml_squeeze``: the
+    newlines and the blanks after the last one), so that it scans less."""
+    out = ffi.new("uint64_t[]", _REC * _SCAN_BATCH)
+    vals = ffi.buffer(out)
+    stop, markup_stop, why = ffi.new("size_t *"), ffi.new("size_t *"), ffi.new("int *")
+    raw = r.map_raw
+    batch = getattr(r.v, "map_batch", None)
+    buf = bytearray()
+    total = 0
+    scanning = True
+    refused = 0
+
+    def feed_plain(buf: bytearray, a: int, b: int) -> None:
+        # text between markup, squeezed (same lines and columns after it)
+        m = lib.dm_xml_squeeze(ffi.from_buffer(buf) + a, b - a)
+        p.Parse(bytes(buf[a:a + m]), False)
+    while True:
+        chunk = source.read(READ_CHUNK)
+        if not chunk or not scanning:
+            p.Parse(bytes(buf) + chunk, not chunk)
+            buf = bytearray()
+            if not chunk:
+                return
+        else:
+            buf += chunk
+            pos = 0
+            while True:
+                k = lib.dm_xml_maps(ffi.from_buffer(buf), len(buf), pos, r.map_ok,
+                                    r.data_limit, out, _SCAN_BATCH, stop, markup_stop, why)
+                if k:
+                    q = memoryview(vals).cast("Q")[:_REC * k]
+                    done = 0
+                    try:
+                        if batch is None or not batch(q[0::_REC], q[1::_REC], q[2::_REC],
+                                                      q[3::_REC], q[4::_REC]):
+                            for o, d, t, n in zip(q[0::_REC], q[1::_REC], q[2::_REC],
+                                                  q[3::_REC], strict=True):
+                                raw(o, d, t, n)
+                                done += 1
+                    except ValueError as err:
+                        p.Parse(bytes(buf[pos:q[_REC * done + 5]]), False)
+                        raise _Fail(str(err), (p.CurrentLineNumber,
+                                               p.CurrentColumnNumber + 1)) from err
+                s_ = stop[0]
+                w = why[0]
+                feed_plain(buf, pos, s_)
+                if w == 1:
+                    p.Parse(bytes(buf[s_:markup_stop[0]]), False)
+                    pos = markup_stop[0]
+                    refused = 0 if k else refused + 1
+                    if refused > _MAX_REFUSED:
+                        scanning = False
+                        p.Parse(bytes(buf[pos:]), False)
+                        buf = bytearray()
+                        break
+                    continue
+                if w == 2:
+                    pos = s_
+                    continue
+                del buf[:s_]
+                if w == 4 or len(buf) > _MAX_CARRY:
+                    scanning = False
+                break
+        total += len(chunk)
+        if progress is not None:
+            progress(total)
+
+
 def _no_doctype(*_args: object) -> NoReturn:
     raise _Fail("DOCTYPE and entity declarations are not allowed in metadata XML")
 
 
 def read_xml(source: str | os.PathLike[str] | IO[bytes], visitor: MetadataVisitor, *,
-             name: str | None = None, progress: Callable[[int], None] | None = None) -> None:
+             name: str | None = None, progress: Callable[[int], None] | None = None,
+             accelerated: bool = True) -> None:
     """Parse metadata XML from *source* (a path or a binary file object) and
     drive *visitor*.  *progress*, if given, is called with the number of
     bytes consumed so far.  Raises :class:`XmlError` (one line with line and
@@ -374,10 +467,12 @@ def read_xml(source: str | os.PathLike[str] | IO[bytes], visitor: MetadataVisito
     attributes and out-of-range values; errors raised by the visitor as
     ``ValueError`` (e.g. :class:`~dmthin.errors.InvalidArgument`) are
     re-raised as :class:`XmlError` with the position.  ``OSError`` if the
-    file cannot be read."""
+    file cannot be read.  *accelerated* False: expat alone, even when the
+    accelerator is built (the tests compare both)."""
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as f:
-            return read_xml(f, visitor, name=name or os.fspath(source), progress=progress)
+            return read_xml(f, visitor, name=name or os.fspath(source), progress=progress,
+                            accelerated=accelerated)
     where = name or getattr(source, "name", "<xml>")
     p = expat.ParserCreate()
     r = _Reader(visitor, str(where), p)
@@ -393,14 +488,17 @@ def read_xml(source: str | os.PathLike[str] | IO[bytes], visitor: MetadataVisito
         raise XmlError(f"{where}: line {line}, column {col}: {err}") from None
 
     try:
-        while True:
-            chunk = source.read(READ_CHUNK)
-            p.Parse(chunk, not chunk)
-            if not chunk:
-                break
-            total += len(chunk)
-            if progress is not None:
-                progress(total)
+        if accelerated and lib is not None:
+            _parse_scanned(source, p, r, progress)
+        else:
+            while True:
+                chunk = source.read(READ_CHUNK)
+                p.Parse(chunk, not chunk)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if progress is not None:
+                    progress(total)
     except expat.ExpatError as err:
         msg = expat.ErrorString(err.code) if err.code else str(err)
         raise XmlError(f"{where}: line {err.lineno}, column {err.offset + 1}: "

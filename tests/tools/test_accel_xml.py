@@ -1,0 +1,182 @@
+"""The accelerator's scanner of thin_dump XML (``dm_xml_maps``) against
+expat alone: hypothesis writes documents (thin_dump's spelling, other
+spellings, values out of range, misplaced and broken elements, comments)
+and reads them both ways in chunks of random size; the visitor's events,
+or the one-line error with its line and column, must be the same."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import helpers
+from dmthin.errors import InvalidArgument, UsageError
+from dmthin.thin import accel, xml
+from dmthin.thin.restore import restore
+from dmthin.thin.xml import XmlError, read_xml
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    if accel.lib is None:
+        helpers.skip_or_fail("dmthin._tools_ffi is not built (it needs g++; pip install -e . "
+                             "builds it) or DMTHIN_NO_ACCEL is set")
+
+
+class Events:
+    """Records every event; refuses the mapping at data block *bad_data*
+    (as a restore refuses one, with a ValueError)."""
+
+    def __init__(self, bad_data: int | None):
+        self.ev: list[tuple[object, ...]] = []
+        self.bad_data = bad_data
+
+    def _rec(self, *a: object) -> None:
+        self.ev.append(a)
+
+    superblock_b = superblock_e = device_b = device_e = _rec
+    def_shared_b = def_shared_e = ref_shared = eof = _rec
+
+    def map_raw(self, o: int, d: int, t: int, n: int) -> None:
+        if d == self.bad_data:
+            raise InvalidArgument(f"mapping to data block {d} refused")
+        self.ev.append(("map", o, d, t, n))
+
+    def map(self, m: object) -> None:
+        self.ev.append(("Map", m))
+
+
+NUM = st.one_of(st.integers(0, 40), st.sampled_from([(1 << 24) - 1, 1 << 24, (1 << 64) - 1,
+                                                     1 << 64, 1 << 70]))
+
+
+@st.composite
+def mapping(draw) -> str:
+    o, d, t, n = draw(NUM), draw(NUM), draw(NUM), draw(NUM)
+    style = draw(st.sampled_from(["canon", "canon", "canon", "order", "space", "bad", "junk"]))
+    if draw(st.booleans()):
+        body = f'single_mapping origin_block="{o}" data_block="{d}" time="{t}"'
+        alt = f"single_mapping time='{t}' data_block=\"{d}\"  origin_block=\"{o}\""
+    else:
+        body = (f'range_mapping origin_begin="{o}" data_begin="{d}" length="{n}" '
+                f'time="{t}"')
+        alt = (f'range_mapping length="{n}" origin_begin="{o}" time="{t}" '
+               f'data_begin="{d}"')
+    if style == "order":
+        body = alt
+    elif style == "space":
+        body = body.replace(" ", "\n ", 1)
+    elif style == "bad":
+        body = body.replace('"', "", 1)
+    elif style == "junk":
+        body = body.replace("time", draw(st.sampled_from(["tim", "time2", "x"])))
+    end = draw(st.sampled_from(["/>", "/>", "/>", "></" + body.split()[0] + ">", ">"]))
+    return draw(st.sampled_from(["  ", "", "\n    ", "\t", "é"])) + "<" + body + end
+
+
+@st.composite
+def document(draw) -> str:
+    parts = [f'<superblock uuid="u>\'x" time="1" transaction="2" data_block_size="128" '
+             f'nr_data_blocks="{draw(st.integers(0, 50))}">\n']
+    defs = 0
+    for dev in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["device", "device", "def"]))
+        if kind == "def":
+            parts.append(f'  <def name="d{defs}">\n')
+            defs += 1
+        else:
+            parts.append(f'  <device dev_id="{dev}" mapped_blocks="0" transaction="0" '
+                         f'creation_time="0" snap_time="0">\n')
+        for _ in range(draw(st.integers(0, 12))):
+            parts.append(draw(st.one_of(
+                mapping(), mapping(), mapping(), mapping(),
+                st.sampled_from(["<!-- <single_mapping -->", "<?pi x?>", " text ",
+                                 "<ref name=\"d0\"/>", "<device/>", "&amp;", "<![CDATA[x]]>",
+                                 "<!DOCTYPE x>", "\r\n"]))) + "\n")
+        parts.append(f"  </{kind}>\n")
+    parts.append(draw(st.sampled_from(["</superblock>\n", "</superblock>", "", "<x/>"])))
+    return "".join(parts)
+
+
+def _read(doc: bytes, accelerated: bool, bad_data: int | None) -> object:
+    v = Events(bad_data)
+    try:
+        read_xml(io.BytesIO(doc), v, name="doc.xml", accelerated=accelerated)
+    except XmlError as err:
+        return ("error", str(err), v.ev)
+    return v.ev
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=document(), chunk=st.sampled_from([3, 17, 64, 1000, 1 << 20]),
+       bad_data=st.one_of(st.none(), st.integers(0, 40)))
+def test_scanner_reads_as_expat(doc, chunk, bad_data):
+    data = doc.encode()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(xml, "READ_CHUNK", chunk)
+        assert _read(data, True, bad_data) == _read(data, False, bad_data)
+
+
+@st.composite
+def restorable(draw) -> str:
+    """Metadata XML a restore may take or refuse: devices of single and range
+    mappings, in order or not, sometimes overlapping or beyond the data
+    device, and a shared ``<def>`` some devices ``<ref>``."""
+    nr_data = draw(st.integers(1, 3000))
+    parts = [f'<superblock uuid="" time="2" transaction="1" data_block_size="128" '
+             f'nr_data_blocks="{nr_data}">\n']
+    shared = draw(st.booleans())
+    if shared:
+        parts.append('  <def name="s">\n    <single_mapping origin_block="90000" '
+                     'data_block="0" time="0"/>\n  </def>\n')
+    for dev in draw(st.lists(st.integers(0, 30), max_size=4, unique=True)):
+        parts.append(f'  <device dev_id="{dev}" mapped_blocks="0" transaction="0" '
+                     f'creation_time="0" snap_time="0">\n')
+        maps, v = [], draw(st.integers(0, 100))
+        for _ in range(draw(st.integers(0, 300))):
+            n = draw(st.sampled_from([1, 1, 1, 1, 2, 5]))
+            d = draw(st.integers(0, nr_data + 2))
+            t = draw(st.integers(0, 3))
+            if n == 1:
+                maps.append(f'    <single_mapping origin_block="{v}" data_block="{d}" '
+                            f'time="{t}"/>\n')
+            else:
+                maps.append(f'    <range_mapping origin_begin="{v}" data_begin="{d}" '
+                            f'length="{n}" time="{t}"/>\n')
+            v += n + draw(st.sampled_from([0, 0, 1, 7]))
+        if draw(st.booleans()):
+            maps = draw(st.permutations(maps))
+        parts.extend(maps)
+        if shared and draw(st.booleans()):
+            parts.append('    <ref name="s"/>\n')
+        parts.append("  </device>\n")
+    parts.append("</superblock>\n")
+    return "".join(parts)
+
+
+def _restore(tmp_path, name: str, doc: bytes) -> object:
+    out = tmp_path / name
+    with open(out, "wb") as f:
+        f.truncate(4 << 20)
+    try:
+        restore(io.BytesIO(doc), out)
+    except (UsageError, OSError) as err:
+        return ("error", str(err))
+    return out.read_bytes()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(doc=restorable(), chunk=st.sampled_from([50, 1 << 20]))
+def test_restore_same_bytes_both_ways(tmp_path, doc, chunk):
+    # the visitors' map_batch against their map_raw, through a whole restore
+    data = doc.encode()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(xml, "READ_CHUNK", chunk)
+        fast = _restore(tmp_path, "fast", data)
+        mp.setattr(xml, "lib", None)
+        slow = _restore(tmp_path, "slow", data)
+    assert fast == slow
