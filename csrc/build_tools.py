@@ -31,6 +31,14 @@ struct dm_delta {
 long dm_xml_maps(char *buf, size_t n, size_t pos, int maps_ok, uint64_t data_limit,
                  uint64_t *out, size_t cap, size_t *stop, size_t *markup_stop, int *why);
 size_t dm_xml_squeeze(char *buf, size_t n);
+size_t dm_inc_packed(uint8_t *counts, size_t size, const uint64_t *values, size_t n,
+                     unsigned shift);
+size_t dm_mark(uint8_t *const *table, uint64_t limit, uint64_t chunk_size,
+               const uint64_t *blocks, size_t n);
+size_t dm_count_once(uint8_t *const *table, uint64_t limit, uint64_t chunk_size,
+                     const uint64_t *blocks, size_t n, uint64_t *once);
+long dm_xml_leaf_runs(const uint64_t *keys, const uint64_t *values, size_t n, int final,
+                      uint64_t *state, const char *ind, char *out, size_t cap);
 void dm_delta_init(struct dm_delta *c, int verbose);
 int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li,
                  const uint64_t *right, size_t nr, size_t *ri, char *out, size_t cap,

@@ -533,3 +533,126 @@ size_t dm_xml_squeeze(char *buf, size_t n) {
 }
 
 }  /* extern "C" */
+
+extern "C" {
+
+/* RefCounts.inc_packed's loop over a flat count array: for each value,
+ * counts[v >> shift] += 1 while the block is below size and its count below
+ * 254.  Returns the index of the first value that is not (the caller takes
+ * it the slow way: saturation, or IndexError past the end), or n. */
+size_t dm_inc_packed(uint8_t *counts, size_t size, const uint64_t *values, size_t n,
+                     unsigned shift) {
+    for (size_t i = 0; i < n; i++) {
+        uint64_t b = values[i] >> shift;
+        if (b >= size || counts[b] >= 254)
+            return i;
+        counts[b]++;
+    }
+    return n;
+}
+
+}  /* extern "C" */
+
+extern "C" {
+
+/* thin_ls's pass 1: for each of blocks[0..n), its mark (in the chunk of
+ * chunk_size blocks table[b / chunk_size]) goes up to at most 2 (seen
+ * twice).  Returns the index of the first block at or past limit or in a
+ * chunk not allocated yet (table entry NULL: the caller allocates it, or
+ * takes the block), or n. */
+size_t dm_mark(uint8_t *const *table, uint64_t limit, uint64_t chunk_size,
+               const uint64_t *blocks, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint64_t b = blocks[i];
+        if (b >= limit)
+            return i;
+        uint8_t *c = table[b / chunk_size];
+        if (!c)
+            return i;
+        uint8_t *m = c + b % chunk_size;
+        if (*m < 2)
+            ++*m;
+    }
+    return n;
+}
+
+/* thin_ls's pass 2: adds to *once the blocks of blocks[0..n) marked exactly
+ * once (a NULL chunk is all zero).  Returns the index of the first block at
+ * or past limit (the caller takes it), or n. */
+size_t dm_count_once(uint8_t *const *table, uint64_t limit, uint64_t chunk_size,
+                     const uint64_t *blocks, size_t n, uint64_t *once) {
+    uint64_t k = 0;
+    size_t i = 0;
+    for (; i < n; i++) {
+        uint64_t b = blocks[i];
+        if (b >= limit)
+            break;
+        const uint8_t *c = table[b / chunk_size];
+        k += c && c[b % chunk_size] == 1;
+    }
+    *once += k;
+    return i;
+}
+
+}  /* extern "C" */
+
+extern "C" {
+
+/* thin_dump's runs (dmthin/thin/ir.py RunBuilder) over one leaf's mappings,
+ * written as thin_dump's XML lines (XmlWriter.map_runs) with indent ind.  A
+ * run continues while the key and the packed value (data << 24 | time) both
+ * advance by one step.  state = (active, begin key, begin value, next key,
+ * next value, next valid) across leaves; final: also write the pending run.
+ * Returns the bytes written, or -1 if out is too small (the caller gives
+ * 160 + strlen(ind) bytes a mapping, plus one). */
+long dm_xml_leaf_runs(const uint64_t *keys, const uint64_t *values, size_t n, int final,
+                      uint64_t *state, const char *ind, char *out, size_t cap) {
+    const uint64_t NEXT = 1ull << 24;
+    uint64_t active = state[0], t0 = state[1], v0 = state[2], nk = state[3], nv = state[4],
+             ok = state[5];
+    size_t pos = 0;
+    auto emit = [&](uint64_t t, uint64_t v, uint64_t len) -> bool {
+        if (cap - pos < 200 + std::strlen(ind))
+            return false;
+        int w;
+        if (len == 1)
+            w = std::snprintf(out + pos, cap - pos,
+                              "%s<single_mapping origin_block=\"%llu\" data_block=\"%llu\" "
+                              "time=\"%llu\"/>\n", ind, (unsigned long long)t,
+                              (unsigned long long)(v >> 24), (unsigned long long)(v & (NEXT - 1)));
+        else
+            w = std::snprintf(out + pos, cap - pos,
+                              "%s<range_mapping origin_begin=\"%llu\" data_begin=\"%llu\" "
+                              "length=\"%llu\" time=\"%llu\"/>\n", ind, (unsigned long long)t,
+                              (unsigned long long)(v >> 24), (unsigned long long)len,
+                              (unsigned long long)(v & (NEXT - 1)));
+        if (w < 0 || (size_t)w >= cap - pos)
+            return false;
+        pos += (size_t)w;
+        return true;
+    };
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = keys[i], v = values[i];
+        if (active && ok && k == nk && v == nv) {
+            ok = nk != ~0ull && nv <= ~0ull - NEXT;
+            nk++;
+            nv += NEXT;
+            continue;
+        }
+        if (active && !emit(t0, v0, nk - t0))
+            return -1;
+        active = 1;
+        t0 = k; v0 = v;
+        ok = k != ~0ull && v <= ~0ull - NEXT;
+        nk = k + 1; nv = v + NEXT;
+    }
+    if (final && active) {
+        if (!emit(t0, v0, nk - t0))
+            return -1;
+        active = 0;
+    }
+    state[0] = active; state[1] = t0; state[2] = v0; state[3] = nk; state[4] = nv; state[5] = ok;
+    return (long)pos;
+}
+
+}  /* extern "C" */

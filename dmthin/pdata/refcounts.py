@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from .accel import ffi as _ffi
+from .accel import lib as _lib
 from .space_map.format import CAP3, ENTRIES_PER_BITMAP
 
 CHUNK = ENTRIES_PER_BITMAP
@@ -107,13 +109,30 @@ class RefCounts:
             else:
                 self.inc(b)
 
-    def inc_packed(self, values: Sequence[int], shift: int) -> None:
+    def inc_packed(self, values: Sequence[int], shift: int, accelerated: bool = True) -> None:
         """:meth:`inc_blocks` of ``v >> shift`` for each of *values* (e.g.
         the data blocks of a leaf of mapping values), without building the
-        list of blocks.  *values* are unsigned, as a btree stores them."""
+        list of blocks.  *values* are unsigned, as a btree stores them.
+        The loop is the accelerator's when it is built and *accelerated*.
+        Raises ``IndexError`` for a block past the end (the blocks before it
+        counted)."""
         flat = self._flat
         if flat is None:
             self.inc_blocks([v >> shift for v in values])
+            return
+        if _lib is not None and accelerated:
+            n = len(values)
+            arr = _ffi.new("uint64_t[]", values)
+            i = _lib.dm_inc_packed(_ffi.from_buffer(flat), len(flat), arr, n, shift)
+            while i < n:                      # the slow case, then on
+                b = values[i] >> shift
+                c = flat[b]                   # IndexError past the end
+                if c < 254:
+                    flat[b] = c + 1
+                else:
+                    self.inc(b)
+                i += 1
+                i += _lib.dm_inc_packed(_ffi.from_buffer(flat), len(flat), arr + i, n - i, shift)
             return
         for v in values:                      # IndexError past the end
             b = v >> shift

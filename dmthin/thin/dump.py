@@ -11,27 +11,61 @@ is never emitted.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 from ..errors import MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import iter_items
+from .accel import ffi, lib
 from .format import MAPPING_VALUE_SIZE
 from .ir import MetadataVisitor, RunBuilder, Superblock, to_map
 from .reader import iter_mapping_leaves, open_block_manager, read_details, select_superblock
+from .xml import XmlWriter
 
 __all__ = ["dump", "total_mapped", "open_block_manager", "select_superblock", "read_details",
            "iter_mapping_leaves"]
 
 
+class _XmlRuns:
+    """:class:`~dmthin.thin.ir.RunBuilder` and :meth:`XmlWriter.map_runs
+    <dmthin.thin.xml.XmlWriter.map_runs>` in one accelerator loop
+    (``dm_xml_leaf_runs``): a leaf's mappings in, thin_dump's lines out."""
+
+    def __init__(self, writer: XmlWriter):
+        self.write = writer.write
+        self.ind = ffi.new("char[]", writer.indent.encode())
+        self.state = ffi.new("uint64_t[6]")
+        self.cap = (160 + len(writer.indent)) * 1024
+        self.out = ffi.new("char[]", self.cap)
+
+    def add_leaf(self, keys: Sequence[int], values: Sequence[int], final: bool = False) -> None:
+        """Write the runs the mappings *keys* -> *values* complete (and the
+        pending one if *final*)."""
+        n = len(keys)
+        if 160 * n >= self.cap:
+            self.cap = (160 + len(ffi.string(self.ind))) * (n + 1)
+            self.out = ffi.new("char[]", self.cap)
+        w = lib.dm_xml_leaf_runs(ffi.new("uint64_t[]", keys), ffi.new("uint64_t[]", values), n,
+                                 final, self.state, self.ind, self.out, self.cap)
+        if w < 0:
+            raise MemoryError("dm_xml_leaf_runs: output buffer too small")
+        if w:
+            self.write(ffi.buffer(self.out, w)[:].decode("ascii"))
+
+
 def dump(bm: BlockManager, visitor: MetadataVisitor, *,
          metadata_snap: bool | int | None = None, dev_ids: Iterable[int] | None = None,
-         skip_mappings: bool = False, progress: Callable[[int], None] | None = None) -> None:
+         skip_mappings: bool = False, progress: Callable[[int], None] | None = None,
+         accelerated: bool = True) -> None:
     """Emit the IR of the metadata behind block manager *bm* to *visitor*.
 
     *dev_ids*: only these devices; *progress*: called with the number of
-    mappings emitted so far.  Raises :class:`~dmthin.errors.MetadataError`
-    (corruption, no metadata snapshot) and ``OSError``."""
+    mappings emitted so far.  An :class:`~dmthin.thin.xml.XmlWriter` gets
+    its mapping lines from the accelerator when it is built and
+    *accelerated* (the same bytes).  Raises
+    :class:`~dmthin.errors.MetadataError` (corruption, no metadata
+    snapshot) and ``OSError``."""
     sb = select_superblock(bm, metadata_snap)
     details = read_details(bm, sb.device_details_root)
     visitor.superblock_b(Superblock(
@@ -40,6 +74,7 @@ def dump(bm: BlockManager, visitor: MetadataVisitor, *,
         metadata_snap=None))
     wanted = None if dev_ids is None else set(dev_ids)
     done = 0
+    fast = accelerated and lib is not None and type(visitor) is XmlWriter
     emit_runs: Callable[[list[tuple[int, int, int]]], None] | None
     emit_runs = getattr(visitor, "map_runs", None)
     if emit_runs is None:
@@ -56,7 +91,15 @@ def dump(bm: BlockManager, visitor: MetadataVisitor, *,
             raise MetadataError(f"mappings present for device {dev_id}, but it is not in the "
                                 "device details tree (run check)")
         visitor.device_b(dev)
-        if not skip_mappings:
+        if not skip_mappings and fast:
+            xruns = _XmlRuns(cast("XmlWriter", visitor))
+            for keys, values in iter_mapping_leaves(bm, subroot):
+                xruns.add_leaf(keys, values)
+                if progress is not None:
+                    done += len(keys)
+                    progress(done)
+            xruns.add_leaf((), (), final=True)
+        elif not skip_mappings:
             runs = RunBuilder()
             for keys, values in iter_mapping_leaves(bm, subroot):
                 done_runs = runs.add_leaf(keys, values)

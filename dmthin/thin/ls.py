@@ -27,12 +27,14 @@ from array import array
 from collections.abc import Sequence
 from itertools import repeat
 from operator import rshift
+from typing import Any
 
 from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import lookup
 from ..pdata.space_map.format import ENTRIES_PER_BITMAP
 from ..units import SECTOR_SIZE
+from .accel import ffi, lib
 from .format import MAPPING_VALUE_SIZE, TIME_BITS, Superblock
 from .reader import iter_mapping_leaves, read_details, select_superblock
 
@@ -82,12 +84,27 @@ class _Marks:
     below *limit* are marked in chunks of one bitmap's worth, allocated on
     first use; others in a dict."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, accelerated: bool = True):
         self.limit = limit
         self.chunks: dict[int, bytearray] = {}
         self.other: dict[int, int] = {}
+        self.accelerated = accelerated and lib is not None
+        # the accelerator's view of the chunks: their pointers, kept alive
+        self._ctable: Any = None
+        self._pinned: list[Any] = []
+
+    def _chunk(self, b: int) -> tuple[bytearray, int, int]:
+        """The chunk of block *b* (< limit), created if new, and its bounds."""
+        i = b // _CHUNK
+        got = self.chunks.get(i)
+        if got is None:
+            got = self.chunks[i] = bytearray(_CHUNK)
+        return got, i * _CHUNK, min((i + 1) * _CHUNK, self.limit)
 
     def mark(self, blocks: array[int]) -> None:
+        if self.accelerated:
+            self._mark_accelerated(blocks)
+            return
         chunks, limit = self.chunks, self.limit
         lo = hi = 0
         chunk = bytearray()
@@ -106,8 +123,38 @@ class _Marks:
             if s < 2:
                 chunk[b - lo] = s + 1
 
+    def _mark_accelerated(self, blocks: array[int]) -> None:
+        """:meth:`mark` with the accelerator's loop (``dm_mark``), which
+        stops at a block past *limit* or in a chunk not allocated yet."""
+        table = self._table()
+        arr = ffi.from_buffer("uint64_t[]", blocks)
+        i, n = 0, len(blocks)
+        while True:
+            i += lib.dm_mark(table, self.limit, _CHUNK, arr + i, n - i)
+            if i == n:
+                return
+            b = blocks[i]
+            if b >= self.limit:
+                self.other[b] = min(2, self.other.get(b, 0) + 1)
+                i += 1
+            else:
+                chunk = self._chunk(b)[0]
+                self._pinned.append(ffi.from_buffer(chunk))
+                table[b // _CHUNK] = self._pinned[-1]
+
+    def _table(self) -> Any:
+        """The accelerator's table of chunk pointers (NULL: not allocated)."""
+        if self._ctable is None:
+            self._ctable = ffi.new("uint8_t *[]", self.limit // _CHUNK + 1)
+            for i, chunk in self.chunks.items():
+                self._pinned.append(ffi.from_buffer(chunk))
+                self._ctable[i] = self._pinned[-1]
+        return self._ctable
+
     def exclusive(self, blocks: array[int]) -> int:
         """How many of *blocks* were seen once."""
+        if self.accelerated:
+            return self._exclusive_accelerated(blocks)
         chunks, other, limit = self.chunks, self.other, self.limit
         n = 0
         empty = bytes(_CHUNK)
@@ -117,6 +164,21 @@ class _Marks:
             else:
                 n += chunks.get(b // _CHUNK, empty)[b % _CHUNK] == 1
         return n
+
+
+    def _exclusive_accelerated(self, blocks: array[int]) -> int:
+        """:meth:`exclusive` with the accelerator's loop (``dm_count_once``),
+        which stops at a block past *limit*."""
+        table = self._table()
+        arr = ffi.from_buffer("uint64_t[]", blocks)
+        once = ffi.new("uint64_t *")
+        i, n = 0, len(blocks)
+        while True:
+            i += lib.dm_count_once(table, self.limit, _CHUNK, arr + i, n - i, once)
+            if i == n:
+                return int(once[0])
+            once[0] += self.other.get(blocks[i]) == 1
+            i += 1
 
 
 def _subtree_root(bm: BlockManager, sb: Superblock, dev_id: int) -> int:

@@ -70,6 +70,11 @@ class XmlWriter:
         self.depth -= 1
         self._ind = "  " * self.depth
 
+    @property
+    def indent(self) -> str:
+        """The indentation of the lines written now."""
+        return self._ind
+
     def superblock_b(self, sb: Superblock) -> None:
         snap = "" if sb.metadata_snap is None else f' metadata_snap="{sb.metadata_snap}"'
         flags = 0 if sb.flags is None else sb.flags

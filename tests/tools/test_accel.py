@@ -1,5 +1,6 @@
 """The C++ accelerator (``dmthin._tools_ffi``) and the pure-Python loops give
-the same bytes: delta and rmap on random pools both ways, the Python
+the same bytes: delta, rmap and dump on random pools both ways, thin_ls's
+marks and the space maps' counting on random blocks, the Python
 port of libstdc++'s sort against ``std::sort`` itself on tie-heavy keys, and
 the CRC-32C against the ``crc32c`` package."""
 from __future__ import annotations
@@ -15,11 +16,18 @@ from hypothesis import strategies as st
 
 import helpers
 from dmthin.pdata import checksum
+from dmthin.pdata.refcounts import RefCounts
+from dmthin.pdata.space_map.format import ENTRIES_PER_BITMAP
 from dmthin.thin import accel
 from dmthin.thin.delta import delta
+from dmthin.thin.dump import _XmlRuns, dump
+from dmthin.thin.format import TIME_BITS
+from dmthin.thin.ir import RunBuilder
 from dmthin.thin.leaves import top_level
+from dmthin.thin.ls import _Marks
 from dmthin.thin.reader import open_block_manager, select_superblock
 from dmthin.thin.rmap import libstdcxx_sort, rmap
+from dmthin.thin.xml import XmlWriter
 from toolgen import build_pool, pool_ops
 
 
@@ -53,6 +61,10 @@ def test_both_paths_same_bytes(tmp_path, ops, seed):
         rmap(bm, regions, fast)
         rmap(bm, regions, slow, accelerated=False)
         assert fast.getvalue() == slow.getvalue()
+        fast, slow = io.StringIO(), io.StringIO()
+        dump(bm, XmlWriter(fast))
+        dump(bm, XmlWriter(slow), accelerated=False)
+        assert fast.getvalue() == slow.getvalue()
     finally:
         bm.close()
 
@@ -78,3 +90,62 @@ def test_crc32c_is_the_crc32c_package(data, salt):
     assert raw ^ 0xFFFFFFFF == crc32c.crc32c(data)
     assert checksum.block_checksum(data, salt) == \
         (crc32c.crc32c(data[4:4096]) ^ 0xFFFFFFFF ^ salt) & 0xFFFFFFFF
+
+
+@given(st.lists(st.integers(0, 3 * ENTRIES_PER_BITMAP), max_size=2000),
+       st.lists(st.integers(0, 3 * ENTRIES_PER_BITMAP), max_size=2000),
+       st.integers(1, 3 * ENTRIES_PER_BITMAP))
+def test_ls_marks_both_ways(first, second, limit):
+    # thin_ls's two passes: the accelerator's chunk loops against Python's
+    marks = [_Marks(limit, accelerated=a) for a in (True, False)]
+    for blocks in (first, second):
+        for m in marks:
+            m.mark(array("Q", blocks))
+    fast, slow = marks
+    assert fast.chunks == slow.chunks and fast.other == slow.other
+    for blocks in (first, second, sorted(first)):
+        assert fast.exclusive(array("Q", blocks)) == slow.exclusive(array("Q", blocks))
+
+
+@given(st.lists(st.integers(0, 1 << 20), max_size=600), st.integers(1, 600),
+       st.sampled_from([0, 3, 24]))
+def test_refcounts_inc_packed_both_ways(values, size, shift):
+    # the accelerator's loop against Python's: saturation (many of one
+    # block) and the IndexError past the end, the blocks before it counted
+    counts = [RefCounts(size) for _ in range(2)]
+    outcome = []
+    for c, accelerated in zip(counts, (True, False), strict=True):
+        try:
+            for _ in range(3):
+                c.inc_packed(values + values[:5] * 100, shift, accelerated=accelerated)
+            outcome.append(None)
+        except IndexError:
+            outcome.append("IndexError")
+    assert outcome[0] == outcome[1]
+    assert [counts[0].get(b) for b in range(size)] == [counts[1].get(b) for b in range(size)]
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3),
+                                   st.sampled_from([0, 0, 0, 1, (1 << 40) - 2])),
+                         max_size=40), max_size=6),
+       st.sampled_from([0, (1 << 64) - 300]))
+def test_xml_runs_both_ways(leaves, base):
+    # dm_xml_leaf_runs against RunBuilder + XmlWriter.map_runs, runs across
+    # leaves, at the top of the key and value ranges (no wrap-around)
+    fast, slow = io.StringIO(), io.StringIO()
+    xruns, runs = _XmlRuns(XmlWriter(fast)), RunBuilder()
+    writer = XmlWriter(slow)
+    key = base
+    for leaf in leaves:
+        keys, values = [], []
+        for step, time, data in leaf:
+            key += step or 1
+            if key >= 1 << 64:
+                break
+            keys.append(key)
+            values.append(min(((data + key % 3) << TIME_BITS) | time, (1 << 64) - 1))
+        xruns.add_leaf(keys, values)
+        writer.map_runs(runs.add_leaf(keys, values))
+    xruns.add_leaf((), (), final=True)
+    writer.map_runs(runs.finish())
+    assert fast.getvalue() == slow.getvalue()

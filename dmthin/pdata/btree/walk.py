@@ -13,6 +13,7 @@ twice, a DAG or a cycle, fails at once instead of being walked again).
 """
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterator, Sequence
 
@@ -45,10 +46,10 @@ def _check_node(b: int, flags: int, nr: int, mx: int, vs: int, keys: tuple[int, 
                          "another tree?)", b)
     if mx % 3:
         raise BTreeError(f"btree node {b}: max_entries {mx} is not divisible by 3", b)
-    for i in range(1, nr):
-        if keys[i] <= keys[i - 1]:
-            raise BTreeError(f"btree node {b}: keys out of order (key {keys[i]} after "
-                             f"{keys[i - 1]})", b)
+    if not all(map(operator.lt, keys, keys[1:])):     # (at C speed; then which)
+        i = next(i for i in range(1, nr) if keys[i] <= keys[i - 1])
+        raise BTreeError(f"btree node {b}: keys out of order (key {keys[i]} after "
+                         f"{keys[i - 1]})", b)
     if nr and (keys[0] < lo or (hi is not None and keys[-1] >= hi)):
         raise BTreeError(f"btree node {b}: keys {keys[0]}..{keys[-1]} are outside the range "
                          f"its parent gives it ({lo}..{'' if hi is None else hi - 1})", b)
