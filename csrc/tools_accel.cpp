@@ -656,3 +656,42 @@ long dm_xml_leaf_runs(const uint64_t *keys, const uint64_t *values, size_t n, in
 }
 
 }  /* extern "C" */
+
+extern "C" {
+
+/* dm_xml_leaf_runs over a validated mapping leaf's block (nr entries of max
+ * mx, 8-byte values) rather than arrays. */
+long dm_xml_leaf_block(const uint8_t *blk, uint32_t nr, uint32_t mx, int final,
+                       uint64_t *state, const char *ind, char *out, size_t cap) {
+    uint64_t keys[256], values[256];
+    if (nr > 256 || nr > mx || 32 + 16ull * mx > 4096)
+        return -1;
+    for (uint32_t i = 0; i < nr; i++) {
+        keys[i] = le64(blk + 32 + 8ull * i);
+        values[i] = le64(blk + 32 + 8ull * mx + 8ull * i);
+    }
+    return dm_xml_leaf_runs(keys, values, nr, final, state, ind, out, cap);
+}
+
+}  /* extern "C" */
+
+extern "C" {
+
+/* dm_inc_packed over the values i0..nr of a validated leaf's block (max
+ * mx, 8-byte values): returns the index of the first value it does not
+ * take (past size, or a count of 254 or more), or nr. */
+size_t dm_inc_leaf(uint8_t *counts, size_t size, const uint8_t *blk, uint32_t nr, uint32_t mx,
+                   uint32_t i0, unsigned shift) {
+    if (nr > mx || 32 + 16ull * mx > 4096)
+        return i0;
+    const uint8_t *values = blk + 32 + 8ull * mx;
+    for (uint32_t i = i0; i < nr; i++) {
+        uint64_t b = le64(values + 8ull * i) >> shift;
+        if (b >= size || counts[b] >= 254)
+            return i;
+        counts[b]++;
+    }
+    return nr;
+}
+
+}  /* extern "C" */

@@ -9,7 +9,6 @@ from ..pdata.block import BlockManager
 from ..thin.dump import dump, open_block_manager, total_mapped
 from ..thin.dump_shared import write_xml1
 from ..thin.human import HumanReadableWriter
-from ..thin.repair import emit_plan, plan_repair
 from ..thin.xml import XmlWriter
 from .commands import SUMMARIES
 from .common import (
@@ -50,6 +49,9 @@ def register(subs: Any) -> None:
 
 
 def _dump_repaired(bm: BlockManager, args: argparse.Namespace) -> int:
+    # The repair scanner only for --repair: importing it (salvage, the
+    # repaired metadata's writer) is a third of a plain dump's start-up.
+    from ..thin.repair import emit_plan, plan_repair
     plan = plan_repair(bm)
     if args.dev_id is not None:
         plan.devices = {i: d for i, d in plan.devices.items() if i in args.dev_id}

@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from ..pooldir import PoolDir
 from ..thin.restore import restore
 from .commands import SUMMARIES
 from .common import add_command, add_version_arg, parse_overrides
@@ -48,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     output = args.output
     if os.path.isdir(output):
         # A pool directory: restore its metadata under the pool's writer lock,
-        # so a running dmthin process on that pool is never overwritten.
+        # so a running dmthin process on that pool is never overwritten.  (A
+        # pool directory's layout only now, as metadata_path does: restoring
+        # into a file does not pay its import.)
+        from ..pooldir import PoolDir
         pool = PoolDir(output)
         pool.check_dir()
         output = os.fspath(pool.metadata_path)

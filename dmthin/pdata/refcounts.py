@@ -10,6 +10,7 @@ not the size of the device (a superblock may claim 2^40 data blocks).
 """
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterator, Sequence
 
 from .accel import ffi as _ffi
@@ -109,6 +110,12 @@ class RefCounts:
             else:
                 self.inc(b)
 
+    @property
+    def flat(self) -> bytearray | None:
+        """The counts as one bytearray (one byte a block, 255: look in the
+        dict of big counts), or None when they are kept in chunks."""
+        return self._flat
+
     def inc_packed(self, values: Sequence[int], shift: int, accelerated: bool = True) -> None:
         """:meth:`inc_blocks` of ``v >> shift`` for each of *values* (e.g.
         the data blocks of a leaf of mapping values), without building the
@@ -122,7 +129,11 @@ class RefCounts:
             return
         if _lib is not None and accelerated:
             n = len(values)
-            arr = _ffi.new("uint64_t[]", values)
+            if isinstance(values, array) and values.typecode == "Q":
+                arr = _ffi.from_buffer("uint64_t[]", values)
+            else:
+                arr = _ffi.new("uint64_t[]", values if isinstance(values, (tuple, list))
+                               else list(values))
             i = _lib.dm_inc_packed(_ffi.from_buffer(flat), len(flat), arr, n, shift)
             while i < n:                      # the slow case, then on
                 b = values[i] >> shift

@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 
 from ..blockdev import fd_size
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
+from ..pdata.accel import ffi, lib
 from ..pdata.block import BlockManager
 from ..pdata.btree.check import BTreeChecker, NodeError, new_totals
+from ..pdata.btree.node import HEADER_SIZE, read_u64_values
 from ..pdata.checksum import SUPERBLOCK
 from ..pdata.refcounts import RefCounts
 from ..pdata.space_map import check as smcheck
@@ -66,6 +68,8 @@ from .format import (
     Superblock,
     superblock_magic,
 )
+
+_VALUE = struct.Struct("<Q")
 
 DEFAULT_MAX_LINES = 20               # per kind of per-block problem
 
@@ -150,18 +154,20 @@ class _Capped:
 
 
 def check_metadata(path: str | os.PathLike[str], options: CheckOptions | None = None,
-                   report: Report | None = None) -> CheckResult:
+                   report: Report | None = None, *, accelerated: bool = True) -> CheckResult:
     """Check the thin metadata in *path* (a file or block device).
 
     Never raises for bad metadata: every problem becomes a line of the
     result's findings, passed to *report* (fatal, warning or info) as it is
     found; *report* also gets the progress in metadata blocks.  Raises
-    :class:`OSError` if *path* cannot be opened."""
+    :class:`OSError` if *path* cannot be opened.  *accelerated*: count the
+    mappings' data blocks with the accelerator when it is built (the same
+    result)."""
     opts = options or CheckOptions()
     findings = Findings(report if report is not None else NullReport())
     bm = BlockManager(path, writable=False, cache_blocks=1024)
     try:
-        return _Checker(bm, opts, findings).run()
+        return _Checker(bm, opts, findings, accelerated and lib is not None).run()
     finally:
         bm.close()
 
@@ -173,8 +179,10 @@ class _Checker:
     totals: array[int] | None
     bad_data: _Capped
 
-    def __init__(self, bm: BlockManager, opts: CheckOptions, report: Findings):
+    def __init__(self, bm: BlockManager, opts: CheckOptions, report: Findings,
+                 accelerated: bool = False):
         self.bm, self.opts, self.report = bm, opts, report
+        self.accelerated = accelerated
         self.sb: Superblock | None = None
         self.meta_ok = True        # metadata counts complete
         self.data_ok = True        # data counts complete
@@ -401,11 +409,32 @@ class _Checker:
         beyond = nr_data << TIME_BITS          # the first mapping value beyond the data device
         bad = self.bad_data
         totals = self.totals
+        flat = self.data_counts.flat if self.accelerated else None
         try:
-            for _b, keys, values, _p in self.ck.walk(root, MAPPING_VALUE_SIZE,
-                                                    tree=f"{where}mapping tree of device "
-                                                         f"{dev_id}",
-                                                    tree_kind="mapping", totals=totals):
+            for _b, keys, buf, mx, _p in self.ck.walk_nodes(
+                    root, MAPPING_VALUE_SIZE, tree=f"{where}mapping tree of device {dev_id}",
+                    tree_kind="mapping", totals=totals):
+                if flat is not None:
+                    # The accelerator counts the leaf's blocks; it stops at
+                    # one beyond the data device or about to saturate.
+                    nr, i = len(keys), 0
+                    cflat = ffi.from_buffer(flat)
+                    cbuf = ffi.from_buffer(buf)
+                    while True:
+                        i = lib.dm_inc_leaf(cflat, nr_data, cbuf, nr, mx, i, TIME_BITS)
+                        if i == nr:
+                            break
+                        data = _VALUE.unpack_from(buf, HEADER_SIZE + 8 * (mx + i))[0] \
+                            >> TIME_BITS
+                        if data >= nr_data:
+                            bad(f"{where}device {dev_id}: block {keys[i]} maps to data block "
+                                f"{data}, beyond the data device ({nr_data} blocks)")
+                        else:
+                            inc_blocks([data])
+                        i += 1
+                    self._tick()
+                    continue
+                values = read_u64_values(buf, len(keys), mx)
                 if values and max(values) >= beyond:
                     blocks = [v >> TIME_BITS for v in values]
                     for k, data in zip(keys, blocks, strict=True):

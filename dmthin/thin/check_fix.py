@@ -31,7 +31,6 @@ from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
 from ..report import NullReport, Report
 from .check import CheckOptions, CheckResult, check_metadata
 from .format import NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION
-from .metadata import ThinMetadata
 from .superblock import read_superblock
 
 
@@ -105,6 +104,9 @@ def repair_leaks(path: str | os.PathLike[str], metadata_blocks: Iterable[int],
     0 in one committed transaction; return how many of each were freed.
     The caller has checked that nothing references them.  Raises
     :class:`~dmthin.errors.MetadataError` and ``OSError``."""
+    # The metadata engine (btree updates, space maps, transactions) only for
+    # --auto-repair: a plain check, which never writes, does not pay its import.
+    from .metadata import ThinMetadata
     md = ThinMetadata.open(path, cache_blocks=4096)
     try:
         freed = []

@@ -17,10 +17,17 @@ from typing import cast
 from ..errors import MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import iter_items
+from ..pdata.checksum import Buffer
 from .accel import ffi, lib
 from .format import MAPPING_VALUE_SIZE
 from .ir import MetadataVisitor, RunBuilder, Superblock, to_map
-from .reader import iter_mapping_leaves, open_block_manager, read_details, select_superblock
+from .reader import (
+    iter_mapping_leaf_nodes,
+    iter_mapping_leaves,
+    open_block_manager,
+    read_details,
+    select_superblock,
+)
 from .xml import XmlWriter
 
 __all__ = ["dump", "total_mapped", "open_block_manager", "select_superblock", "read_details",
@@ -38,6 +45,16 @@ class _XmlRuns:
         self.state = ffi.new("uint64_t[6]")
         self.cap = (160 + len(writer.indent)) * 1024
         self.out = ffi.new("char[]", self.cap)
+
+    def add_block(self, buf: Buffer, nr: int, mx: int) -> None:
+        """Write the runs a validated mapping leaf (*nr* entries of *mx*)
+        completes."""
+        w = lib.dm_xml_leaf_block(ffi.from_buffer(buf), nr, mx, 0, self.state, self.ind,
+                                  self.out, self.cap)
+        if w < 0:
+            raise MemoryError("dm_xml_leaf_block: output buffer too small")
+        if w:
+            self.write(ffi.buffer(self.out, w)[:].decode("ascii"))
 
     def add_leaf(self, keys: Sequence[int], values: Sequence[int], final: bool = False) -> None:
         """Write the runs the mappings *keys* -> *values* complete (and the
@@ -93,8 +110,8 @@ def dump(bm: BlockManager, visitor: MetadataVisitor, *,
         visitor.device_b(dev)
         if not skip_mappings and fast:
             xruns = _XmlRuns(cast("XmlWriter", visitor))
-            for keys, values in iter_mapping_leaves(bm, subroot):
-                xruns.add_leaf(keys, values)
+            for keys, buf, mx in iter_mapping_leaf_nodes(bm, subroot):
+                xruns.add_block(buf, len(keys), mx)
                 if progress is not None:
                     done += len(keys)
                     progress(done)

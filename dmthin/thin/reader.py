@@ -10,7 +10,9 @@ from collections.abc import Iterator, Sequence
 
 from ..errors import BTreeError, MetadataError
 from ..pdata.block import BlockManager
-from ..pdata.btree.walk import iter_leaves
+from ..pdata.btree.node import read_u64_values
+from ..pdata.btree.walk import iter_leaf_nodes, iter_leaves
+from ..pdata.checksum import Buffer
 from .format import MAPPING_VALUE_SIZE, DeviceDetails, Superblock
 from .ir import Device
 from .superblock import read_superblock
@@ -68,11 +70,19 @@ def iter_mapping_leaves(bm: BlockManager,
     """Yield ``(keys, packed_values)`` for each leaf of one device's mapping
     subtree, validated as thin_dump does (see
     :func:`~dmthin.pdata.btree.walk.iter_leaves`), key order across leaves too."""
+    for keys, buf, mx in iter_mapping_leaf_nodes(bm, root):
+        yield keys, read_u64_values(buf, len(keys), mx)
+
+
+def iter_mapping_leaf_nodes(bm: BlockManager, root: int
+                            ) -> Iterator[tuple[tuple[int, ...], Buffer, int]]:
+    """:func:`iter_mapping_leaves` with each leaf's block instead of its
+    values: ``(keys, contents, max_entries)``."""
     last = -1
-    for b, keys, values in iter_leaves(bm, root, MAPPING_VALUE_SIZE):
+    for b, keys, buf, mx in iter_leaf_nodes(bm, root, MAPPING_VALUE_SIZE):
         if not keys:
             continue
         if keys[0] <= last:
             raise BTreeError(f"mapping leaf {b}: keys out of order ({keys[0]} after {last})", b)
         last = keys[-1]
-        yield keys, values
+        yield keys, buf, mx

@@ -19,6 +19,7 @@ from dmthin.pdata import checksum
 from dmthin.pdata.refcounts import RefCounts
 from dmthin.pdata.space_map.format import ENTRIES_PER_BITMAP
 from dmthin.thin import accel
+from dmthin.thin.check import check_metadata
 from dmthin.thin.delta import delta
 from dmthin.thin.dump import _XmlRuns, dump
 from dmthin.thin.format import TIME_BITS
@@ -67,6 +68,9 @@ def test_both_paths_same_bytes(tmp_path, ops, seed):
         assert fast.getvalue() == slow.getvalue()
     finally:
         bm.close()
+    checked = [check_metadata(path, accelerated=a) for a in (True, False)]
+    assert [(c.ok, c.problems, c.nr_mappings, list(c.leaked_data)) for c in checked] == \
+        [(c.ok, c.problems, c.nr_mappings, list(c.leaked_data)) for c in checked[::-1]]
 
 
 @given(st.lists(st.integers(0, 30), max_size=3000), st.integers(0, 5))
@@ -116,8 +120,8 @@ def test_refcounts_inc_packed_both_ways(values, size, shift):
     outcome = []
     for c, accelerated in zip(counts, (True, False), strict=True):
         try:
-            for _ in range(3):
-                c.inc_packed(values + values[:5] * 100, shift, accelerated=accelerated)
+            for kind in (list, tuple, lambda v: array("Q", v)):
+                c.inc_packed(kind(values + values[:5] * 100), shift, accelerated=accelerated)
             outcome.append(None)
         except IndexError:
             outcome.append("IndexError")

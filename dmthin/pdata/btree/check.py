@@ -33,7 +33,7 @@ from typing import Any
 
 from ...errors import BlockNrMismatch, BTreeError, ChecksumError, MetadataError
 from ..block import BlockManager
-from ..checksum import BTREE_NODE
+from ..checksum import BTREE_NODE, Buffer
 from ..refcounts import RefCounts
 from .node import (
     HEADER_SIZE,
@@ -131,11 +131,24 @@ class BTreeChecker:
              shareable: bool = True, seen_node: Callable[[int], None] | None = None,
              totals: array[int] | None = None,
              ) -> Iterator[tuple[int, tuple[int, ...], Sequence[Value], tuple[int, ...]]]:
-        """Walk the btree at *root*, yielding ``(block, keys, values, path)``
-        for each leaf walked (not for leaves reached again), in key order.
+        """:meth:`walk_nodes` with each leaf's values decoded: ``(block, keys,
+        values, path)``; values are a tuple of ints for 8-byte values, else a
+        list of ``bytes``."""
+        for b, keys, buf, mx, path in self.walk_nodes(root, value_size, tree=tree,
+                                                      tree_kind=tree_kind, shareable=shareable,
+                                                      seen_node=seen_node, totals=totals):
+            yield b, keys, read_values(buf, len(keys), mx, value_size), path
 
-        *value_size* is the leaf value size of the tree (8, 24, 16, 4);
-        values are a tuple of ints for 8, else a list of ``bytes``.
+    def walk_nodes(self, root: int, value_size: int, *, tree: str,
+                   tree_kind: str | None = None, shareable: bool = True,
+                   seen_node: Callable[[int], None] | None = None,
+                   totals: array[int] | None = None,
+                   ) -> Iterator[tuple[int, tuple[int, ...], Buffer, int, tuple[int, ...]]]:
+        """Walk the btree at *root*, yielding ``(block, keys, contents,
+        max_entries, path)`` for each leaf walked (not for leaves reached
+        again), in key order.
+
+        *value_size* is the leaf value size of the tree (8, 24, 16, 4).
         *tree* names the tree in error messages; *tree_kind* (default
         *tree*) is the node type: reaching a node already walked as another
         kind is an error.  *seen_node(block)* is called for each node
@@ -249,10 +262,9 @@ class BTreeChecker:
                     c_hi = keys[i + 1] if i + 1 < nr else hi
                     stack.append((children[i], (*path, children[i]), keys[i], c_hi))
                 continue
-            values = read_values(buf, nr, mx, vs)
             if totals is not None:
                 totals[b] = nr
-            yield b, keys, values, path
+            yield b, keys, buf, mx, path
 
     def walk_all(self, root: int, value_size: int, **kw: Any) -> int:
         """Walk a tree for its checks and counts only; return the number of

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 from ...errors import BTreeError
 from ..block import BlockManager
-from ..checksum import BTREE_NODE
+from ..checksum import BTREE_NODE, Buffer
 from .node import (
     HEADER_SIZE,
     INTERNAL_NODE,
@@ -28,6 +28,7 @@ from .node import (
     Value,
     check_header,
     lower_bound,
+    read_header,
     read_u64_values,
     read_values,
 )
@@ -62,6 +63,15 @@ def iter_leaves(bm: BlockManager, root: int, value_size: int | None = None
     With *value_size* (the tree's leaf value size) every node is validated
     (see the module docstring).  Raises :class:`BTreeError` and the block
     manager's errors."""
+    for b, keys, buf, mx in iter_leaf_nodes(bm, root, value_size):
+        yield b, keys, read_values(buf, len(keys), mx, read_header(buf)[3])
+
+
+def iter_leaf_nodes(bm: BlockManager, root: int, value_size: int | None = None
+                    ) -> Iterator[tuple[int, tuple[int, ...], Buffer, int]]:
+    """:func:`iter_leaves` with each leaf's block instead of its values:
+    ``(block, keys, contents, max_entries)`` (for readers that decode the
+    values themselves, e.g. the accelerator's)."""
     stack: list[tuple[int, int, int, int | None]] = [(root, 0, 0, None)]
     while stack:
         b, depth, lo, hi = stack.pop()
@@ -78,7 +88,7 @@ def iter_leaves(bm: BlockManager, root: int, value_size: int | None = None
             stack.extend((children[i], depth + 1, keys[i] if i else lo,
                           keys[i + 1] if i + 1 < nr else hi) for i in range(nr - 1, -1, -1))
             continue
-        yield b, keys, read_values(buf, nr, mx, vs)
+        yield b, keys, buf, mx
 
 
 def iter_items(bm: BlockManager, root: int,
