@@ -408,13 +408,17 @@ int mapping(const char *p, const char *end, uint64_t data_limit, uint64_t *out,
  * a comment or processing instruction; nullptr if the buffer ends first. */
 const char *markup_end(const char *p, const char *end) {
     const char *close = nullptr;
-    if (end - p >= 4 && std::memcmp(p, "<!--", 4) == 0)
+    size_t open = 0;
+    if (end - p >= 4 && std::memcmp(p, "<!--", 4) == 0) {
         close = "-->";
-    else if (end - p >= 2 && p[1] == '?')
+        open = 4;                   /* "<!-->" does not close the comment */
+    } else if (end - p >= 2 && p[1] == '?') {
         close = "?>";
+        open = 2;
+    }
     if (close) {
         size_t n = std::strlen(close);
-        for (const char *q = p + 2; q + n <= end; q++)
+        for (const char *q = p + open; q + n <= end; q++)
             if (std::memcmp(q, close, n) == 0)
                 return q + n;
         return nullptr;

@@ -92,7 +92,7 @@ def document(draw) -> str:
         for _ in range(draw(st.integers(0, 12))):
             parts.append(draw(st.one_of(
                 mapping(), mapping(), mapping(), mapping(),
-                st.sampled_from(["<!-- <single_mapping -->", "<?pi x?>", " text ",
+                st.sampled_from(["<!-- <single_mapping -->", "<?pi x?>", " text ", "<!-->", "-->",
                                  "<ref name=\"d0\"/>", "<device/>", "&amp;", "<![CDATA[x]]>",
                                  "<!DOCTYPE x>", "\r\n"]))) + "\n")
         parts.append(f"  </{kind}>\n")
@@ -180,3 +180,22 @@ def test_restore_same_bytes_both_ways(tmp_path, doc, chunk):
         mp.setattr(xml, "lib", None)
         slow = _restore(tmp_path, "slow", data)
     assert fast == slow
+
+
+_SB = ('<superblock uuid="" time="1" transaction="2" data_block_size="128" '
+       'nr_data_blocks="50">\n<device dev_id="1" mapped_blocks="0" transaction="0" '
+       'creation_time="0" snap_time="0">\n')
+_MAP = '<single_mapping origin_block="{}" data_block="2" time="0"/>'
+
+
+@pytest.mark.parametrize("middle", [
+    "<!--> " + _MAP.format(1) + " -->",            # "<!-->" does not end the comment
+    "<?pi " + _MAP.format(1) + " ?>",              # nor a mapping a processing instruction
+    '<ref name="' + _MAP.format(1) + '"/>',        # nor one inside an attribute value
+    "<![CDATA[" + _MAP.format(1) + "]]>",
+    _MAP.format(1) + "\t\n \n   " + _MAP.format(1),  # twice: the restore's error, its position
+])
+def test_scanner_tricky_markup(middle):
+    doc = (_SB + middle + "\n" + _MAP.format(3) + "</device></superblock>\n").encode()
+    assert _read(doc, True, None) == _read(doc, False, None)
+    assert _read(doc, True, 2) == _read(doc, False, 2)
