@@ -85,10 +85,16 @@ def _dev_id(value: object, what: str) -> int:
 
 
 def _parse_uint(text: str, what: str, limit: int | None) -> int:
-    # The kernel uses kstrtoull(text, 10, ...): decimal digits only.
-    if not text.isdigit() or not text.isascii():
-        raise InvalidArgument(f"invalid {what} {text!r}: expected a decimal number")
-    value = int(text)
+    # The kernel uses kstrtoull(text, 10, ...): one optional '+', then
+    # decimal digits only; past 64 bits it fails (checked here on the digits
+    # before any conversion, however many leading zeros).
+    digits = text[1:] if text.startswith("+") else text
+    if not digits.isdigit() or not digits.isascii():
+        raise InvalidArgument(f"invalid {what} {text[:40]!r}: expected a decimal number")
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > 20:
+        raise InvalidArgument(f"invalid {what} {significant[:20]}...: does not fit 64 bits")
+    value = int(significant)
     if limit is not None and value > limit:
         raise InvalidArgument(f"invalid {what} {value}: above the maximum {limit}")
     if value >= 1 << 64:
