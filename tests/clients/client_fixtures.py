@@ -29,6 +29,7 @@ from client_lvm import Lvm
 __all__ = [
     "MADE_FILES",
     "DockerRoot",
+    "assert_root_contents",
     "clients_containerd",
     "clients_guest",
     "clients_scratch",
@@ -190,6 +191,31 @@ def make_docker_root(d: Dockerd) -> DockerRoot:
     for ref in ("dmthin-test:base", "dmthin-test:committed", "made-c2"):
         root.devices[ref] = d.device(ref)
     return root
+
+
+def same_device(a: dict[str, str], b: dict[str, str]) -> bool:
+    """The same Docker device: id, size and hash (the pool's part of the
+    dm name, ``docker-MAJ:MIN-INO``, changes with the root's inode)."""
+    return (a["DeviceId"], a["DeviceSize"], a["DeviceName"].rsplit("-", 1)[-1]) == \
+        (b["DeviceId"], b["DeviceSize"], b["DeviceName"].rsplit("-", 1)[-1])
+
+
+def assert_root_contents(d: Dockerd, root: DockerRoot) -> None:
+    """Every image and container of *root* is known to *d* (running) with
+    the same devices and every recorded file's bytes."""
+    for ref, image_id in root.images.items():
+        assert d.inspect_image(ref)["Id"] == image_id
+    for name, cid in root.containers.items():
+        assert d.inspect_container(name)["Id"] == cid
+    for ref, dev in root.devices.items():
+        assert same_device(d.device(ref), dev), ref
+    for ref, files in root.files.items():
+        if ref in root.containers:
+            got = {path: d.cp_out(ref, path) for path in files}
+        else:
+            got = d.read_files(ref, sorted(files))
+        for path, data in files.items():
+            assert got[path] == data, f"{ref}:{path}"
 
 
 @pytest.fixture(scope="session")

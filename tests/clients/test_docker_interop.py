@@ -6,13 +6,14 @@ as the real counterpart (tests/clients fixtures):
 (a) a root dockerd made (loop-lvm) is inspected by ``dmthin graph
     status|ls|cat|export`` on both backends without a byte, inode or
     timestamp of it changing; then dmthin writes into a copy on each backend
-    and dockerd, started on it again, sees every old file and the new one;
+    and dockerd, started on it again, knows every image and container with
+    the same devices and sees every old file and the new one;
 (b) a root dmthin made (simulator) is accepted by dockerd, which imports,
     creates, copies, commits and removes on it and reads a file the simulator
     wrote under ``rootfs/`` of a container's device;
 (c) ``dm.thinpooldev=/dev/mapper/NAME`` with a pool from ``dmthin pool
-    activate``: dockerd and dmthin take turns on it, and neither tears the
-    pool down.
+    activate``: dockerd and dmthin take turns on it (dockerd imports,
+    creates, copies, commits and removes), and neither tears the pool down.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import pytest
 
 from client_docker import Dockerd, image_tar, known_content
 from client_env import Scratch, assert_same_state, dmthin, run, tree_state
-from client_fixtures import MADE_FILES, DockerRoot, copy_root
+from client_fixtures import MADE_FILES, DockerRoot, assert_root_contents, copy_root
 from dmthin.cli.main import main as dmthin_main
 from dmthin.graph import Driver
 from dmthin.graph.layerdb import LayerDB
@@ -130,8 +131,7 @@ def test_dmthin_writes_a_dockerd_root_and_dockerd_reads_it(docker_made_root: Doc
     d: Dockerd = dockerd_factory(data_root=root.path)  # type: ignore[operator]
     with d.running():
         assert d.cp_out("made-c2", "/data/from-dmthin") == news
-        for path, data in root.files["made-c2"].items():
-            assert d.cp_out("made-c2", path) == data, path
+        assert_root_contents(d, root)                     # every image, container, byte
         cid = d.create("dmthin-test:committed", ["/bin/true"])
         d.cp_in(cid, "/etc", {"after": b"dockerd after dmthin\n"})
         image = d.commit(cid, "dmthin-test:after")
@@ -195,6 +195,9 @@ def test_thinpooldev_from_dmthin_pool_activate(dockerd_factory: object,
         with d.running():
             assert d.cp_out("on-pool", "/data/y") == b"dmthin on the same pool\n"
             assert d.cp_out("on-pool", "/data/x") == b"on a dmthin pool\n"
+            committed = d.commit(cid, "dmthin-pool:committed")
+            d.rm(cid)
+            assert d.read_file(committed, "/data/y") == b"dmthin on the same pool\n"
     finally:
         dmthin("pool", "deactivate", str(pooldir), check=False)
     assert name not in dm_names()
