@@ -8,9 +8,9 @@ as the real counterpart (tests/clients fixtures):
     timestamp of it changing; then dmthin writes into a copy on each backend
     and dockerd, started on it again, knows every image and container with
     the same devices and sees every old file and the new one;
-(b) a root dmthin made (simulator) is accepted by dockerd, which imports,
-    creates, copies, commits and removes on it and reads a file the simulator
-    wrote under ``rootfs/`` of a container's device;
+(b) a root dmthin made (simulator or kernel) is accepted by dockerd, which
+    imports, creates, copies, commits and removes on it and reads a file
+    dmthin wrote under ``rootfs/`` of a container's device;
 (c) ``dm.thinpooldev=/dev/mapper/NAME`` with a pool from ``dmthin pool
     activate``: dockerd and dmthin take turns on it (dockerd imports,
     creates, copies, commits and removes), and neither tears the pool down.
@@ -141,9 +141,10 @@ def test_dmthin_writes_a_dockerd_root_and_dockerd_reads_it(docker_made_root: Doc
         assert drv.deviceset.has_device("dmthin-extra")
 
 
-def test_dockerd_accepts_a_root_dmthin_made(dockerd_factory: object) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dockerd_accepts_a_root_dmthin_made(dockerd_factory: object, backend: str) -> None:
     d: Dockerd = dockerd_factory()  # type: ignore[operator]
-    with Driver(home(d.data_root), OPTS, backend="sim", cleanup_interval=None):
+    with Driver(home(d.data_root), OPTS, backend=backend, cleanup_interval=None):
         pass                                                # pool + base, Docker's way
     with d.running():
         st = d.driver_status()
@@ -154,17 +155,17 @@ def test_dockerd_accepts_a_root_dmthin_made(dockerd_factory: object) -> None:
         d.cp_in(cid, "/etc", {"copied": b"copied by docker\n"})
     layers = LayerDB.for_root(home(d.data_root))
     mount = layers.resolve(cid, set())
-    sim_bytes = known_content("written by the simulator", 100 * 1024)
-    with Driver(home(d.data_root), OPTS, backend="sim", cleanup_interval=None) as drv:
+    ours = known_content(f"written by dmthin ({backend})", 100 * 1024)
+    with Driver(home(d.data_root), OPTS, backend=backend, cleanup_interval=None) as drv:
         with drv.open_fs(mount) as tree, tree.open_read("etc/copied") as f:
             assert f.read() == b"copied by docker\n"      # docker's file, under rootfs/
-        write_file(drv, mount, "/etc/from-sim", sim_bytes)
+        write_file(drv, mount, "/etc/from-dmthin", ours)
     with d.running():
-        assert d.cp_out("on-dmthin", "/etc/from-sim") == sim_bytes
+        assert d.cp_out("on-dmthin", "/etc/from-dmthin") == ours
         assert d.cp_out("on-dmthin", "/etc/hello") == MADE_FILES["/etc/hello"]
         committed = d.commit(cid, "dmthin-made:committed")
         d.rm(cid)
-        assert d.read_file(committed, "/etc/from-sim") == sim_bytes
+        assert d.read_file(committed, "/etc/from-dmthin") == ours
         d.rmi(committed)
 
 
