@@ -43,6 +43,8 @@ long dm_xml_leaf_block(const uint8_t *blk, uint32_t nr, uint32_t mx, int final,
                        uint64_t *state, const char *ind, char *out, size_t cap);
 size_t dm_inc_leaf(uint8_t *counts, size_t size, const uint8_t *blk, uint32_t nr, uint32_t mx,
                    uint32_t i0, unsigned shift);
+void dm_seq(uint64_t *out, uint64_t start, uint64_t step, size_t n);
+void dm_shift(uint64_t *values, size_t n, unsigned shift);
 void dm_delta_init(struct dm_delta *c, int verbose);
 int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li,
                  const uint64_t *right, size_t nr, size_t *ri, char *out, size_t cap,

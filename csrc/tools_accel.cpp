@@ -699,3 +699,20 @@ size_t dm_inc_leaf(uint8_t *counts, size_t size, const uint8_t *blk, uint32_t nr
 }
 
 }  /* extern "C" */
+
+extern "C" {
+
+/* out[i] = start + i * step for i in 0..n (mod 2^64): a range of mappings'
+ * keys or packed values (restore). */
+void dm_seq(uint64_t *out, uint64_t start, uint64_t step, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = start + i * step;
+}
+
+/* values[i] >>= shift for i in 0..n (mapping values to data blocks). */
+void dm_shift(uint64_t *values, size_t n, unsigned shift) {
+    for (size_t i = 0; i < n; i++)
+        values[i] >>= shift;
+}
+
+}  /* extern "C" */

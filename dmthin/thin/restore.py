@@ -43,6 +43,7 @@ from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
 from ..pdata.space_map.build import build_disk_space_map, build_metadata_space_map
 from ..pdata.space_map.format import nr_bitmaps
 from ..units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
+from .accel import ffi, lib
 from .format import THIN_VERSION, TIME_BITS, DeviceDetails, pack_sm_root
 from .format import Superblock as DiskSuperblock
 from .ir import Device, Map, MetadataVisitor, Superblock
@@ -56,6 +57,24 @@ _NEXT = 1 << TIME_BITS      # the packed value of the next data block, same time
 
 #: a producer of IR events: ``drive(visitor)`` emits them all to *visitor*
 Drive = Callable[[MetadataVisitor], None]
+
+
+_SEQ = 4096                 # entries of the accelerator's scratch run
+_seq_buf: Any = ffi.new("uint64_t[]", _SEQ) if lib is not None else None
+
+
+def _extend_run(arr: array[int], start: int, step: int, n: int) -> None:
+    """``arr.extend(range(start, start + n * step, step))``, the accelerator
+    writing the numbers when it is built (``dm_seq``)."""
+    if _seq_buf is None:
+        arr.extend(range(start, start + n * step, step))
+        return
+    while n:
+        k = min(n, _SEQ)
+        lib.dm_seq(_seq_buf, start, step, k)
+        arr.frombytes(ffi.buffer(_seq_buf, 8 * k))
+        start += k * step
+        n -= k
 
 
 class _Passive(ABC):
@@ -136,8 +155,8 @@ class _Collector(_Passive):
             keys.append(o)
             values.append(v)
         else:
-            keys.extend(range(o, o + n))
-            values.extend(range(v, v + n * _NEXT, _NEXT))
+            _extend_run(keys, o, 1, n)
+            _extend_run(values, v, _NEXT, n)
 
     def map_batch(self, origins: Sequence[int], datas: Sequence[int], times: Sequence[int],
                   lengths: Sequence[int], packed: Sequence[int]) -> bool:
@@ -208,8 +227,8 @@ class _Builder(_Passive):
             if room <= 0:
                 raise InvalidArgument(_CHANGED)
             k = min(n, room)
-            cur.keys.extend(range(o, o + k))
-            cur.values.extend(range(v, v + k * _NEXT, _NEXT))
+            _extend_run(cur.keys, o, 1, k)
+            _extend_run(cur.values, v, _NEXT, k)
             o += k
             v += k * _NEXT
             n -= k

@@ -25,7 +25,7 @@ from dmthin.thin.dump import _XmlRuns, dump
 from dmthin.thin.format import TIME_BITS
 from dmthin.thin.ir import RunBuilder
 from dmthin.thin.leaves import top_level
-from dmthin.thin.ls import _Marks
+from dmthin.thin.ls import _blocks, _Marks, _subtree_root
 from dmthin.thin.reader import open_block_manager, select_superblock
 from dmthin.thin.rmap import libstdcxx_sort, rmap
 from dmthin.thin.xml import XmlWriter
@@ -62,6 +62,9 @@ def test_both_paths_same_bytes(tmp_path, ops, seed):
         rmap(bm, regions, fast)
         rmap(bm, regions, slow, accelerated=False)
         assert fast.getvalue() == slow.getvalue()
+        for dev in devs:
+            root = _subtree_root(bm, select_superblock(bm), dev)
+            assert _blocks(bm, root) == _blocks(bm, root, accelerated=False)
         fast, slow = io.StringIO(), io.StringIO()
         dump(bm, XmlWriter(fast))
         dump(bm, XmlWriter(slow), accelerated=False)

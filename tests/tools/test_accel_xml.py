@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import helpers
 from dmthin.errors import InvalidArgument, UsageError
 from dmthin.thin import accel, xml
+from dmthin.thin import restore as restore_mod
 from dmthin.thin.restore import restore
 from dmthin.thin.xml import XmlError, read_xml
 
@@ -178,6 +179,7 @@ def test_restore_same_bytes_both_ways(tmp_path, doc, chunk):
         mp.setattr(xml, "READ_CHUNK", chunk)
         fast = _restore(tmp_path, "fast", data)
         mp.setattr(xml, "lib", None)
+        mp.setattr(restore_mod, "_seq_buf", None)
         slow = _restore(tmp_path, "slow", data)
     assert fast == slow
 
