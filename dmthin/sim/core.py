@@ -356,6 +356,20 @@ class SimCore(PoolModes):
         """Write the queued data (IOFailure if the data file fails)."""
         self._writes.flush()
 
+    def read_block(self, dev_id: int, vblock: int, offset: int, length: int) -> bytes:
+        """*length* bytes at byte *offset* of *vblock* of thin *dev_id*
+        (inside that block): zeros if it is unmapped, else one ``pread``.
+
+        Raises IOFailure if the metadata or the data file cannot be read.
+        """
+        cache = self._lookups.get(dev_id)
+        hit = _MISS if cache is None else cache.get(vblock, _MISS)
+        if hit is _MISS:
+            hit = self.lookup(dev_id, vblock)
+        if hit is None:
+            return bytes(length)
+        return self.data.pread(hit[0] * self.block_bytes + offset, length)
+
     def write_mapped(self, dev_id: int, vblock: int, offset: int, part: Chunk) -> bool:
         """Write *part* at byte *offset* of *vblock* of thin *dev_id* now, in
         place, if the block is mapped and not shared (the common case, after

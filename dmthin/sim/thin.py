@@ -87,12 +87,11 @@ class SimThin:
         bs = core.block_bytes
         first, boff = divmod(offset, bs)
         with core.lock:
-            self._enter()
+            if not self._active:
+                raise IOFailure(f"thin device {self.dev_id} is not active")
+            core.enter_io(self.dev_id)
             if boff + length <= bs:            # one block: one pread, no buffer
-                hit = core.lookup(self.dev_id, first)
-                if hit is None:
-                    return bytes(length)
-                return core.data.pread(hit[0] * bs + boff, length)
+                return core.read_block(self.dev_id, first, boff, length)
             out = bytearray(length)
             view = memoryview(out)
             last = (offset + length - 1) // bs

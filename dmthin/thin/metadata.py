@@ -311,7 +311,8 @@ class ThinMetadata:
         """Device *dev_id*'s snapshotted time, as :meth:`details` gives it
         (without the copy: the simulator reads it per I/O).  Raises
         :class:`DeviceNotFound` (ENODATA)."""
-        return self._open_device(dev_id).snapshotted_time
+        td = self._devices.get(dev_id)
+        return (td if td is not None else self._open_device(dev_id)).snapshotted_time
 
     def has_device(self, dev_id: int) -> bool:
         """True if thin device *dev_id* exists (committed or not)."""
