@@ -9,7 +9,7 @@ own overhead and the rest is the kernel's time.
 
 Needs root and device-mapper: run it in the guest, from the repo root:
 
-    tools/vmrun -- .venv/bin/python tools/bench/dm_cycle.py [-n 50] [-r 3] [--udevd]
+    tools/vmrun -- .venv/bin/python tools/bench/dm_cycle.py [-n 50] [-r 3] [--udevd] [--resident]
 
 Methods run one after the other in each round (each round starting with the
 next method), so a round's ratios compare runs made under the same machine
@@ -19,7 +19,10 @@ children's for dmsetup), and each phase's wall time.  ``--udevd`` starts
 systemd-udevd for the run (the guest has none): the binding then waits on
 udev cookies, and dmsetup runs without ``DM_DISABLE_UDEV`` so that it waits
 too; the kernel row is left
-out (udev's rules, not ours, make the nodes then).
+out (udev's rules, not ours, make the nodes then).  ``--resident`` keeps
+another thin device of the pool active during the run, as in a pool in use:
+the kernel then keeps the thin target's bio slab caches between cycles
+(destroying one waits for an RCU barrier).
 """
 from __future__ import annotations
 
@@ -194,6 +197,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=50, help="cycles per method and round (default 50)")
     ap.add_argument("-r", "--rounds", type=int, default=1, help="rounds (default 1)")
+    ap.add_argument("--resident", action="store_true",
+                    help="keep one other thin device active during the run (a pool in use)")
     ap.add_argument("--udevd", action="store_true",
                     help="start systemd-udevd for the run (binding and dmsetup sync with it)")
     args = ap.parse_args()
@@ -207,7 +212,10 @@ def main() -> int:
         pool, pool_dev = info.device_name or "", info.pool_dev or ""
         prefix = device_prefix(p.path)
         task.message(pool, f"create_thin {10 ** 6}")     # warm up the pool once
-        task.message(pool, f"delete {10 ** 6}")
+        if args.resident:
+            task.create(f"{prefix}-resident", [(0, THIN_SECTORS, "thin", f"{pool_dev} {10 ** 6}")])
+        else:
+            task.message(pool, f"delete {10 ** 6}")
         udev = task.udev_sync()
         raw = RawDM()
         methods: dict[str, tuple[Phases, bool]] = {
@@ -226,6 +234,8 @@ def main() -> int:
                       f"{res['dmsetup'].wall / res['binding'].wall:.1f}x", flush=True)
         finally:
             raw.close()
+            if args.resident:
+                task.remove(f"{prefix}-resident")
         leftover = [d for d, _, _ in task.list_devices() if d != pool]
     print(f"udev sync: {'on (udevd runs)' if udev else 'off (no udevd)'}; {n} cycles x "
           f"{args.rounds} round(s); medians over the rounds, ms per cycle")
