@@ -55,9 +55,11 @@ class CommandParser(argparse.ArgumentParser):
         return ns, extras
 
     def error(self, message: str) -> NoReturn:
-        """Print the usage and one error line; exit with :attr:`usage_exit_code`."""
+        """Print the usage and one error line (control characters from the
+        arguments escaped); exit with :attr:`usage_exit_code`."""
         self.print_usage(sys.stderr)
-        self.exit(self.usage_exit_code, f"{self.prog}: error: {message}\n")
+        line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.exit(self.usage_exit_code, f"{self.prog}: error: {line}\n")
 
 
 def add_command(subs: Any, name: str, handler: Handler | None, help: str, *,

@@ -352,6 +352,7 @@ SUCCEEDED: set[tuple[str, ...]] = set()
 @example(argv=["pool", "create", "empty", "--data-size", "16E"])
 @example(argv=["check", "meta.bin", "--auto-repair"])
 @example(argv=["trim", "--metadata-dev", "pool", "--data-dev", "pool", "--pool-inactive"])
+@example(argv=["dm", "version", "a\nb"])
 @example(argv=["graph", "cat", "--opt", "dm.basesize=" + "9" * 400, "graphroot", "0", "x"])
 def test_every_command_fails_cleanly(template: Path, monkeypatch: pytest.MonkeyPatch,
                                      argv: list[str]) -> None:
