@@ -190,6 +190,9 @@ def test_thinpooldev_from_dmthin_pool_activate(dockerd_factory: object,
         assert dmthin("graph", "cat", str(ho), "--opt", f"dm.thinpooldev=/dev/mapper/{name}",
                       cid, "/data/x").stdout == "on a dmthin pool\n"
         mount = LayerDB.for_root(ho).resolve(cid, set())
+        listing = dmthin("graph", "ls", str(ho), "--opt", f"dm.thinpooldev=/dev/mapper/{name}",
+                         "--backend", "kernel").stdout           # as the README shows it
+        assert any(line.split()[:1] == [mount] for line in listing.splitlines()), listing
         with Driver(ho, opts, backend="kernel", cleanup_interval=None) as drv:
             write_file(drv, mount, "/data/y", b"dmthin on the same pool\n")
         assert name in dm_names()                          # and so did dmthin
