@@ -24,10 +24,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pdata_tools_110() -> str:
     """Path of thin-provisioning-tools 1.1.0's multi-call binary:
     ``[pdata_tools_110, "thin_check", ...]`` runs its thin_check."""
-    try:
-        return helpers.pdata_tools_110()
-    except helpers.Unavailable as e:
-        skip_or_fail(f"thin-provisioning-tools 1.1.0 unavailable: {e}")
+    return helpers.pdata_tools_110_gated()
 
 
 @pytest.fixture(scope="session")

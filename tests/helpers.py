@@ -112,6 +112,16 @@ def pdata_tools_110() -> str:
     return path
 
 
+def pdata_tools_110_gated() -> str:
+    """:func:`pdata_tools_110`, or the gate (:func:`skip_or_fail`) with
+    the reason it is unavailable: for tests that call it outside a fixture
+    (state machines, helpers)."""
+    try:
+        return pdata_tools_110()
+    except Unavailable as e:
+        skip_or_fail(f"thin-provisioning-tools 1.1.0 unavailable: {e}")
+
+
 @functools.cache
 def thin_tools_090() -> dict[str, str]:
     """{tool name: path} of the installed 0.9.0 tools.

@@ -17,7 +17,6 @@ of every device, the transaction id), and at the end, closed, it passes
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ from dmthin import Pool
 from dmthin.errors import DmThinError, InvalidArgument, UsageError
 from dmthin.target.message import parse_message
 from dmthin.thin.check import check_metadata
-from helpers import THIN_TOOLS_090_DIR, Unavailable, pdata_tools_110
+from helpers import THIN_TOOLS_090_DIR, pdata_tools_110_gated
 
 #: tmpfs when there is one: the pool's fsyncs cost nothing there
 SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -412,15 +411,8 @@ class PoolFuzz(RuleBasedStateMachine):
     @staticmethod
     def thin_checks(meta: Path) -> list[list[str]]:
         return [[os.path.join(THIN_TOOLS_090_DIR, "thin_check"), str(meta)],
-                [_pdata_tools(), "thin_check", str(meta)]]
+                [pdata_tools_110_gated(), "thin_check", str(meta)]]
 
-
-@functools.cache
-def _pdata_tools() -> str:
-    try:
-        return pdata_tools_110()
-    except Unavailable as e:
-        pytest.fail(f"thin-provisioning-tools 1.1.0 unavailable: {e}")
 
 
 #: sequences run, calls that had to fail, writes that ran out of space (for the note)
