@@ -535,6 +535,15 @@ class DeviceSet:
             if hash_ in self._mounts and self._mounts.drop_ref(hash_):
                 self._deactivate(info)
 
+    def _lookup_unmounted(self, hash_: str) -> DevInfo:
+        """The device *hash_*, which must not be mounted (raises ``Busy``
+        naming the mount point, ``DeviceNotFound``)."""
+        info = self._lookup(hash_)
+        mounted = self._mounts.where(hash_)
+        if mounted is not None:
+            raise Busy(f"devmapper: device {hash_} is mounted at {mounted}; unmount it first")
+        return info
+
     @contextlib.contextmanager
     def device_access(self, hash_: str, write: bool = True) -> Iterator[str]:
         """Yield a path for fs tools: the device node (kernel) or an image
@@ -544,11 +553,7 @@ class DeviceSet:
         if write:
             self._check_writable("write a device")
         with self._lock:
-            info = self._lookup(hash_)
-            mounted = self._mounts.where(hash_)
-            if mounted is not None:
-                raise Busy(f"devmapper: device {hash_} is mounted at {mounted}; "
-                           "unmount it first")
+            info = self._lookup_unmounted(hash_)
             was_active = hash_ in self._active
             thin = self._activate(info)
             try:
@@ -572,11 +577,7 @@ class DeviceSet:
         if write:
             self._check_writable("write a device")
         with self._lock:
-            info = self._lookup(hash_)
-            mounted = self._mounts.where(hash_)
-            if mounted is not None:
-                raise Busy(f"devmapper: device {hash_} is mounted at {mounted}; "
-                           "unmount it first")
+            info = self._lookup_unmounted(hash_)
             readers, writers = self._fs_open.get(hash_, (0, 0))
             if writers or (write and readers):
                 raise Busy(f"devmapper: the filesystem of device {hash_} is open "
