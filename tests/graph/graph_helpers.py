@@ -1,5 +1,10 @@
 """Constants shared by the graph tests (a uniquely named module, so test
 files never import a ``conftest``)."""
+import io
+import stat
+
+from dmthin.graph.tree import Entry
+
 #: the backend under test on the host: the simulator
 BACKEND = "sim"
 
@@ -14,10 +19,6 @@ NOW = 1_700_000_000 * 10**9
 def write_files(driver, id, files=(), dirs=(), remove=()):
     """Write through the tree API: files = (path, data, mode, uid, gid),
     dirs = (path, mode, uid, gid)."""
-    import io
-    import stat
-
-    from dmthin.graph.tree import Entry
     with driver.open_fs(id, write=True) as tree:
         tree.begin()
         for p in remove:

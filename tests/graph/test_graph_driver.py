@@ -12,10 +12,7 @@ import pytest
 from dmthin.errors import NotSupported
 from dmthin.graph import Driver
 from dmthin.graph.differ import ADD, DELETE, MODIFY, Change
-from dmthin.graph.tree import Entry
-from graph_helpers import SMALL
-
-NOW = 1_700_000_000 * 10**9
+from graph_helpers import SMALL, write_files
 
 
 @pytest.fixture
@@ -23,21 +20,6 @@ def driver(tmp_path, backend):
     d = Driver(tmp_path / "root", SMALL, backend=backend, cleanup_interval=None)
     yield d
     d.cleanup()
-
-
-def write_files(driver, id, files=(), dirs=(), remove=()):
-    """Write through the tree API: files = (path, data, mode, uid, gid)."""
-    with driver.open_fs(id, write=True) as tree:
-        tree.begin()
-        for p in remove:
-            tree.remove(p)
-        for p, mode, uid, gid in dirs:
-            tree.mkdir(Entry(p, stat.S_IFDIR | mode, uid, gid, 0, NOW))
-        for p, data, mode, uid, gid in files:
-            tree.remove(p)
-            tree.write_file(Entry(p, stat.S_IFREG | mode, uid, gid, len(data), NOW),
-                            io.BytesIO(data))
-        tree.commit()
 
 
 def read(driver, id, path):
