@@ -55,7 +55,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .backend import DEFAULT_BACKEND, BackendInfo, PoolBackend
-from .errors import Busy, DeviceNotFound, InvalidArgument, ReadOnly, UsageError
+from .errors import Busy, DeviceExists, DeviceNotFound, InvalidArgument, ReadOnly, UsageError
 from .pooldir import PoolConfig, PoolDir, device_prefix
 from .poolmeta import read_thin_ids
 from .poolsetup import (
@@ -400,7 +400,13 @@ class Pool:
         origin_id = check_dev_id(origin_id)
         name = None if name is None else check_name(name)
         self._writable(f"create_snap {dev_id} {origin_id}")
-        size = self._known_size(origin_id)
+        try:
+            size = self._known_size(origin_id)
+        except DeviceNotFound:
+            # the kernel's order: a used dev_id is EEXIST before a missing origin
+            if dev_id in self.thin_ids():
+                raise DeviceExists(f"thin device {dev_id} already exists") from None
+            raise
         self._snapshot(dev_id, origin_id)
         self._record(dev_id, size, name)
         return self._handle(dev_id, size, name, activate)

@@ -46,6 +46,10 @@ def test_lifecycle_resize_and_errors(tmp_path, backend):
         pool.delete(1)
         assert pool.thin_ids() == [2]
         assert not thin.active
+        with pytest.raises(DeviceExists):     # the kernel's order: EEXIST before no origin
+            pool.create_snap(2, 1)
+        with pytest.raises(DeviceNotFound):
+            pool.create_snap(3, 1)
     with Pool.open(tmp_path / "pool") as pool:
         assert pool.thin(2).read(6 << 20, 3) == b"bbb"
         assert pool.config.thins == {2: 8 << 20}
