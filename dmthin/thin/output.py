@@ -22,8 +22,8 @@ import stat
 import tempfile
 from types import TracebackType
 
-from ..pdata.checksum import BLOCK_SIZE
-from .format import incomplete_restore_block
+from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
+from .format import Superblock, incomplete_restore_block
 
 
 def pwrite_all(fd: int, buf: bytes | bytearray | memoryview, pos: int, path: str) -> None:
@@ -116,6 +116,15 @@ class MetadataOutput:
         os.fsync(self.fd)
         pwrite_all(self.fd, buf[:BLOCK_SIZE], 0, self.path)
         os.fsync(self.fd)
+
+    def finish(self, sb: Superblock) -> None:
+        """Seal *sb*, write it last (:meth:`write_superblock`) and
+        :meth:`commit`: the end of every whole-metadata writer."""
+        buf = bytearray(BLOCK_SIZE)
+        sb.pack_into(buf)
+        SUPERBLOCK.prepare_for_write(buf, 0)
+        self.write_superblock(buf)
+        self.commit()
 
     def commit(self) -> None:
         """The new metadata is complete and synced: publish it."""

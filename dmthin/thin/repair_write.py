@@ -32,7 +32,7 @@ from ..pdata.btree.node import (
     INTERNAL_NODE,
     calc_max_entries,
 )
-from ..pdata.checksum import BITMAP, BLOCK_SIZE, BTREE_NODE, INDEX, SUPERBLOCK
+from ..pdata.checksum import BITMAP, BLOCK_SIZE, BTREE_NODE, INDEX
 from ..pdata.refcounts import RefCounts
 from ..pdata.space_map.build import build_disk_space_map
 from ..pdata.space_map.format import (
@@ -228,9 +228,5 @@ def write_repaired(bm: BlockManager, plan: Plan, output: str | os.PathLike[str])
                         data_sm_root=pack_sm_root(data_sm), metadata_sm_root=pack_sm_root(meta_sm),
                         data_mapping_root=top, device_details_root=det,
                         data_block_size=plan.data_block_size, metadata_nr_blocks=nr_meta)
-        buf = bytearray(BLOCK_SIZE)
-        sb.pack_into(buf)
-        SUPERBLOCK.prepare_for_write(buf, 0)
-        target.write_superblock(buf)
-        target.commit()
+        target.finish(sb)
     return real.layout.dropped

@@ -39,7 +39,7 @@ from typing import IO, Any
 
 from ..errors import InvalidArgument, UsageError
 from ..pdata.btree.builder import BlockWriter, U64TreeStream, build_btree, build_u64_btree
-from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
+from ..pdata.checksum import BLOCK_SIZE
 from ..pdata.space_map.build import build_disk_space_map, build_metadata_space_map
 from ..pdata.space_map.format import nr_bitmaps
 from ..units import MAX_METADATA_BITMAPS, MAX_METADATA_BLOCKS
@@ -289,11 +289,7 @@ def _write(drive: Drive, target: MetadataOutput, r: Restorer, sb: Superblock, nr
                           metadata_sm_root=pack_sm_root(meta_sm),
                           data_mapping_root=top, device_details_root=det,
                           data_block_size=sb.data_block_sectors, metadata_nr_blocks=nr_meta)
-    sbuf = bytearray(BLOCK_SIZE)
-    disk.pack_into(sbuf)
-    SUPERBLOCK.prepare_for_write(sbuf, 0)
-    target.write_superblock(sbuf)
-    target.commit()
+    target.finish(disk)
 
 
 # -- output ----------------------------------------------------------------------------
