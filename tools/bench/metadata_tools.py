@@ -115,6 +115,15 @@ def best(argv: list, repeat: int, prepare=None) -> tuple[float, float, int, int]
     return min(timed(argv, prepare) for _ in range(repeat))
 
 
+def compile_bytecode() -> None:
+    """Compile dmthin's modules to bytecode first, as installing a wheel
+    does: a source checkout run with PYTHONDONTWRITEBYTECODE set (or from a
+    read-only tree) otherwise compiles every module it imports at each start,
+    ~25 ms of CPU that no installed dmthin pays."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "dmthin")],
+                   stdout=subprocess.DEVNULL, check=True)
+
+
 def pdata_tools() -> str:
     path = os.environ.get("DMTHIN_PDATA_TOOLS")
     if path:
@@ -178,6 +187,7 @@ def main() -> int:
     ap.add_argument("--dir", help="work directory (default: a temp dir, removed)")
     ap.add_argument("--profile", choices=TOOLS, help="profile one dmthin command instead")
     args = ap.parse_args()
+    compile_bytecode()
     tmp = None
     if args.dir:
         work = Path(args.dir)
