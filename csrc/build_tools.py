@@ -45,6 +45,11 @@ size_t dm_inc_leaf(uint8_t *counts, size_t size, const uint8_t *blk, uint32_t nr
                    uint32_t i0, unsigned shift);
 void dm_seq(uint64_t *out, uint64_t start, uint64_t step, size_t n);
 void dm_shift(uint64_t *values, size_t n, unsigned shift);
+uint64_t dm_runs_total(const uint64_t *recs, size_t k, uint64_t limit);
+size_t dm_plan_runs(const uint64_t *recs, size_t k, uint8_t *counts, size_t size,
+                    uint64_t *st);
+size_t dm_expand_runs(const uint64_t *recs, size_t k, size_t *ri, uint64_t *roff,
+                      uint64_t *keys, uint64_t *values, size_t room);
 void dm_delta_init(struct dm_delta *c, int verbose);
 int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li,
                  const uint64_t *right, size_t nr, size_t *ri, char *out, size_t cap,

@@ -716,3 +716,77 @@ void dm_shift(uint64_t *values, size_t n, unsigned shift) {
 }
 
 }  /* extern "C" */
+
+extern "C" {
+
+/* The XML scanner's records (dm_xml_maps: 6 words each -- origin, data,
+ * time, length, packed value, offset) for restore's passes. */
+const size_t REC = 6;
+
+/* Total length of records recs[0..k), or UINT64_MAX if one of them runs
+ * past data block `limit` (the caller then takes them one by one, and the
+ * restore's own check names the element). */
+uint64_t dm_runs_total(const uint64_t *recs, size_t k, uint64_t limit) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < k; i++) {
+        const uint64_t *r = recs + REC * i;
+        if (r[1] > limit || r[3] > limit - r[1])
+            return UINT64_MAX;
+        total += r[3];
+    }
+    return total;
+}
+
+/* Restore's pass 1 over records recs[0..k): counts[d .. d+n) += 1 for each
+ * record while every count stays below 254; st = {end of the last run,
+ * out-of-order flag, mappings counted} is updated as Restorer._add does.
+ * Returns the number of records done (the next one is the caller's:
+ * saturation, or past the end of counts). */
+size_t dm_plan_runs(const uint64_t *recs, size_t k, uint8_t *counts, size_t size,
+                    uint64_t *st) {
+    for (size_t i = 0; i < k; i++) {
+        const uint64_t *r = recs + REC * i;
+        uint64_t d = r[1], n = r[3];
+        if (d > size || n > size - d)
+            return i;
+        for (uint64_t b = d; b < d + n; b++)
+            if (counts[b] >= 254)
+                return i;
+        for (uint64_t b = d; b < d + n; b++)
+            counts[b]++;
+        if (r[0] < st[0])
+            st[1] = 1;
+        st[0] = r[0] + n;
+        st[2] += n;
+    }
+    return k;
+}
+
+/* Restore's pass 2: the mappings of records recs[*ri..k) from *roff
+ * mappings into record *ri, as keys and packed values (a run's values step
+ * by one data block, 1 << 24), at most `room` of them.  Advances *ri and
+ * *roff; returns the number written. */
+size_t dm_expand_runs(const uint64_t *recs, size_t k, size_t *ri, uint64_t *roff,
+                      uint64_t *keys, uint64_t *values, size_t room) {
+    size_t w = 0;
+    while (w < room && *ri < k) {
+        const uint64_t *r = recs + REC * *ri;
+        uint64_t off = *roff, left = r[3] - off;
+        uint64_t m = left < room - w ? left : room - w;
+        uint64_t o = r[0] + off, v = r[4] + (off << 24);
+        for (uint64_t j = 0; j < m; j++) {
+            keys[w + j] = o + j;
+            values[w + j] = v + (j << 24);
+        }
+        w += m;
+        if (m == left) {
+            ++*ri;
+            *roff = 0;
+        } else {
+            *roff = off + m;
+        }
+    }
+    return w;
+}
+
+}  /* extern "C" */

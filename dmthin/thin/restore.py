@@ -34,7 +34,7 @@ import stat
 import tempfile
 from abc import ABC, abstractmethod
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import IO, Any
 
 from ..errors import InvalidArgument, UsageError
@@ -75,6 +75,33 @@ def _extend_run(arr: array[int], start: int, step: int, n: int) -> None:
         arr.frombytes(ffi.buffer(_seq_buf, 8 * k))
         start += k * step
         n -= k
+
+
+_ri: Any = ffi.new("size_t[1]") if lib is not None else None
+_roff: Any = ffi.new("uint64_t[1]") if lib is not None else None
+_exp_keys: Any = ffi.new("uint64_t[]", _SEQ) if lib is not None else None
+_exp_values: Any = ffi.new("uint64_t[]", _SEQ) if lib is not None else None
+
+
+def _expand_at(recs: Any, k: int, keys: array[int], values: array[int], room: int) -> int:
+    """Append to *keys* / *values* at most *room* mappings of the scanner's
+    records *recs[0..k)* from (``_ri``, ``_roff``) on (``dm_expand_runs``);
+    return how many."""
+    done = 0
+    while done < room and _ri[0] < k:
+        w = lib.dm_expand_runs(recs, k, _ri, _roff, _exp_keys, _exp_values,
+                               min(room - done, _SEQ))
+        keys.frombytes(ffi.buffer(_exp_keys, 8 * w))
+        values.frombytes(ffi.buffer(_exp_values, 8 * w))
+        done += w
+    return done
+
+
+def _expand(recs: Any, k: int, keys: array[int], values: array[int]) -> None:
+    """Append every mapping of the scanner's records *recs[0..k)*."""
+    _ri[0] = _roff[0] = 0
+    while _ri[0] < k:
+        _expand_at(recs, k, keys, values, _SEQ)
 
 
 class _Passive(ABC):
@@ -158,19 +185,14 @@ class _Collector(_Passive):
             _extend_run(keys, o, 1, n)
             _extend_run(values, v, _NEXT, n)
 
-    def map_batch(self, origins: Sequence[int], datas: Sequence[int], times: Sequence[int],
-                  lengths: Sequence[int], packed: Sequence[int]) -> bool:
-        """Single mappings a batch at a time (the XML reader's accelerated
-        path): as many :meth:`map_raw` calls; False (nothing done) for a
-        batch with ranges."""
+    def map_records(self, recs: Any, k: int) -> int:
+        """All *k* of the XML scanner's records at once (``dm_xml_maps``'s,
+        6 words each), as that many :meth:`map_raw` calls."""
         cur = self._cur
         if cur is None:
-            return True
-        if max(lengths) != 1:
-            return False
-        cur[0].extend(origins)
-        cur[1].extend(packed)
-        return True
+            return k
+        _expand(recs, k, cur[0], cur[1])
+        return k
 
 
 
@@ -235,26 +257,23 @@ class _Builder(_Passive):
             if k == room:
                 cur.leaf_full()
 
-    def map_batch(self, origins: Sequence[int], datas: Sequence[int], times: Sequence[int],
-                  lengths: Sequence[int], packed: Sequence[int]) -> bool:
-        """Single mappings a batch at a time (the XML reader's accelerated
-        path), leaf by leaf: as many :meth:`map_raw` calls; False (nothing
-        done) for a batch with ranges."""
+    def map_records(self, recs: Any, k: int) -> int:
+        """The XML scanner's *k* records (``dm_xml_maps``'s, 6 words each)
+        leaf by leaf, as that many :meth:`map_raw` calls; returns how many
+        were taken (fewer when the device already has the mappings pass 1
+        counted: the caller's :meth:`map_raw` then refuses the next one)."""
         cur = self._cur
         if cur is None:
-            return True
-        if max(lengths) != 1:
-            return False
-        i, k = 0, len(origins)
-        while i < k:
-            want = cur.want            # -1 once the count is reached: finish() refuses
-            j = k if want < 0 else min(k, i + want - len(cur.keys))
-            cur.keys.extend(origins[i:j])
-            cur.values.extend(packed[i:j])
-            i = j
-            if len(cur.keys) == want:
+            return k
+        _ri[0] = _roff[0] = 0
+        while True:
+            room = cur.want - len(cur.keys)
+            if cur.want < 0 or room <= 0:
+                return int(_ri[0])
+            if _expand_at(recs, k, cur.keys, cur.values, room) == room:
                 cur.leaf_full()
-        return True
+            if _ri[0] == k:
+                return k
 
 
 def _write(drive: Drive, target: MetadataOutput, r: Restorer, sb: Superblock, nr_meta: int,

@@ -9,9 +9,8 @@ writes, before anything is written.
 """
 from __future__ import annotations
 
-import operator
 from array import array
-from collections.abc import Sequence
+from typing import Any
 
 from ..errors import InvalidArgument, UsageError
 from ..pdata.btree.builder import btree_blocks
@@ -25,10 +24,13 @@ from ..units import (
     MetaBlocks,
     is_valid_data_block_sectors,
 )
+from .accel import ffi, lib
 from .format import MAPPING_VALUE_SIZE, MAX_DATA_BLOCKS, MAX_SUPERBLOCK_TIME, DeviceDetails
 from .ir import Device, Map, Superblock
 
 _PENDING_MAX = 1 << 16
+_REC = 6                              # words in one of the XML scanner's records
+_U64_MAX = (1 << 64) - 1
 #: mappings per full leaf: no mapping tree uses fewer blocks than this allows
 _LEAF_ENTRIES = calc_max_entries(MAPPING_VALUE_SIZE)
 
@@ -78,6 +80,7 @@ class Restorer:
         self.nr_data_blocks = 0
         self._cur: _Dev | None = None
         self._def: list[Map] | None = None
+        self._st: Any = ffi.new("uint64_t[3]") if lib is not None else None
 
     # -- visitor ----------------------------------------------------------------
     def superblock_b(self, sb: Superblock) -> None:
@@ -154,26 +157,40 @@ class Restorer:
         if len(pending) >= _PENDING_MAX:
             self._count_pending()
 
-    def map_batch(self, origins: Sequence[int], datas: Sequence[int], times: Sequence[int],
-                  lengths: Sequence[int], packed: Sequence[int]) -> bool:
-        """Single mappings a batch at a time (the XML reader's accelerated
-        path): as many :meth:`map_raw` calls; False (nothing done) when one
-        of them would take the slow path (a range, outside a device, beyond
-        the data device)."""
+    def map_records(self, recs: Any, k: int) -> int:
+        """Mappings a batch at a time from the XML scanner (*recs*: its *k*
+        records, 6 words each, see ``dm_xml_maps``), counted by the
+        accelerator as that many :meth:`map_raw` calls would; returns how
+        many leading records were taken (the caller delivers the rest one by
+        one: a mapping outside a device or beyond the data device, an output
+        too small, counts kept in chunks)."""
         cur = self._cur
-        if cur is None or max(lengths) != 1 or max(datas) >= self.nr_data_blocks:
-            return False
-        k = len(origins)
-        cur.count += k
-        if origins[0] < cur.end or any(map(operator.ge, origins[:-1], origins[1:])):
+        flat = self.counts.flat
+        if cur is None or self._def is not None or flat is None:
+            return 0
+        total = lib.dm_runs_total(recs, k, self.nr_data_blocks)
+        if total == _U64_MAX or 0 <= self.max_mappings < self.nr_mappings + total:
+            return 0
+        st = self._st
+        st[0], st[1], st[2] = cur.end, 0, 0
+        cflat = ffi.from_buffer(flat)
+        i = lib.dm_plan_runs(recs, k, cflat, len(flat), st)
+        while i < k:                   # a count about to saturate: the slow way
+            self._sync(cur, st)
+            rec = recs + _REC * i
+            self._add(Map(rec[0], rec[1], rec[2], rec[3]))
+            st[0], st[1], st[2] = cur.end, 0, 0
+            i += 1 + lib.dm_plan_runs(rec + _REC, k - i - 1, cflat, len(flat), st)
+        self._sync(cur, st)
+        return k
+
+    def _sync(self, cur: _Dev, st: Any) -> None:
+        """Take the accelerator's pass-1 state *st* into device *cur*."""
+        cur.end = st[0]
+        if st[1]:
             cur.sorted = False
-        cur.end = origins[-1] + 1
-        self.nr_mappings += k
-        pending = self._pending
-        pending.extend(datas)
-        if len(pending) >= _PENDING_MAX:
-            self._count_pending()
-        return True
+        cur.count += st[2]
+        self.nr_mappings += st[2]
 
     def eof(self) -> None:
         self._count_pending()

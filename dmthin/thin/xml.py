@@ -381,10 +381,10 @@ def _parse_scanned(source: IO[bytes], p: expat.XMLParserType, r: _Reader,
                    progress: Callable[[int], None] | None) -> None:
     """Feed *source* to *p* as :func:`read_xml` does, with the accelerator
     taking the mapping elements thin_dump writes (``dm_xml_maps``): they go
-    to the reader's ``map_raw`` directly (or, a batch at a time, to the
-    visitor's ``map_batch(origins, datas, times, lengths, packed_values)``
-    if it has one: it takes the whole batch as that many ``map_raw`` calls
-    would, or returns False having changed nothing), and expat sees spaces in their
+    to the visitor's ``map_records(records, k)`` if it has one (the
+    scanner's *k* records of 6 words, see ``dm_xml_maps``: it takes as many
+    leading ones as it can, as that many ``map_raw`` calls would, and returns
+    how many), the rest to the reader's ``map_raw``, and expat sees spaces in their
     place, so every other element, every error and every position is
     expat's and the reader's as without it.  A mapping the scanner does not
     take (another spelling, a value out of range, a misplaced one) is left
@@ -396,7 +396,7 @@ def _parse_scanned(source: IO[bytes], p: expat.XMLParserType, r: _Reader,
     vals = ffi.buffer(out)
     stop, markup_stop, why = ffi.new("size_t *"), ffi.new("size_t *"), ffi.new("int *")
     raw = r.map_raw
-    batch = getattr(r.v, "map_batch", None)
+    records = getattr(r.v, "map_records", None)
     buf = bytearray()
     total = 0
     scanning = True
@@ -423,12 +423,11 @@ def _parse_scanned(source: IO[bytes], p: expat.XMLParserType, r: _Reader,
                     q = memoryview(vals).cast("Q")[:_REC * k]
                     done = 0
                     try:
-                        if batch is None or not batch(q[0::_REC], q[1::_REC], q[2::_REC],
-                                                      q[3::_REC], q[4::_REC]):
-                            for o, d, t, n in zip(q[0::_REC], q[1::_REC], q[2::_REC],
-                                                  q[3::_REC], strict=True):
-                                raw(o, d, t, n)
-                                done += 1
+                        if records is not None:
+                            done = records(out, k)
+                        for i in range(_REC * done, _REC * k, _REC):
+                            raw(q[i], q[i + 1], q[i + 2], q[i + 3])
+                            done += 1
                     except ValueError as err:
                         p.Parse(bytes(buf[pos:q[_REC * done + 5]]), False)
                         raise _Fail(str(err), (p.CurrentLineNumber,

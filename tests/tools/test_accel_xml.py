@@ -6,6 +6,7 @@ or the one-line error with its line and column, must be the same."""
 from __future__ import annotations
 
 import io
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -125,7 +126,8 @@ def restorable(draw) -> str:
     """Metadata XML a restore may take or refuse: devices of single and range
     mappings, in order or not, sometimes overlapping or beyond the data
     device, and a shared ``<def>`` some devices ``<ref>``."""
-    nr_data = draw(st.integers(1, 3000))
+    # a few data blocks: shared by hundreds of mappings, their counts saturate
+    nr_data = draw(st.one_of(st.integers(1, 4), st.integers(1, 3000)))
     parts = [f'<superblock uuid="" time="2" transaction="1" data_block_size="128" '
              f'nr_data_blocks="{nr_data}">\n']
     shared = draw(st.booleans())
@@ -137,7 +139,7 @@ def restorable(draw) -> str:
                      f'creation_time="0" snap_time="0">\n')
         maps, v = [], draw(st.integers(0, 100))
         for _ in range(draw(st.integers(0, 300))):
-            n = draw(st.sampled_from([1, 1, 1, 1, 2, 5]))
+            n = draw(st.sampled_from([1, 1, 1, 1, 2, 5, 300]))
             d = draw(st.integers(0, nr_data + 2))
             t = draw(st.integers(0, 3))
             if n == 1:
@@ -182,6 +184,75 @@ def test_restore_same_bytes_both_ways(tmp_path, doc, chunk):
         mp.setattr(restore_mod, "_seq_buf", None)
         slow = _restore(tmp_path, "slow", data)
     assert fast == slow
+
+
+def _both_ways(tmp_path, make_source) -> tuple[object, object]:
+    """(accelerated, pure-Python) outcome of restoring ``make_source()``."""
+    def run(name: str) -> object:
+        out = tmp_path / name
+        with open(out, "wb") as f:
+            f.truncate(4 << 20)
+        try:
+            restore(make_source(), out)
+        except (UsageError, OSError) as err:
+            return ("error", type(err).__name__, str(err))
+        return out.read_bytes()
+    fast = run("fast")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(xml, "lib", None)
+        mp.setattr(restore_mod, "_seq_buf", None)
+        slow = run("slow")
+    return fast, slow
+
+
+def test_restore_saturated_counts_both_ways(tmp_path):
+    # 3 data blocks, each mapped by 400 devices' ranges and singles: counts
+    # pass 254, where the accelerator hands the mapping back to Python
+    parts = ['<superblock uuid="" time="1" transaction="2" data_block_size="128" '
+             'nr_data_blocks="3">\n']
+    for dev in range(400):
+        parts.append(f'<device dev_id="{dev}" mapped_blocks="0" transaction="0" '
+                     'creation_time="0" snap_time="0">\n'
+                     '<range_mapping origin_begin="0" data_begin="0" length="2" time="0"/>\n'
+                     '<single_mapping origin_block="5" data_block="2" time="1"/>\n</device>\n')
+    doc = ("".join(parts) + "</superblock>\n").encode()
+    fast, slow = _both_ways(tmp_path, lambda: io.BytesIO(doc))
+    assert isinstance(fast, bytes)
+    assert fast == slow
+    check = subprocess.run([helpers.thin_tools_090()["thin_check"], str(tmp_path / "fast")],
+                           capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+
+
+class _Changing(io.BytesIO):
+    """An input whose content changes after the first pass (a file being
+    rewritten while it is restored)."""
+
+    def __init__(self, first: bytes, later: bytes):
+        super().__init__(first)
+        self.later = later
+        self.seeks = 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.seeks += 1
+        if self.seeks == 4:          # _rereadable's two, then pass 1's, then pass 2's
+            super().seek(0)
+            self.truncate(0)
+            self.write(self.later)
+        return super().seek(pos, whence)
+
+
+@pytest.mark.parametrize("extra", [1, 300, 600])
+def test_restore_input_grows_between_passes_both_ways(tmp_path, extra):
+    def doc(n: int) -> bytes:
+        return ('<superblock uuid="" time="1" transaction="2" data_block_size="128" '
+                'nr_data_blocks="2000">\n<device dev_id="1" mapped_blocks="0" transaction="0" '
+                'creation_time="0" snap_time="0">\n'
+                f'<range_mapping origin_begin="0" data_begin="0" length="{n}" time="0"/>\n'
+                '</device>\n</superblock>\n').encode()
+    fast, slow = _both_ways(tmp_path, lambda: _Changing(doc(500), doc(500 + extra)))
+    assert fast == slow
+    assert fast[0] == "error" and "changed between" in fast[2]
 
 
 _SB = ('<superblock uuid="" time="1" transaction="2" data_block_size="128" '
