@@ -48,6 +48,8 @@ void dm_shift(uint64_t *values, size_t n, unsigned shift);
 uint64_t dm_runs_total(const uint64_t *recs, size_t k, uint64_t limit);
 size_t dm_plan_runs(const uint64_t *recs, size_t k, uint8_t *counts, size_t size,
                     uint64_t *st);
+void dm_read_blocks(int fd, const uint64_t *blocks, size_t n, uint8_t *out, uint8_t *status,
+                    uint32_t salt);
 size_t dm_expand_runs(const uint64_t *recs, size_t k, size_t *ri, uint64_t *roff,
                       uint64_t *keys, uint64_t *values, size_t room);
 void dm_delta_init(struct dm_delta *c, int verbose);

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <cerrno>
+#include <unistd.h>
 
 namespace {
 
@@ -787,6 +789,50 @@ size_t dm_expand_runs(const uint64_t *recs, size_t k, size_t *ri, uint64_t *roff
         }
     }
     return w;
+}
+
+}  /* extern "C" */
+
+extern "C" {
+
+/* Read the 4 KiB metadata blocks blocks[0..n) of fd into out (block i at
+ * out + 4096 i; consecutive block numbers in one pread) and validate each as
+ * a block of the kind whose checksum salt is `salt` (BlockManager.read with
+ * a Validator): status[i] = 0 valid, 1 not read (I/O error, short read, or
+ * past the end), 2 wrong blocknr field, 3 bad checksum.  The caller reads
+ * the blocks that are not valid the usual way, which names the problem. */
+void dm_read_blocks(int fd, const uint64_t *blocks, size_t n, uint8_t *out, uint8_t *status,
+                    uint32_t salt) {
+    const size_t BS = 4096;
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i + 1;
+        while (j < n && blocks[j] == blocks[j - 1] + 1 && j - i < 256)
+            j++;
+        size_t want = (j - i) * BS, got = 0;
+        uint8_t *dst = out + i * BS;
+        bool bad = blocks[i] > (uint64_t)INT64_MAX / BS;
+        while (!bad && got < want) {
+            ssize_t r = pread(fd, dst + got, want - got, (off_t)(blocks[i] * BS + got));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        for (size_t k = i; k < j; k++) {
+            const uint8_t *b = out + k * BS;
+            if (bad || (k - i + 1) * BS > got)
+                status[k] = 1;
+            else if (le64(b + 8) != blocks[k])
+                status[k] = 2;
+            else if ((dm_crc32c(0xFFFFFFFFu, b + 4, BS - 4) ^ salt) != le32(b))
+                status[k] = 3;
+            else
+                status[k] = 0;
+        }
+        i = j;
+    }
 }
 
 }  /* extern "C" */

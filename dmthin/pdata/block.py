@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..blockdev import fd_size
 from ..errors import MetadataError
 from . import writelog
+from .accel import ffi as _ffi
+from .accel import lib as _lib
 from .checksum import BLOCK_SIZE, Validator
 
 DEFAULT_CACHE_BLOCKS = 8192          # 32 MiB
@@ -114,6 +116,38 @@ class BlockManager:
         entry.dirty = False
 
     # -- reading -------------------------------------------------------------
+    def prefetch(self, blocks: Sequence[int], validator: Validator) -> None:
+        """Read the blocks of *blocks* that are not cached in one accelerator
+        call (consecutive ones in one read) and cache those *validator*
+        accepts, so that :meth:`read` of them costs a lookup: the children of
+        a btree node before a walk visits them.  Blocks that fail (past the
+        end, a bad checksum) are left out: :meth:`read` names the problem.
+        At most half the cache is filled; without the accelerator this does
+        nothing."""
+        if _lib is None:
+            return
+        cache = self._cache
+        end = self.file_blocks
+        want = [b for b in blocks if b not in cache and 0 <= b < end]
+        want = want[:self.cache_blocks // 2]
+        n = len(want)
+        if n < 2:
+            return
+        out = bytearray(n * BLOCK_SIZE)
+        status = bytearray(n)
+        _lib.dm_read_blocks(self.fd, _ffi.new("uint64_t[]", want), n, _ffi.from_buffer(out),
+                            _ffi.from_buffer(status), validator.salt)
+        self.reads += n
+        mv = memoryview(out)
+        for i, b in enumerate(want):
+            if not status[i]:
+                cache[b] = _Entry(bytes(mv[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]), False,
+                                  validator)
+        while len(cache) > self.cache_blocks:
+            old_b, old = cache.popitem(last=False)
+            if old.dirty:
+                self._write_out(old_b, old)
+
     def read(self, b: int, validator: Validator | None) -> bytearray | bytes:
         """Return block *b*, checked by *validator* (None: unchecked).
 

@@ -256,6 +256,7 @@ class BTreeChecker:
                                           f"the parent's next key {hi}")
             if not is_leaf:
                 children = read_u64_values(buf, nr, mx)
+                self.bm.prefetch(children, BTREE_NODE)
                 if totals is not None:
                     stack.append((b, path, _POST, children))
                 for i in range(nr - 1, -1, -1):
