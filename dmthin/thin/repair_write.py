@@ -53,6 +53,9 @@ if TYPE_CHECKING:                       # repair.py imports this module
     from .repair import Plan
 
 MAPPING_MAX = calc_max_entries(8)
+_KEEP_LEAVES = 2048          # reused leaves kept between the checks and the copy (8 MiB)
+_NR_MX = struct.Struct("<II")   # nr_entries, max_entries at offset 16 of a node
+_U64 = struct.Struct("<Q")
 E = ENTRIES_PER_BITMAP
 
 
@@ -75,31 +78,51 @@ class _Pass:
         self.trees: dict[tuple[int, ...], int] = {}    # source leaves -> new root
         self.layout = _Layout()
 
-    def _read(self, b: int) -> tuple[bytes, tuple[int, ...], tuple[int, ...], int]:
-        buf = bytes(self.bm.read(b, BTREE_NODE))
-        nr, mx = struct.unpack_from("<II", buf, 16)
-        keys = struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE)
-        return buf, keys, struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx), mx
+    def _read(self, b: int) -> tuple[bytes | bytearray, array[int], array[int], int]:
+        """Leaf *b*: (contents, keys, values, max_entries); the keys and
+        values copied out of the block at C speed (``frombytes``)."""
+        buf = self.bm.read(b, BTREE_NODE)
+        nr, mx = _NR_MX.unpack_from(buf, 16)
+        mv = memoryview(buf)
+        keys, values = array("Q"), array("Q")
+        keys.frombytes(mv[HEADER_SIZE:HEADER_SIZE + 8 * nr])
+        at = HEADER_SIZE + 8 * mx
+        values.frombytes(mv[at:at + 8 * nr])
+        return buf, keys, values, mx
 
     def _ref(self, b: int) -> None:
         refs = self.layout.refs
         refs[b] = refs.get(b, 1) + 1
 
     def device(self, dev_id: int, leaves: list[tuple[int, int, int]]) -> None:
+        """Rebuild one device's mappings from its surviving *leaves*
+        ``(block, low, high)``: shared as they are while every leaf is clean
+        (in order, inside its range, full enough, mapping inside the data
+        device), else the good mappings into a new tree."""
         reuse: list[int] = []
+        kept: dict[int, bytes | bytearray] = {}     # reused leaves' contents, bounded
         keys_all, values_all = array("Q"), array("Q")
-        last, clean = -1, True
+        last, clean, n_clean = -1, True, 0
         for b, lo, hi in leaves:
-            _buf, keys, values, mx = self._read(b)
+            buf, keys, values, mx = self._read(b)
             if (clean and keys and keys[0] > last and keys[0] >= lo and keys[-1] < hi
                     and max(values) < self.limit and mx == MAPPING_MAX
                     and (len(leaves) == 1 or len(keys) >= MAPPING_MAX // 3)):
                 reuse.append(b)
-                keys_all.extend(keys)
-                values_all.extend(values)
+                n_clean += len(keys)
                 last = keys[-1]
+                if len(kept) < _KEEP_LEAVES:
+                    kept[b] = buf
                 continue
-            clean = False
+            if clean:
+                # The first unclean leaf: the clean ones' mappings are kept
+                # as they are (read again), and the rest filtered.
+                clean = False
+                kept.clear()
+                for rb in reuse:
+                    _buf, rkeys, rvalues, _mx = self._read(rb)
+                    keys_all.extend(rkeys)
+                    values_all.extend(rvalues)
             for k, v in zip(keys, values, strict=True):
                 if k > last and lo <= k < hi and v < self.limit:
                     keys_all.append(k)
@@ -107,14 +130,14 @@ class _Pass:
                     last = k
                 else:
                     self.layout.dropped += 1
-        self.layout.mapped[dev_id] = len(keys_all)
+        self.layout.mapped[dev_id] = n_clean if clean else len(keys_all)
         if clean and reuse:
-            self.layout.roots[dev_id] = self._shared_tree(tuple(reuse))
+            self.layout.roots[dev_id] = self._shared_tree(tuple(reuse), kept)
             return
         self.counts.inc_packed(values_all, TIME_BITS)
         self.layout.roots[dev_id] = build_u64_btree(self.w, keys_all, values_all)
 
-    def _shared_tree(self, leaves: tuple[int, ...]) -> int:
+    def _shared_tree(self, leaves: tuple[int, ...], kept: dict[int, bytes | bytearray]) -> int:
         root = self.trees.get(leaves)
         if root is not None:
             self._ref(root)
@@ -123,7 +146,16 @@ class _Pass:
         for b in leaves:
             got = self.copied.get(b)
             if got is None:
-                buf, keys, values, _mx = self._read(b)
+                buf = kept.get(b)
+                if buf is None:
+                    buf, keys, values, _mx = self._read(b)
+                else:
+                    nr, mx = _NR_MX.unpack_from(buf, 16)
+                    keys, values = array("Q"), array("Q")
+                    at = HEADER_SIZE + 8 * mx
+                    values.frombytes(memoryview(buf)[at:at + 8 * nr])
+                    if nr:
+                        keys.append(_U64.unpack_from(buf, HEADER_SIZE)[0])
                 nb = self.w.alloc(BTREE_NODE)
                 off = self.w.offset(nb)
                 self.w.buf[off:off + BLOCK_SIZE] = buf

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from dmthin.thin import repair_write
 from dmthin.thin.repair import Overrides, repair
 from toolgen import (
     THIN,
@@ -229,3 +230,20 @@ def test_repair_keeps_what_snapshots_share(tmp_path, pdata_tools_110):
     used_in = Layout(path).sb.metadata_sm.nr_allocated
     used_out = Layout(out).sb.metadata_sm.nr_allocated
     assert used_out <= used_in * 1.2, (used_in, used_out)
+
+
+def test_repair_same_bytes_whatever_it_keeps(tmp_path, monkeypatch):
+    """Reused leaves are kept between their checks and their copy up to a
+    bound, and read again past it: the output is the same either way."""
+    ops: list[tuple] = [("thin", 1), ("maps", 1, 0, 1, 20000), ("commit",),
+                        ("snap", 2, 1), ("maps", 2, 7, 1, 3), ("commit",)]
+    path = build_pool(tmp_path / "meta", ops, size=2 << 20)
+    corrupt(shutil.copy(path, tmp_path / "bad"), Layout(path).details[0])
+    outs = []
+    for keep in (repair_write._KEEP_LEAVES, 3, 0):
+        monkeypatch.setattr(repair_write, "_KEEP_LEAVES", keep)
+        out = blank(tmp_path / f"out{keep}", 2 << 20)
+        repair(tmp_path / "bad", out, Overrides())
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    assert mappings(tmp_path / "out0") == mappings(path)
