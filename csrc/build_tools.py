@@ -1,6 +1,7 @@
 """cffi builder (API, out-of-line mode) for ``dmthin._tools_ffi``: CRC-32C
 and the hot loops of the metadata tools in C++ (``tools_accel.cpp``; its sort is
-libstdc++'s ``std::sort``, the order thin_rmap 0.9.0 prints ties in).
+libstdc++'s ``std::sort``, the order thin_rmap 0.9.0 prints ties in) and a
+walker over whole mapping trees (``tree_walk.cpp``).
 
 Optional, as the other bindings: without a C++ compiler dmthin installs
 and the tools use their pure-Python loops, which give the same bytes.  For
@@ -56,10 +57,27 @@ void dm_delta_init(struct dm_delta *c, int verbose);
 int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li,
                  const uint64_t *right, size_t nr, size_t *ri, char *out, size_t cap,
                  size_t *pos);
+struct dm_walk {
+    int error;
+    uint64_t bad_block;
+    uint64_t leaves;
+    ...;
+};
+void dm_walk_init(struct dm_walk *w, int fd, uint64_t file_blocks, uint64_t root, int mapping,
+                  uint8_t *seen, uint64_t seen_bits);
+long dm_walk_leaves(struct dm_walk *w, uint8_t *out, size_t max_leaves);
+long dm_xml_leaf_blocks(const uint8_t *blks, size_t n, uint64_t *state, const char *ind,
+                        char *out, size_t cap, uint64_t *entries);
+size_t dm_leaf_blocks_values(const uint8_t *blks, size_t n, unsigned shift, uint64_t *out);
 """)
-with open(os.path.join(HERE, "tools_accel.cpp"), encoding="utf-8") as f:
-    ffibuilder.set_source("dmthin._tools_ffi", f.read(), source_extension=".cpp",
-                          extra_compile_args=["-O2", "-std=c++17"], optional=True)
+# One translation unit: tree_walk.cpp uses tools_accel.cpp's helpers and CRC.
+SOURCES = ("tools_accel.cpp", "tree_walk.cpp")
+_text = []
+for _name in SOURCES:
+    with open(os.path.join(HERE, _name), encoding="utf-8") as f:
+        _text.append(f.read())
+ffibuilder.set_source("dmthin._tools_ffi", "\n".join(_text), source_extension=".cpp",
+                      extra_compile_args=["-O2", "-std=c++17"], optional=True)
 
 if __name__ == "__main__":
     os.chdir(os.path.dirname(HERE))

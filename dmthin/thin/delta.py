@@ -28,11 +28,12 @@ Run = tuple[int, int, int]            # virtual begin, data begin, length
 SAME, DIFFERENT, LEFT_ONLY, RIGHT_ONLY = "same", "different", "left_only", "right_only"
 
 
-def device_runs(bm: BlockManager, root: int) -> Iterator[Run]:
-    """Runs of one device's mappings, in virtual block order."""
+def device_runs(bm: BlockManager, root: int, accelerated: bool = True) -> Iterator[Run]:
+    """Runs of one device's mappings, in virtual block order (*accelerated*:
+    the tree read by the accelerator's walker when it can)."""
     v0 = d0 = -1
     n = 0
-    for keys, values in leaf_items(bm, root):
+    for keys, values in leaf_items(bm, root, accelerated=accelerated):
         for k, v in zip(keys, values, strict=True):
             d = v >> TIME_BITS
             if k == v0 + n and d == d0 + n:
@@ -143,7 +144,8 @@ def delta(bm: BlockManager, dev1: int, dev2: int, out: TextIO, *, verbose: bool 
     if lib is not None and accelerated:
         _delta_accel(bm, root1, root2, out, verbose)
     else:
-        ranges = diff_runs(device_runs(bm, root1), device_runs(bm, root2))
+        ranges = diff_runs(device_runs(bm, root1, accelerated),
+                           device_runs(bm, root2, accelerated))
         (_write_verbose if verbose else _write_simple)(out, ranges)
     out.write("  </diff>\n</superblock>\n")
 

@@ -12,7 +12,7 @@ is never emitted.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from ..errors import MetadataError
 from ..pdata.block import BlockManager
@@ -24,11 +24,15 @@ from .ir import MetadataVisitor, RunBuilder, Superblock, to_map
 from .reader import (
     iter_mapping_leaf_nodes,
     iter_mapping_leaves,
+    mapping_leaf_batches,
     open_block_manager,
     read_details,
     select_superblock,
 )
 from .xml import XmlWriter
+
+#: lines a leaf's runs can take at most (entries of a leaf with 8-byte values, + 1)
+_LEAF_TEXT = 255
 
 __all__ = ["dump", "total_mapped", "open_block_manager", "select_superblock", "read_details",
            "iter_mapping_leaves"]
@@ -45,6 +49,28 @@ class _XmlRuns:
         self.state = ffi.new("uint64_t[6]")
         self.cap = (160 + len(writer.indent)) * 1024
         self.out = ffi.new("char[]", self.cap)
+        self.indent = writer.indent.encode()
+        self.batch_cap = 0
+        self.batch_out: Any = None
+        self.entries = ffi.new("uint64_t[1]")
+
+    def add_blocks(self, blocks: Any, n: int) -> int:
+        """Write the runs *n* validated mapping leaves in a row (cdata, as
+        :class:`~dmthin.pdata.btree.cwalk.LeafBatches` hands out) complete;
+        return their number of mappings."""
+        need = n * _LEAF_TEXT * (200 + len(self.indent))
+        if need > self.batch_cap:
+            self.batch_cap = need
+            self.batch_out = ffi.new("char[]", need)
+        w = lib.dm_xml_leaf_blocks(blocks, n, self.state, self.ind, self.batch_out,
+                                   self.batch_cap, self.entries)
+        if w < 0:
+            raise MemoryError("dm_xml_leaf_blocks: output buffer too small")
+        if w:
+            self.write(ffi.buffer(self.batch_out, w)[:].decode("ascii"))
+        got = int(self.entries[0])
+        self.entries[0] = 0
+        return got
 
     def add_block(self, buf: Buffer, nr: int, mx: int) -> None:
         """Write the runs a validated mapping leaf (*nr* entries of *mx*)
@@ -110,15 +136,24 @@ def dump(bm: BlockManager, visitor: MetadataVisitor, *,
         visitor.device_b(dev)
         if not skip_mappings and fast:
             xruns = _XmlRuns(cast("XmlWriter", visitor))
-            for keys, buf, mx in iter_mapping_leaf_nodes(bm, subroot):
-                xruns.add_block(buf, len(keys), mx)
-                if progress is not None:
-                    done += len(keys)
-                    progress(done)
+            walk = mapping_leaf_batches(bm, subroot)
+            skip = 0
+            if walk is not None:
+                for blocks, n in walk:
+                    done += xruns.add_blocks(blocks, n)
+                    if progress is not None:
+                        progress(done)
+                skip = walk.handed if walk.failed else -1
+            if skip >= 0:        # no C walker, or it stopped on a problem: Python reports it
+                for keys, buf, mx in iter_mapping_leaf_nodes(bm, subroot, skip=skip):
+                    xruns.add_block(buf, len(keys), mx)
+                    if progress is not None:
+                        done += len(keys)
+                        progress(done)
             xruns.add_leaf((), (), final=True)
         elif not skip_mappings:
             runs = RunBuilder()
-            for keys, values in iter_mapping_leaves(bm, subroot):
+            for keys, values in iter_mapping_leaves(bm, subroot, accelerated):
                 done_runs = runs.add_leaf(keys, values)
                 if done_runs:
                     emit_runs(done_runs)

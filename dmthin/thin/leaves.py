@@ -8,15 +8,33 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import cast
+from itertools import islice
+from typing import Protocol, cast
 
 from ..errors import BTreeError
 from ..pdata.block import BlockManager
+from ..pdata.btree.cwalk import LeafBatches, NodeBitmap, usable
 from ..pdata.btree.node import HEADER_SIZE, INTERNAL_NODE, WALK_MAX_DEPTH, check_header
 from ..pdata.btree.walk import iter_leaves
-from ..pdata.checksum import BTREE_NODE
+from ..pdata.checksum import BLOCK_SIZE, BTREE_NODE
+from .accel import ffi
 
 Buffer = bytes | bytearray | memoryview
+_NR_MX = struct.Struct("<II")
+
+
+class NodeSet(Protocol):
+    """The nodes a walk visits once across trees: a ``set`` or a
+    :class:`~dmthin.pdata.btree.cwalk.NodeBitmap` (which the C walker takes)."""
+
+    def __contains__(self, b: object, /) -> bool: ...
+
+    def add(self, b: int, /) -> None: ...
+
+
+def node_set(bm: BlockManager) -> NodeBitmap:
+    """An empty set of *bm*'s nodes for :func:`leaf_blocks`'s *seen*."""
+    return NodeBitmap(bm.file_blocks)
 
 
 def top_level(bm: BlockManager, root: int) -> Iterator[tuple[int, int]]:
@@ -25,12 +43,34 @@ def top_level(bm: BlockManager, root: int) -> Iterator[tuple[int, int]]:
         yield from zip(keys, cast("tuple[int, ...]", values), strict=True)
 
 
-def leaf_blocks(bm: BlockManager, root: int, seen: set[int] | None = None
-                ) -> Iterator[tuple[Buffer, int, int]]:
+def leaf_blocks(bm: BlockManager, root: int, seen: NodeSet | None = None,
+                accelerated: bool = True) -> Iterator[tuple[Buffer, int, int]]:
     """``(block contents, nr_entries, max_entries)`` of each leaf of the
     mapping tree under *root*, in key order (validated: checksum, shape,
     8-byte values).  With *seen*, nodes in it are skipped and the others
-    added.  Raises :class:`~dmthin.errors.BTreeError`."""
+    added.  With *accelerated* the accelerator's walker reads the tree when
+    it can (:func:`~dmthin.pdata.btree.cwalk.usable`, *seen* None or a
+    :func:`node_set`); the same leaves, the same errors.  Raises
+    :class:`~dmthin.errors.BTreeError` (and the block manager's errors)."""
+    skip = 0
+    if accelerated and usable(bm) and (seen is None or isinstance(seen, NodeBitmap)):
+        walk = LeafBatches(bm, root, mapping=False, seen=seen)
+        for out, n in walk:
+            view = memoryview(ffi.buffer(out))
+            for i in range(n):
+                blk = view[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]
+                nr, mx = _NR_MX.unpack_from(blk, 16)
+                yield blk, nr, mx
+        if not walk.failed:
+            return
+        skip = walk.handed
+    # The reference walk (or, after the C walker stopped on a problem, the
+    # walk that reports it: the leaves handed out already are skipped).
+    yield from islice(_leaf_blocks(bm, root, seen), skip, None)
+
+
+def _leaf_blocks(bm: BlockManager, root: int, seen: NodeSet | None
+                 ) -> Iterator[tuple[Buffer, int, int]]:
     stack = [(root, 0)]
     while stack:
         b, depth = stack.pop()
@@ -52,9 +92,9 @@ def leaf_blocks(bm: BlockManager, root: int, seen: set[int] | None = None
             yield buf, nr, mx
 
 
-def leaf_items(bm: BlockManager, root: int, seen: set[int] | None = None
-               ) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
+def leaf_items(bm: BlockManager, root: int, seen: NodeSet | None = None,
+               accelerated: bool = True) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
     """``(keys, values)`` of each leaf, as :func:`leaf_blocks`."""
-    for buf, nr, mx in leaf_blocks(bm, root, seen):
+    for buf, nr, mx in leaf_blocks(bm, root, seen, accelerated):
         yield (struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE),
                struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx))

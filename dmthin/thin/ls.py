@@ -37,7 +37,13 @@ from ..pdata.space_map.format import ENTRIES_PER_BITMAP
 from ..units import SECTOR_SIZE
 from .accel import ffi, lib
 from .format import MAPPING_VALUE_SIZE, TIME_BITS, Superblock
-from .reader import iter_mapping_leaf_nodes, iter_mapping_leaves, read_details, select_superblock
+from .reader import (
+    iter_mapping_leaf_nodes,
+    iter_mapping_leaves,
+    mapping_leaf_batches,
+    read_details,
+    select_superblock,
+)
 
 FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS",
           "MAPPED_SECTORS", "EXCLUSIVE_SECTORS", "SHARED_SECTORS",
@@ -78,6 +84,7 @@ def format_disk_unit(sectors: int) -> str:
 CACHE_ENTRIES = 16 << 20     # keep up to 16M data block numbers (128 MiB) between passes
 _DATA_BLOCK_SHIFT = repeat(TIME_BITS)
 _CHUNK = ENTRIES_PER_BITMAP
+_LEAF_ENTRIES = 254          # the most a leaf of 8-byte values holds
 
 
 class _Marks:
@@ -195,14 +202,25 @@ def _blocks(bm: BlockManager, root: int, accelerated: bool = True) -> array[int]
     the accelerator: each leaf's values copied as they are, then shifted in
     one call)."""
     out = array("Q")
+    walk = mapping_leaf_batches(bm, root) if accelerated else None
+    skip = 0
+    if walk is not None:
+        values = ffi.new("uint64_t[]", walk.batch * _LEAF_ENTRIES)
+        for blocks, n in walk:
+            k = lib.dm_leaf_blocks_values(blocks, n, TIME_BITS, values)
+            out.frombytes(ffi.buffer(values, 8 * k))
+        if not walk.failed:
+            return out
+        skip = walk.handed       # Python reports the problem
     if accelerated and lib is not None:
-        for keys, buf, mx in iter_mapping_leaf_nodes(bm, root):
+        start = len(out)
+        for keys, buf, mx in iter_mapping_leaf_nodes(bm, root, skip=skip):
             off = HEADER_SIZE + 8 * mx
             out.frombytes(buf[off:off + 8 * len(keys)])
-        if out:
-            lib.dm_shift(ffi.from_buffer("uint64_t[]", out), len(out), TIME_BITS)
+        if len(out) > start:
+            lib.dm_shift(ffi.from_buffer("uint64_t[]", out) + start, len(out) - start, TIME_BITS)
         return out
-    for _keys, values in iter_mapping_leaves(bm, root):
+    for _keys, values in iter_mapping_leaves(bm, root, accelerated=False):
         out.extend(map(rshift, values, _DATA_BLOCK_SHIFT))
     return out
 

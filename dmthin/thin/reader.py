@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections.abc import Iterator, Sequence
+from itertools import islice
 
 from ..errors import BTreeError, MetadataError
 from ..pdata.block import BlockManager
-from ..pdata.btree.node import read_u64_values
+from ..pdata.btree.cwalk import LeafBatches, usable
+from ..pdata.btree.node import HEADER_SIZE, read_u64_values
 from ..pdata.btree.walk import iter_leaf_nodes, iter_leaves
-from ..pdata.checksum import Buffer
+from ..pdata.checksum import BLOCK_SIZE, Buffer
+from .accel import ffi
 from .format import MAPPING_VALUE_SIZE, DeviceDetails, Superblock
 from .ir import Device
 from .superblock import read_superblock
@@ -65,19 +69,51 @@ def read_details(bm: BlockManager, root: int) -> dict[int, Device]:
     return devs
 
 
-def iter_mapping_leaves(bm: BlockManager,
-                        root: int) -> Iterator[tuple[tuple[int, ...], Sequence[int]]]:
+def iter_mapping_leaves(bm: BlockManager, root: int, accelerated: bool = True
+                        ) -> Iterator[tuple[tuple[int, ...], Sequence[int]]]:
     """Yield ``(keys, packed_values)`` for each leaf of one device's mapping
     subtree, validated as thin_dump does (see
-    :func:`~dmthin.pdata.btree.walk.iter_leaves`), key order across leaves too."""
-    for keys, buf, mx in iter_mapping_leaf_nodes(bm, root):
+    :func:`~dmthin.pdata.btree.walk.iter_leaves`), key order across leaves too.
+    Raises :class:`~dmthin.errors.MetadataError` (incl. ``BTreeError``)."""
+    for keys, buf, mx in iter_mapping_leaf_nodes(bm, root, accelerated):
         yield keys, read_u64_values(buf, len(keys), mx)
 
 
-def iter_mapping_leaf_nodes(bm: BlockManager, root: int
-                            ) -> Iterator[tuple[tuple[int, ...], Buffer, int]]:
+def mapping_leaf_batches(bm: BlockManager, root: int) -> LeafBatches | None:
+    """The accelerator's walk of a mapping subtree (leaves in batches,
+    validated as :func:`iter_mapping_leaf_nodes`), or None if it cannot read
+    *bm*.  After a walk that :attr:`~LeafBatches.failed`, the caller goes on
+    with ``iter_mapping_leaf_nodes(bm, root, skip=walk.handed)``."""
+    return LeafBatches(bm, root, mapping=True) if usable(bm) else None
+
+
+def iter_mapping_leaf_nodes(bm: BlockManager, root: int, accelerated: bool = True,
+                            skip: int = 0) -> Iterator[tuple[tuple[int, ...], Buffer, int]]:
     """:func:`iter_mapping_leaves` with each leaf's block instead of its
-    values: ``(keys, contents, max_entries)``."""
+    values: ``(keys, contents, max_entries)``; the first *skip* leaves left
+    out.  With *accelerated* the accelerator's walker reads the tree when it
+    can (same leaves, same errors)."""
+    walk = mapping_leaf_batches(bm, root) if accelerated and not skip else None
+    if walk is not None:
+        for out, n in walk:
+            view = memoryview(ffi.buffer(out))
+            for i in range(n):
+                blk = view[i * BLOCK_SIZE:(i + 1) * BLOCK_SIZE]
+                nr, mx = _NR_MX.unpack_from(blk, 16)
+                yield struct.unpack_from(f"<{nr}Q", blk, HEADER_SIZE), blk, mx
+        if not walk.failed:
+            return
+        skip = walk.handed
+    # The reference walk (or, after the C walker stopped on a problem, the
+    # walk that reports it, past the leaves handed out already).
+    yield from islice(_mapping_leaf_nodes(bm, root), skip, None)
+
+
+_NR_MX = struct.Struct("<II")
+
+
+def _mapping_leaf_nodes(bm: BlockManager, root: int
+                        ) -> Iterator[tuple[tuple[int, ...], Buffer, int]]:
     last = -1
     for b, keys, buf, mx in iter_leaf_nodes(bm, root, MAPPING_VALUE_SIZE):
         if not keys:

@@ -25,7 +25,7 @@ from ..pdata.block import BlockManager
 from ..units import MAX_DATA_BLOCKS, parse_int
 from .accel import ffi, lib
 from .format import TIME_BITS
-from .leaves import leaf_blocks, leaf_items, top_level
+from .leaves import leaf_blocks, leaf_items, node_set, top_level
 from .reader import select_superblock
 
 Run = tuple[int, int, int, int]          # data begin, data end, dev_id, thin begin
@@ -60,19 +60,21 @@ def _merge(regions: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
     return begins, ends
 
 
-def rmap_runs(bm: BlockManager, regions: Sequence[tuple[int, int]]) -> list[Run]:
+def rmap_runs(bm: BlockManager, regions: Sequence[tuple[int, int]],
+              accelerated: bool = True) -> list[Run]:
     """The runs of mappings into *regions*, in visiting order (device,
-    then virtual block).  Raises :class:`~dmthin.errors.MetadataError`."""
+    then virtual block; *accelerated*: trees read by the accelerator's
+    walker when it can).  Raises :class:`~dmthin.errors.MetadataError`."""
     begins, ends = _merge(regions)
     single = len(begins) == 1
     lo0, hi0 = begins[0], ends[0]
     runs: list[Run] = []
     append = runs.append
     sb = select_superblock(bm)
-    seen: set[int] = set()
+    seen = node_set(bm)
     for dev_id, root in top_level(bm, sb.data_mapping_root):
         cur: list[int] | None = None          # [data_begin, data_end, thin_begin]
-        for keys, values in leaf_items(bm, root, seen):
+        for keys, values in leaf_items(bm, root, seen, accelerated):
             for k, v in zip(keys, values, strict=True):
                 d = v >> TIME_BITS
                 if single:
@@ -103,7 +105,7 @@ def rmap(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextIO, *,
     if lib is not None and accelerated:
         _rmap_accel(bm, regions, out)
         return
-    runs = rmap_runs(bm, regions)
+    runs = rmap_runs(bm, regions, accelerated=False)
     keys = [r[0] for r in runs]
     if len(set(keys)) == len(keys):
         runs.sort()                        # no ties: every sort gives this order
@@ -123,7 +125,7 @@ def _rmap_accel(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextI
     state = ffi.new("uint64_t[4]")
     buf = ffi.new("uint64_t[]", 4 * 256)
     recs = array("Q")
-    seen: set[int] = set()
+    seen = node_set(bm)
     sb = select_superblock(bm)
     for dev, root in top_level(bm, sb.data_mapping_root):
         state[0] = 0

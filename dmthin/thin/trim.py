@@ -30,7 +30,7 @@ from ..pdata.checksum import BITMAP
 from ..pdata.space_map.format import ENTRIES_PER_BITMAP, IndexEntry, decode_bitmap_counts
 from ..units import SECTOR_SIZE
 from .format import TIME_BITS, Superblock
-from .leaves import leaf_items, top_level
+from .leaves import leaf_items, node_set, top_level
 from .superblock import read_superblock
 
 BLKDISCARD = 0x1277                      # _IO(0x12, 119)
@@ -63,7 +63,7 @@ def referenced(bm: BlockManager, sb: Superblock, nr_data: int) -> bytearray:
     roots = [sb.data_mapping_root]
     if sb.held_root:
         roots.append(read_superblock(bm, sb.held_root).data_mapping_root)
-    seen: set[int] = set()
+    seen = node_set(bm)
     for top in roots:
         for _dev, root in top_level(bm, top):
             for _keys, values in leaf_items(bm, root, seen):
