@@ -238,3 +238,35 @@ size_t dm_leaf_blocks_values(const uint8_t *blks, size_t n, unsigned shift, uint
 }
 
 }  /* extern "C" */
+
+extern "C" {
+
+/* dm_leaf_runs over n leaves in a row (as dm_xml_leaf_blocks); out holds
+ * cap triples (254 a leaf is always enough).  Returns how many, or -1. */
+long dm_leaves_runs(const uint8_t *blks, size_t n, uint64_t *state, uint64_t *out, size_t cap) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        long r = dm_leaf_runs(blks + i * DM_WALK_BLOCK, state, out + 3 * k, cap - k);
+        if (r < 0)
+            return -1;
+        k += (size_t)r;
+    }
+    return (long)k;
+}
+
+/* dm_leaf_rmap over n leaves in a row of device dev; out holds cap runs
+ * (254 a leaf is always enough).  Returns how many, or -1. */
+long dm_leaves_rmap(const uint8_t *blks, size_t n, const uint64_t *begins, const uint64_t *ends,
+                    size_t nregions, uint64_t dev, uint64_t *state, uint64_t *out, size_t cap) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        long r = dm_leaf_rmap(blks + i * DM_WALK_BLOCK, begins, ends, nregions, dev, state,
+                              out + 4 * k, cap - k);
+        if (r < 0)
+            return -1;
+        k += (size_t)r;
+    }
+    return (long)k;
+}
+
+}  /* extern "C" */

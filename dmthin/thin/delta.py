@@ -14,14 +14,14 @@ the snapshot's own superblock with ``-m``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..errors import DeviceNotFound, MetadataError
 from ..pdata.block import BlockManager
 from ..pdata.btree.walk import lookup
 from .accel import ffi, lib
 from .format import TIME_BITS, Superblock
-from .leaves import leaf_blocks, leaf_items
+from .leaves import leaf_batches, leaf_items
 from .reader import select_superblock
 
 Run = tuple[int, int, int]            # virtual begin, data begin, length
@@ -151,6 +151,7 @@ def delta(bm: BlockManager, dev1: int, dev2: int, out: TextIO, *, verbose: bool 
 
 
 _NEED_LEFT, _NEED_RIGHT, _OUT_FULL, _DONE = range(4)
+_LEAF_RUNS = 256          # more than the runs a leaf (at most 254 mappings) ends
 _OUT_BYTES = 1 << 20
 
 
@@ -158,9 +159,10 @@ class _Side:
     """One device's runs fed to the accelerator a leaf at a time."""
 
     def __init__(self, bm: BlockManager, root: int):
-        self.leaves = leaf_blocks(bm, root)
+        self.leaves = leaf_batches(bm, root)
         self.state = ffi.new("uint64_t[3]")
-        self.buf = ffi.new("uint64_t[]", 3 * 256)
+        self.cap = _LEAF_RUNS
+        self.buf: Any = ffi.new("uint64_t[]", 3 * self.cap)
         self.n = 0
         self.pos = ffi.new("size_t *")
         self.flushed = False
@@ -176,7 +178,11 @@ class _Side:
                 self.n, self.flushed = 1, True
                 self.pos[0] = 0
                 return True
-            k = lib.dm_leaf_runs(ffi.from_buffer(got[0]), self.state, self.buf, 256)
+            blocks, n = got
+            if _LEAF_RUNS * n > self.cap:
+                self.cap = _LEAF_RUNS * n
+                self.buf = ffi.new("uint64_t[]", 3 * self.cap)
+            k = lib.dm_leaves_runs(blocks, n, self.state, self.buf, self.cap)
             if k < 0:
                 raise MetadataError("a mapping leaf cannot be decoded")
             if k:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from itertools import islice
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from ..errors import BTreeError
 from ..pdata.block import BlockManager
@@ -67,6 +67,24 @@ def leaf_blocks(bm: BlockManager, root: int, seen: NodeSet | None = None,
     # The reference walk (or, after the C walker stopped on a problem, the
     # walk that reports it: the leaves handed out already are skipped).
     yield from islice(_leaf_blocks(bm, root, seen), skip, None)
+
+
+def leaf_batches(bm: BlockManager, root: int, seen: NodeSet | None = None
+                 ) -> Iterator[tuple[Any, int]]:
+    """:func:`leaf_blocks`' leaves as batches ``(blocks, n)`` for the
+    accelerator's loops over leaves: *n* leaf blocks in a row in the cdata
+    *blocks*; the C walker's batches when it can read *bm*, else (or past a
+    problem it stopped on) one leaf a batch.  Requires the accelerator.
+    Raises as :func:`leaf_blocks`."""
+    skip = 0
+    if usable(bm) and (seen is None or isinstance(seen, NodeBitmap)):
+        walk = LeafBatches(bm, root, mapping=False, seen=seen)
+        yield from walk
+        if not walk.failed:
+            return
+        skip = walk.handed
+    for buf, _nr, _mx in islice(_leaf_blocks(bm, root, seen), skip, None):
+        yield ffi.from_buffer(buf), 1
 
 
 def _leaf_blocks(bm: BlockManager, root: int, seen: NodeSet | None

@@ -18,14 +18,14 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Callable, MutableSequence, Sequence
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
 from ..units import MAX_DATA_BLOCKS, parse_int
 from .accel import ffi, lib
 from .format import TIME_BITS
-from .leaves import leaf_blocks, leaf_items, node_set, top_level
+from .leaves import leaf_batches, leaf_items, node_set, top_level
 from .reader import select_superblock
 
 Run = tuple[int, int, int, int]          # data begin, data end, dev_id, thin begin
@@ -117,20 +117,25 @@ def rmap(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextIO, *,
 
 
 _LINES = 16384
+_LEAF_RUNS = 256          # more than the runs a leaf (at most 254 mappings) ends
 
 
 def _rmap_accel(bm: BlockManager, regions: Sequence[tuple[int, int]], out: TextIO) -> None:
     begins, ends = _merge(regions)
     cb, ce = ffi.new("uint64_t[]", begins), ffi.new("uint64_t[]", ends)
     state = ffi.new("uint64_t[4]")
-    buf = ffi.new("uint64_t[]", 4 * 256)
+    cap = 0
+    buf: Any = None
     recs = array("Q")
     seen = node_set(bm)
     sb = select_superblock(bm)
     for dev, root in top_level(bm, sb.data_mapping_root):
         state[0] = 0
-        for blk, _nr, _mx in leaf_blocks(bm, root, seen):
-            k = lib.dm_leaf_rmap(ffi.from_buffer(blk), cb, ce, len(begins), dev, state, buf, 256)
+        for blocks, nb in leaf_batches(bm, root, seen):
+            if _LEAF_RUNS * nb > cap:
+                cap = _LEAF_RUNS * nb
+                buf = ffi.new("uint64_t[]", 4 * cap)
+            k = lib.dm_leaves_rmap(blocks, nb, cb, ce, len(begins), dev, state, buf, cap)
             if k < 0:
                 raise MetadataError("a mapping leaf cannot be decoded")
             if k:
