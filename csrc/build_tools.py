@@ -53,6 +53,9 @@ void dm_read_blocks(int fd, const uint64_t *blocks, size_t n, uint8_t *out, uint
                     uint32_t salt);
 size_t dm_expand_runs(const uint64_t *recs, size_t k, size_t *ri, uint64_t *roff,
                       uint64_t *keys, uint64_t *values, size_t room);
+long dm_check_walk(int fd, uint64_t nr_blocks, uint64_t file_blocks, uint8_t *seen,
+                   uint8_t tag, uint8_t *mcounts, uint8_t *vcounts, uint64_t vlimit,
+                   unsigned shift, uint64_t *totals, uint64_t root);
 void dm_delta_init(struct dm_delta *c, int verbose);
 int dm_delta_run(struct dm_delta *c, const uint64_t *left, size_t nl, size_t *li,
                  const uint64_t *right, size_t nr, size_t *ri, char *out, size_t cap,
@@ -73,8 +76,9 @@ long dm_leaves_runs(const uint8_t *blks, size_t n, uint64_t *state, uint64_t *ou
 long dm_leaves_rmap(const uint8_t *blks, size_t n, const uint64_t *begins, const uint64_t *ends,
                     size_t nregions, uint64_t dev, uint64_t *state, uint64_t *out, size_t cap);
 """)
-# One translation unit: tree_walk.cpp uses tools_accel.cpp's helpers and CRC.
-SOURCES = ("tools_accel.cpp", "tree_walk.cpp")
+#: the C++ sources, compiled as one translation unit (later ones use the
+#: earlier ones' helpers and dm_crc32c)
+SOURCES = ("tools_accel.cpp", "tree_walk.cpp", "check_walk.cpp")
 _text = []
 for _name in SOURCES:
     with open(os.path.join(HERE, _name), encoding="utf-8") as f:

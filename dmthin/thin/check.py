@@ -410,6 +410,13 @@ class _Checker:
         bad = self.bad_data
         totals = self.totals
         flat = self.data_counts.flat if self.accelerated else None
+        if flat is not None and self.ck.walk_u64_counting(
+                root, tree_kind="mapping", value_counts=self.data_counts, shift=TIME_BITS,
+                totals=totals):
+            self._tick()
+            if totals is None or not 0 <= root < len(totals):
+                return None
+            return totals[root]
         try:
             for _b, keys, buf, mx, _p in self.ck.walk_nodes(
                     root, MAPPING_VALUE_SIZE, tree=f"{where}mapping tree of device {dev_id}",

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ...errors import BlockNrMismatch, BTreeError, ChecksumError, MetadataError
+from ..accel import ffi as _ffi
+from ..accel import lib as _lib
 from ..block import BlockManager
 from ..checksum import BTREE_NODE, Buffer
 from ..refcounts import RefCounts
@@ -127,6 +129,35 @@ class BTreeChecker:
         if self.counts is not None:
             self.counts.inc(b)
 
+    def walk_u64_counting(self, root: int, *, tree_kind: str, value_counts: RefCounts,
+                          shift: int, totals: array[int] | None) -> bool:
+        """The accelerator's walk of the tree of 8-byte values at *root*
+        (``dm_check_walk``): what :meth:`walk_nodes` does to this checker
+        (reference counts, walked tags, *totals*), plus ``value >> shift``
+        counted in *value_counts* for each leaf value, in one call.  Returns
+        False, having changed nothing, when it cannot: no accelerator, counts
+        kept in chunks, a writable block manager (its cache may differ from
+        the file), or anything unusual in the tree (a bad node, a value beyond
+        *value_counts*, a count about to saturate); the caller then walks
+        with :meth:`walk_nodes`, which names the problem."""
+        counts = self.counts
+        mflat = counts.flat if counts is not None else None
+        vflat = value_counts.flat
+        if (_lib is None or self.bm.writable or vflat is None
+                or (counts is not None and (mflat is None or counts.size != self.nr_blocks))
+                or len(self._seen) != self.nr_blocks):
+            return False
+        tag = self._tag(tree_kind)
+        n = _lib.dm_check_walk(
+            self.bm.fd, self.nr_blocks, self.bm.file_blocks, _ffi.from_buffer(self._seen), tag,
+            _ffi.NULL if mflat is None else _ffi.from_buffer(mflat), _ffi.from_buffer(vflat),
+            len(vflat), shift,
+            _ffi.NULL if totals is None else _ffi.from_buffer("uint64_t[]", totals), root)
+        if n < 0:
+            return False
+        self.nodes_walked += n
+        return True
+
     def walk(self, root: int, value_size: int, *, tree: str, tree_kind: str | None = None,
              shareable: bool = True, seen_node: Callable[[int], None] | None = None,
              totals: array[int] | None = None,
@@ -198,7 +229,11 @@ class BTreeChecker:
                     # Not walked again, but it must fit this parent's key
                     # range too (it was validated when first walked).
                     buf = self.bm.read(b, BTREE_NODE)
-                    _flags, nr, _mx, _vs = read_header(buf)
+                    _flags, nr, mx, _vs = read_header(buf)
+                    if nr > mx or HEADER_SIZE + 8 * nr > len(buf):
+                        # (its first walk failed on this, after tagging it)
+                        raise fail(SHAPE, f"btree node {b} has nr_entries {nr} > max_entries "
+                                          f"{mx}")
                     if nr:
                         first, = struct.unpack_from("<Q", buf, HEADER_SIZE)
                         last, = struct.unpack_from("<Q", buf, HEADER_SIZE + 8 * (nr - 1))
