@@ -15,8 +15,8 @@ those two holding all the mappings), rmap (every data block) and repair (of
 the undamaged metadata).  Shapes: ``ranges`` -- runs
 of 1..256 blocks, as sequential writers leave -- and ``singles`` -- isolated
 blocks, as random 64 KiB writes leave.  Prints each wall time (best of
-``--repeat``), the ratios to both tools and each child's peak RSS (GNU time's
-``%M``).  ``--profile TOOL`` runs one dmthin command under cProfile.
+``--repeat``), the ratios to both tools and each child's peak RSS (its
+``wait4`` resource usage).  ``--profile TOOL`` runs one dmthin command under cProfile.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-GNU_TIME = "/usr/bin/time"
 SBIN = "/usr/sbin"
 TOOLS = ("dump", "restore", "check", "ls", "delta", "rmap", "repair")
 PATTERNS = {
@@ -88,31 +87,37 @@ def gen_xml(path: Path, nr_mappings: int, nr_devices: int, pattern: str, seed: i
 
 def timed(argv: list, prepare=None) -> tuple[float, float, int, int]:
     """(CPU seconds, wall seconds, peak RSS in KiB, exit status) of one child,
-    from GNU time (the command itself, not this large process).  CPU time
-    (user + system, every thread) is what the ratios use: on a loaded
-    machine wall time measures the scheduler."""
+    from its own resource usage (``wait4``: the command itself, every thread,
+    to the microsecond; not this large process).  CPU time (user + system)
+    is what the ratios use: on a loaded machine wall time measures the
+    scheduler."""
     if prepare:
         prepare()
-    fd, rss_file = tempfile.mkstemp(prefix="dmthin-bench-rss-")
-    os.close(fd)
-    full = [GNU_TIME, "-q", "-f", "%U %S %M", "-o", rss_file] + [str(a) for a in argv]
     t0 = time.perf_counter()
-    p = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    p = subprocess.Popen([str(a) for a in argv], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    p.stderr.close()
+    _pid, status, ru = os.wait4(p.pid, 0)
     dt = time.perf_counter() - t0
-    try:
-        user, system, rss_text = Path(rss_file).read_text().split()[-3:]
-        cpu, rss = float(user) + float(system), int(rss_text)
-    except (ValueError, IndexError):
-        cpu, rss = dt, 0
-    os.unlink(rss_file)
-    if p.returncode != 0:
-        print(f"  ! {' '.join(map(str, argv))}: exit {p.returncode}: "
-              f"{p.stderr.decode(errors='replace').strip()[:200]}")
-    return cpu, dt, rss, p.returncode
+    p.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print(f"  ! {' '.join(map(str, argv))}: exit {code}: "
+              f"{err.decode(errors='replace').strip()[:200]}")
+    return ru.ru_utime + ru.ru_stime, dt, ru.ru_maxrss, code
 
 
 def best(argv: list, repeat: int, prepare=None) -> tuple[float, float, int, int]:
     return min(timed(argv, prepare) for _ in range(repeat))
+
+
+def dmthin_command() -> list[str]:
+    """How a user runs dmthin: the ``dmthin`` console script installed beside
+    this interpreter (``python -m dmthin`` adds runpy's imports), else that."""
+    script = Path(sys.executable).parent / "dmthin"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "dmthin"]
 
 
 def compile_bytecode() -> None:
@@ -142,7 +147,7 @@ def commands(tool: str, md: Path, xml: Path, work: Path, devices: int, nr_data: 
     def blank():
         with open(out, "wb") as f:
             f.truncate(md.stat().st_size)
-    py = [sys.executable, "-m", "dmthin"]
+    py = dmthin_command()
     snap = devices - devices // 2            # the snapshot of origin 0
     args = {
         "dump": (["dump", "-o", work / "dump.xml", md], ["-o", work / "dump.xml", md], None),
@@ -228,7 +233,7 @@ def show(rows, header: bool) -> None:
         (t, w, r, c), (t0, w0, r0, c0), (t1, w1, r1, c1) = (res["dmthin"], res["0.9.0"],
                                                             res["1.1.0"])
         flag = "" if not (c or c0 or c1) else f"  exit {c}/{c0}/{c1}"
-        print(f"{tool:8} {shape:8} {n:9} {t:14.2f} {t0:7.2f} {t1:7.2f} {t / max(t0, .01):7.2f} "
+        print(f"{tool:8} {shape:8} {n:9} {t:14.3f} {t0:7.3f} {t1:7.3f} {t / max(t0, .01):7.2f} "
               f"{t / max(t1, .01):7.2f}  {w:13.2f} {w0:6.2f} {w1:6.2f} "
               f"{r / 1024:14.0f} {r0 / 1024:6.0f} {r1 / 1024:6.0f}{flag}", flush=True)
 
@@ -247,7 +252,7 @@ def profile(tool: str, md: Path, xml: Path, work: Path, devices: int, nr_data: i
         old, sys.stdout = sys.stdout, null
         prof.enable()
         try:
-            cli([str(a) for a in argvs["dmthin"][3:]])
+            cli([str(a) for a in argvs["dmthin"][len(dmthin_command()):]])
         finally:
             prof.disable()
             sys.stdout = old
