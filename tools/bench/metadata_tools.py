@@ -233,8 +233,8 @@ def show(rows, header: bool) -> None:
         (t, w, r, c), (t0, w0, r0, c0), (t1, w1, r1, c1) = (res["dmthin"], res["0.9.0"],
                                                             res["1.1.0"])
         flag = "" if not (c or c0 or c1) else f"  exit {c}/{c0}/{c1}"
-        print(f"{tool:8} {shape:8} {n:9} {t:14.3f} {t0:7.3f} {t1:7.3f} {t / max(t0, .01):7.2f} "
-              f"{t / max(t1, .01):7.2f}  {w:13.2f} {w0:6.2f} {w1:6.2f} "
+        print(f"{tool:8} {shape:8} {n:9} {t:14.3f} {t0:7.3f} {t1:7.3f} {t / max(t0, .001):7.2f} "
+              f"{t / max(t1, .001):7.2f}  {w:13.2f} {w0:6.2f} {w1:6.2f} "
               f"{r / 1024:14.0f} {r0 / 1024:6.0f} {r1 / 1024:6.0f}{flag}", flush=True)
 
 
