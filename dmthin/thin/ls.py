@@ -81,7 +81,7 @@ def format_disk_unit(sectors: int) -> str:
     return f"{n}{('', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB')[i]}"
 
 
-CACHE_ENTRIES = 16 << 20     # keep up to 16M data block numbers (128 MiB) between passes
+CACHE_ENTRIES = 1 << 20      # keep up to 1M data block numbers (8 MiB) between passes
 _DATA_BLOCK_SHIFT = repeat(TIME_BITS)
 _CHUNK = ENTRIES_PER_BITMAP
 _LEAF_ENTRIES = 254          # the most a leaf of 8-byte values holds
