@@ -72,6 +72,8 @@ long dm_walk_leaves(struct dm_walk *w, uint8_t *out, size_t max_leaves);
 long dm_xml_leaf_blocks(const uint8_t *blks, size_t n, uint64_t *state, const char *ind,
                         char *out, size_t cap, uint64_t *entries);
 size_t dm_leaf_blocks_values(const uint8_t *blks, size_t n, unsigned shift, uint64_t *out);
+long dm_leaves_mark(const uint8_t *blks, size_t n, unsigned shift, uint8_t *used, uint64_t size,
+                    uint64_t *bad);
 long dm_leaves_runs(const uint8_t *blks, size_t n, uint64_t *state, uint64_t *out, size_t cap);
 long dm_leaves_rmap(const uint8_t *blks, size_t n, const uint64_t *begins, const uint64_t *ends,
                     size_t nregions, uint64_t dev, uint64_t *state, uint64_t *out, size_t cap);

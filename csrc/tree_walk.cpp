@@ -270,3 +270,30 @@ long dm_leaves_rmap(const uint8_t *blks, size_t n, const uint64_t *begins, const
 }
 
 }  /* extern "C" */
+
+extern "C" {
+
+/* thin_trim's marks: used[value >> shift] = 1 for every mapping of n leaves
+ * in a row, in order.  Returns 0, or -1 at the first data block not below
+ * size (*bad = it; the blocks before it are marked). */
+long dm_leaves_mark(const uint8_t *blks, size_t n, unsigned shift, uint8_t *used, uint64_t size,
+                    uint64_t *bad) {
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *blk = blks + i * DM_WALK_BLOCK;
+        uint32_t nr = le32(blk + 16), mx = le32(blk + 20);
+        if (nr > mx || 32 + 16ull * mx > DM_WALK_BLOCK)
+            return -2;
+        const uint8_t *values = blk + 32 + 8ull * mx;
+        for (uint32_t j = 0; j < nr; j++) {
+            uint64_t d = le64(values + 8ull * j) >> shift;
+            if (d >= size) {
+                *bad = d;
+                return -1;
+            }
+            used[d] = 1;
+        }
+    }
+    return 0;
+}
+
+}  /* extern "C" */

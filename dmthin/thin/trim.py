@@ -21,7 +21,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import Any, cast
 
 from ..errors import Busy, MetadataError, UsageError
 from ..pdata.block import BlockManager
@@ -29,8 +29,9 @@ from ..pdata.btree.walk import iter_items
 from ..pdata.checksum import BITMAP
 from ..pdata.space_map.format import ENTRIES_PER_BITMAP, IndexEntry, decode_bitmap_counts
 from ..units import SECTOR_SIZE
+from .accel import ffi, lib
 from .format import TIME_BITS, Superblock
-from .leaves import leaf_items, node_set, top_level
+from .leaves import leaf_batches, leaf_items, node_set, top_level
 from .superblock import read_superblock
 
 BLKDISCARD = 0x1277                      # _IO(0x12, 119)
@@ -55,25 +56,39 @@ def open_metadata(path: str | os.PathLike[str]) -> BlockManager:
     return BlockManager(p, writable=False, cache_blocks=1024)
 
 
-def referenced(bm: BlockManager, sb: Superblock, nr_data: int) -> bytearray:
+def referenced(bm: BlockManager, sb: Superblock, nr_data: int,
+               accelerated: bool = True) -> bytearray:
     """One byte per data block: 1 where a mapping (live or in the held
-    metadata snapshot) points to it.  Raises
+    metadata snapshot) points to it (*accelerated*: the trees walked and the
+    blocks marked by the accelerator when it is built).  Raises
     :class:`~dmthin.errors.MetadataError` on damage or a mapping past the end."""
     used = bytearray(nr_data)
     roots = [sb.data_mapping_root]
     if sb.held_root:
         roots.append(read_superblock(bm, sb.held_root).data_mapping_root)
     seen = node_set(bm)
+    fast = accelerated and lib is not None
+    marks: Any = ffi.from_buffer(used) if fast else None
+    bad: Any = ffi.new("uint64_t *") if fast else None
     for top in roots:
         for _dev, root in top_level(bm, top):
-            for _keys, values in leaf_items(bm, root, seen):
+            if fast:
+                for blocks, n in leaf_batches(bm, root, seen):
+                    if lib.dm_leaves_mark(blocks, n, TIME_BITS, marks, nr_data, bad) < 0:
+                        raise _past_end(int(bad[0]), nr_data)
+                continue
+            for _keys, values in leaf_items(bm, root, seen, accelerated=False):
                 for v in values:
                     d = v >> TIME_BITS
                     if d >= nr_data:
-                        raise MetadataError(f"a mapping points to data block {d}, past the "
-                                            f"data device ({nr_data} blocks): run check")
+                        raise _past_end(d, nr_data)
                     used[d] = 1
     return used
+
+
+def _past_end(d: int, nr_data: int) -> MetadataError:
+    return MetadataError(f"a mapping points to data block {d}, past the data device "
+                         f"({nr_data} blocks): run check")
 
 
 def free_runs(bm: BlockManager, sb: Superblock) -> Iterator[tuple[int, int]]:

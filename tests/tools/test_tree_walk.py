@@ -3,8 +3,8 @@
 reference: the same leaves on hypothesis-generated pools (snapshots sharing
 subtrees, trees of one, two and three levels, empty devices), and on damaged
 metadata the same leaves up to the problem and then the same exception type
-and message, from the walkers and from dump, ls, delta and rmap -- never a
-crash.  Damage: a byte flipped and the block re-sealed, header fields,
+and message, from the walkers and from dump, ls, delta, rmap and trim's
+marks -- never a crash.  Damage: a byte flipped and the block re-sealed, header fields,
 keys out of order, child pointers to the root (a cycle), the superblock,
 another tree's node or past the end, a node copied to the wrong place, a
 bad checksum, a truncated file, and a file shrunk under an open reader
@@ -37,6 +37,7 @@ from dmthin.thin.leaves import leaf_blocks, node_set, top_level
 from dmthin.thin.ls import _blocks
 from dmthin.thin.reader import iter_mapping_leaf_nodes, open_block_manager, select_superblock
 from dmthin.thin.rmap import rmap
+from dmthin.thin.trim import referenced
 from dmthin.thin.xml import XmlWriter
 from toolgen import Layout, build_pool, pool_ops
 
@@ -87,6 +88,8 @@ def walks(path: Path, accelerated: bool) -> dict[str, Outcome]:
             res[f"seen {dev}"] = outcome(leaf_blocks, bm, root,
                                          seen if accelerated else plain, accelerated)
             res[f"ls {dev}"] = outcome(lambda r: [tuple(_blocks(bm, r, accelerated))], root)
+        res["trim"] = outcome(lambda a: [(bytes(referenced(bm, sb, sb.data_sm.nr_blocks, a)),)],
+                              accelerated)
         if not accelerated:
             seen = NodeBitmap(bm.file_blocks)
             for b in plain:
