@@ -10,13 +10,16 @@
  * first problem it stops before handing out anything the Python walker
  * would not: the caller then re-walks the tree in Python, which raises the
  * error (the messages live there only).  Memory is fixed: one node buffer
- * per level of a stack WALK_MAX_DEPTH + 1 deep.
+ * per level of a stack WALK_MAX_DEPTH + 1 deep, and a read-ahead buffer for
+ * siblings at consecutive blocks (restored metadata lays leaves out so).
  */
 #include <cerrno>
+#include <cstddef>
 #include <unistd.h>
 
 #define DM_WALK_MAX_DEPTH 16
 #define DM_WALK_BLOCK 4096
+#define DM_WALK_READAHEAD 32     /* siblings at consecutive blocks read in one pread */
 
 struct dm_walk_level {
     uint64_t lo, hi;
@@ -38,7 +41,10 @@ struct dm_walk {
     int error;             /* a problem stopped the walk (which: see dm_walk_problem) */
     uint64_t bad_block;
     uint64_t leaves;       /* leaves handed out */
+    uint64_t ra_first;     /* blocks ra_first.. ra_first + ra_count - 1 are in ra */
+    uint64_t ra_count;
     struct dm_walk_level stack[DM_WALK_MAX_DEPTH + 1];
+    uint8_t ra[DM_WALK_READAHEAD * DM_WALK_BLOCK];
 };
 
 enum dm_walk_problem {
@@ -59,19 +65,46 @@ int walk_fail(dm_walk *w, int why, uint64_t b) {
 
 /* Read node b into buf and check what BlockManager.read(b, BTREE_NODE) and
  * check_header do; 0 or -1 (w->error set). */
-int walk_read(dm_walk *w, uint64_t b, uint8_t *buf) {
-    if (b >= w->file_blocks)
-        return walk_fail(w, WALK_RANGE, b);
-    size_t got = 0;
-    while (got < DM_WALK_BLOCK) {
-        ssize_t r = pread(w->fd, buf + got, DM_WALK_BLOCK - got,
-                          (off_t)(b * DM_WALK_BLOCK + got));
+/* Read n blocks from block b on into buf; returns the whole blocks read. */
+size_t walk_pread(const dm_walk *w, uint64_t b, size_t n, uint8_t *buf) {
+    size_t got = 0, want = n * DM_WALK_BLOCK;
+    while (got < want) {
+        ssize_t r = pread(w->fd, buf + got, want - got, (off_t)(b * DM_WALK_BLOCK + got));
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
-            return walk_fail(w, WALK_READ, b);
+            break;
         got += (size_t)r;
     }
+    return got / DM_WALK_BLOCK;
+}
+
+/* Before reading child i of level p: if it is not read ahead already, read
+ * it and the siblings after it that lie at the blocks after it (at most
+ * DM_WALK_READAHEAD, within the file) in one pread. */
+void walk_readahead(dm_walk *w, const dm_walk_level *p, uint32_t i) {
+    const uint8_t *children = p->node + 32 + 8ull * p->mx;
+    uint64_t b = le64(children + 8ull * i);
+    if (b - w->ra_first < w->ra_count || b >= w->file_blocks)
+        return;
+    size_t n = 1;
+    while (n < DM_WALK_READAHEAD && i + n < p->nr && b + n < w->file_blocks &&
+           le64(children + 8ull * (i + n)) == b + n)
+        n++;
+    w->ra_count = 0;
+    if (n < 2)
+        return;
+    w->ra_first = b;
+    w->ra_count = walk_pread(w, b, n, w->ra);
+}
+
+int walk_read(dm_walk *w, uint64_t b, uint8_t *buf) {
+    if (b >= w->file_blocks)
+        return walk_fail(w, WALK_RANGE, b);
+    if (b - w->ra_first < w->ra_count)
+        std::memcpy(buf, w->ra + (b - w->ra_first) * DM_WALK_BLOCK, DM_WALK_BLOCK);
+    else if (walk_pread(w, b, 1, buf) != 1)
+        return walk_fail(w, WALK_READ, b);
     if (le64(buf + 8) != b)
         return walk_fail(w, WALK_BLOCKNR, b);
     if (le32(buf) != (dm_crc32c(0xFFFFFFFFu, buf + 4, DM_WALK_BLOCK - 4) ^ BTREE_CSUM_XOR))
@@ -116,7 +149,7 @@ extern "C" {
  * bits; NULL: none) and setting the others. */
 void dm_walk_init(struct dm_walk *w, int fd, uint64_t file_blocks, uint64_t root, int mapping,
                   uint8_t *seen, uint64_t seen_bits) {
-    std::memset(w, 0, sizeof(*w) - sizeof(w->stack));
+    std::memset(w, 0, offsetof(struct dm_walk, stack));
     w->fd = fd;
     w->file_blocks = file_blocks;
     w->root = root;
@@ -147,6 +180,7 @@ long dm_walk_leaves(struct dm_walk *w, uint8_t *out, size_t max_leaves) {
                 break;
             }
             dm_walk_level *p = &w->stack[w->depth - 1];
+            walk_readahead(w, p, p->next);
             uint32_t i = p->next++;
             const uint8_t *keys = p->node + 32;
             b = le64(p->node + 32 + 8ull * p->mx + 8ull * i);

@@ -118,6 +118,7 @@ def dump(bm: BlockManager, visitor: MetadataVisitor, *,
     wanted = None if dev_ids is None else set(dev_ids)
     done = 0
     fast = accelerated and lib is not None and type(visitor) is XmlWriter
+    xruns: _XmlRuns | None = None
     emit_runs: Callable[[list[tuple[int, int, int]]], None] | None
     emit_runs = getattr(visitor, "map_runs", None)
     if emit_runs is None:
@@ -135,7 +136,9 @@ def dump(bm: BlockManager, visitor: MetadataVisitor, *,
                                 "device details tree (run check)")
         visitor.device_b(dev)
         if not skip_mappings and fast:
-            xruns = _XmlRuns(cast("XmlWriter", visitor))
+            if xruns is None:
+                xruns = _XmlRuns(cast("XmlWriter", visitor))
+            xruns.state[0:6] = [0] * 6       # a new device: no run pending
             walk = mapping_leaf_batches(bm, subroot)
             skip = 0
             if walk is not None:

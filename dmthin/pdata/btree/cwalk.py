@@ -83,19 +83,34 @@ class LeafBatches:
     def __iter__(self) -> Iterator[tuple[Any, int]]:
         seen = self.seen
         saved = bytes(seen.bits) if seen is not None else b""
-        w = ffi.new("struct dm_walk *")
+        # The walker's state (200 KiB) is reused across walks: small trees
+        # (most devices of a big pool) cost a call, not an allocation.
+        w = _FREE.pop() if _FREE else ffi.new("struct dm_walk *")
         bits = ffi.from_buffer(seen.bits) if seen is not None else ffi.NULL
         lib.dm_walk_init(w, self.bm.fd, self.bm.file_blocks, self.root, int(self.mapping),
                          bits, seen.nr_blocks if seen is not None else 0)
-        while True:
-            out = ffi.new("uint8_t[]", self.batch * BLOCK_SIZE)
-            n = lib.dm_walk_leaves(w, out, self.batch)
-            if n < 0:
-                self.failed = True
-                if seen is not None:
-                    seen.bits[:] = saved
-                return
-            if n == 0:
-                return
-            self.handed += n
-            yield out, n
+        size = min(self.batch, _FIRST_BATCH)
+        try:
+            while True:
+                out = ffi.new("uint8_t[]", size * BLOCK_SIZE)
+                n = lib.dm_walk_leaves(w, out, size)
+                if n < 0:
+                    self.failed = True
+                    if seen is not None:
+                        seen.bits[:] = saved
+                    return
+                if n == 0:
+                    return
+                self.handed += n
+                size = self.batch
+                yield out, n
+        finally:
+            if len(_FREE) < _KEEP_FREE:
+                _FREE.append(w)
+
+
+#: walker states not in use (a walk may be left unfinished: it keeps its own)
+_FREE: list[Any] = []
+_KEEP_FREE = 4
+#: leaves in a walk's first batch (a small tree's whole walk)
+_FIRST_BATCH = 2
