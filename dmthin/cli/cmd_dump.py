@@ -54,7 +54,8 @@ def _dump_repaired(bm: BlockManager, args: argparse.Namespace) -> int:
     from ..thin.repair import emit_plan, plan_repair
     plan = plan_repair(bm)
     if args.dev_id is not None:
-        plan.devices = {i: d for i, d in plan.devices.items() if i in args.dev_id}
+        plan = plan._replace(devices={i: d for i, d in plan.devices.items()
+                                      if i in args.dev_id})
     if args.skip_mappings:
         for d in plan.devices.values():
             d.leaves = []

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, BinaryIO, NoReturn, TextIO
@@ -163,6 +161,7 @@ def metadata_snap_arg(args: argparse.Namespace) -> bool | int | None:
 # -- output --------------------------------------------------------------------------
 def emit_json(doc: object) -> None:
     """Print *doc* as indented JSON on stdout."""
+    import json  # (here: the metadata tools' start-up does not load it)
     json.dump(doc, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
@@ -219,6 +218,7 @@ def binary_output(path: str) -> Iterator[BinaryIO]:
         with open(target, "wb", buffering=1 << 20) as f:
             yield f
         return
+    import tempfile  # (here: the metadata tools' start-up does not load it)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
                                dir=os.path.dirname(target))
     try:

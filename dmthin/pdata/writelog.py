@@ -22,10 +22,11 @@ block written.  Overlapping writes that both survive keep their issue order.
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:               # the crash-state tests pass a random.Random
+    import random
 
 SECTOR = 512
 TEAR_UNIT = 4096                 # a write is torn per 4 KiB block, sector by sector
@@ -105,8 +106,7 @@ def log_for(path: str | os.PathLike[str]) -> tuple[WriteLog, str] | None:
 
 
 # -- crash states --------------------------------------------------------------------------
-@dataclass
-class CrashState:
+class CrashState(NamedTuple):
     """The devices after a crash: ``images[device]``; *cut* entries of the
     log were issued; *applied* lists the unflushed entries that made it
     (index, and the device's 512-byte sectors kept when torn, else None); *label*
@@ -114,7 +114,7 @@ class CrashState:
     cut: int
     label: str
     images: dict[str, bytearray]
-    applied: list[tuple[int, tuple[int, ...] | None]] = field(default_factory=list)
+    applied: list[tuple[int, tuple[int, ...] | None]]
 
 
 def _apply(image: bytearray, e: Entry, sectors: tuple[int, ...] | None = None) -> None:

@@ -38,7 +38,7 @@ import os
 import struct
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..blockdev import fd_size
 from ..errors import BlockNrMismatch, ChecksumError, MetadataError
@@ -74,8 +74,7 @@ _VALUE = struct.Struct("<Q")
 DEFAULT_MAX_LINES = 20               # per kind of per-block problem
 
 
-@dataclass
-class CheckOptions:
+class CheckOptions(NamedTuple):
     """What to check (thin_check's options)."""
     super_block_only: bool = False
     metadata_snap: bool = False      # -m: only the held snapshot's trees
@@ -85,14 +84,15 @@ class CheckOptions:
     override_mapping_root: int | None = None   # check this top-level mapping root instead
 
 
-@dataclass
 class Findings:
     """Problems found, one line each, also passed on to *report* as they
     are found."""
-    report: Report = field(default_factory=NullReport)
-    fatal: list[str] = field(default_factory=list)
-    non_fatal: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+
+    def __init__(self, report: Report | None = None):
+        self.report: Report = NullReport() if report is None else report
+        self.fatal: list[str] = []
+        self.non_fatal: list[str] = []
+        self.notes: list[str] = []
 
     def error(self, line: str) -> None:
         """A fatal problem."""
@@ -114,22 +114,30 @@ class Findings:
         self.report.progress(done, total)
 
 
-@dataclass
 class CheckResult:
     """The verdict.  ``ok`` is False if a fatal problem was found, or a
-    non-fatal one without ``ignore_non_fatal_errors``."""
-    ok: bool
-    findings: Findings
-    superblock: Superblock | None = None
-    transaction_id: int | None = None
-    metadata_free_blocks: int | None = None
-    nr_devices: int = 0
-    nr_mappings: int = 0
-    #: blocks whose on-disk count is positive while nothing references them
-    leaked_metadata: array[int] = field(default_factory=lambda: array("Q"))
-    leaked_data: array[int] = field(default_factory=lambda: array("Q"))
-    #: both space maps' counts were compared with the trees (a full check)
-    counts_compared: bool = False
+    non-fatal one without ``ignore_non_fatal_errors``.  Also: the
+    ``superblock`` read, its ``transaction_id`` and the metadata space map's
+    ``metadata_free_blocks`` (None without a superblock), ``nr_devices``,
+    ``nr_mappings``, the blocks whose on-disk count is positive while nothing
+    references them (``leaked_metadata``, ``leaked_data``), and whether both
+    space maps' counts were compared with the trees (``counts_compared``: a
+    full check)."""
+
+    def __init__(self, ok: bool, findings: Findings, superblock: Superblock | None = None, *,
+                 nr_devices: int = 0, nr_mappings: int = 0,
+                 leaked_metadata: array[int] | None = None,
+                 leaked_data: array[int] | None = None, counts_compared: bool = False):
+        self.ok = ok
+        self.findings = findings
+        self.superblock = superblock
+        self.transaction_id: int | None = None
+        self.metadata_free_blocks: int | None = None
+        self.nr_devices = nr_devices
+        self.nr_mappings = nr_mappings
+        self.leaked_metadata = array("Q") if leaked_metadata is None else leaked_metadata
+        self.leaked_data = array("Q") if leaked_data is None else leaked_data
+        self.counts_compared = counts_compared
 
     @property
     def problems(self) -> list[str]:

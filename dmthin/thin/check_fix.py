@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import UsageError
 from ..pdata.block import BlockManager
@@ -34,20 +34,21 @@ from .format import NEEDS_CHECK_FLAG, SUPERBLOCK_LOCATION
 from .superblock import read_superblock
 
 
-@dataclass
-class FixOptions:
+class FixOptions(NamedTuple):
     """What thin_check may change after checking."""
     auto_repair: bool = False
     clear_needs_check: bool = False
 
 
-@dataclass
 class FixResult:
-    """The final check and what was written."""
-    check: CheckResult
-    repaired_metadata: int = 0       # leaked metadata blocks freed
-    repaired_data: int = 0           # leaked data blocks freed
-    cleared_needs_check: bool = False
+    """The final ``check`` and what was written: leaked metadata and data
+    blocks freed, the needs_check flag cleared."""
+
+    def __init__(self, check: CheckResult):
+        self.check = check
+        self.repaired_metadata = 0
+        self.repaired_data = 0
+        self.cleared_needs_check = False
 
 
 def conformance_error(opts: CheckOptions, fix: FixOptions) -> str | None:

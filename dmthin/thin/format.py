@@ -17,8 +17,7 @@ dev_id -> device details.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..pdata.checksum import BLOCK_SIZE
 from ..pdata.space_map.format import SpaceMapRoot
@@ -60,19 +59,40 @@ def pack_block_time(data_block: int, time: int) -> int:
 _DETAILS = struct.Struct("<QQII")   # mapped_blocks transaction_id creation_time snapshotted_time
 
 
-@dataclass(slots=True)
 class DeviceDetails:
-    """``struct disk_device_details``: one thin device's details."""
-    mapped_blocks: int
-    transaction_id: int
-    creation_time: int
-    snapshotted_time: int
+    """``struct disk_device_details``: one thin device's details (mutable: the
+    engine updates them; a plain class, as the tools' start-up does not pay
+    for :mod:`dataclasses`)."""
+
+    __slots__ = ("mapped_blocks", "transaction_id", "creation_time", "snapshotted_time")
 
     SIZE = _DETAILS.size            # 24: the details tree's value size
 
+    def __init__(self, mapped_blocks: int, transaction_id: int, creation_time: int,
+                 snapshotted_time: int):
+        self.mapped_blocks = mapped_blocks
+        self.transaction_id = transaction_id
+        self.creation_time = creation_time
+        self.snapshotted_time = snapshotted_time
+
+    def _fields(self) -> tuple[int, int, int, int]:
+        return (self.mapped_blocks, self.transaction_id, self.creation_time,
+                self.snapshotted_time)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DeviceDetails):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]   # mutable
+
+    def __repr__(self) -> str:
+        return (f"DeviceDetails(mapped_blocks={self.mapped_blocks}, "
+                f"transaction_id={self.transaction_id}, creation_time={self.creation_time}, "
+                f"snapshotted_time={self.snapshotted_time})")
+
     def pack(self) -> bytes:
-        return _DETAILS.pack(self.mapped_blocks, self.transaction_id, self.creation_time,
-                             self.snapshotted_time)
+        return _DETAILS.pack(*self._fields())
 
     @classmethod
     def unpack(cls, raw: bytes | bytearray | memoryview) -> DeviceDetails:
@@ -80,7 +100,14 @@ class DeviceDetails:
         return cls(*_DETAILS.unpack(raw))
 
     def copy(self) -> DeviceDetails:
-        return replace(self)
+        return DeviceDetails(*self._fields())
+
+    def replace(self, **kw: int) -> DeviceDetails:
+        """A copy with the fields *kw* changed."""
+        d = self.copy()
+        for k, v in kw.items():
+            setattr(d, k, v)
+        return d
 
 
 # -- superblock ---------------------------------------------------------------------------
@@ -137,8 +164,7 @@ def pack_sm_root(root: SpaceMapRoot) -> bytes:
     return root.pack().ljust(SPACE_MAP_ROOT_SIZE, b"\0")
 
 
-@dataclass(frozen=True)
-class Superblock:
+class Superblock(NamedTuple):
     """``struct thin_disk_superblock`` (csum and blocknr are the validator's)."""
     flags: int = 0
     uuid: bytes = bytes(16)
@@ -170,8 +196,8 @@ class Superblock:
     def metadata_sm(self) -> SpaceMapRoot:
         return SpaceMapRoot.unpack(self.metadata_sm_root)
 
-    def replace(self, **kw: object) -> Superblock:
-        return replace(self, **kw)  # type: ignore[arg-type]
+    def replace(self, **kw: Any) -> Superblock:
+        return self._replace(**kw)
 
     def pack_into(self, buf: bytearray) -> None:
         """Write the superblock fields into *buf* (csum/blocknr: the validator)."""

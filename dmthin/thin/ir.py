@@ -15,14 +15,12 @@ without a disk.  ``def``/``ref`` (shared subtrees) only come from 1.x XML.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from .format import TIME_BITS, TIME_MASK
 
 
-@dataclass(frozen=True)
-class Superblock:
+class Superblock(NamedTuple):
     """The ``<superblock>`` element.  ``flags``/``version``/``metadata_snap``
     are optional in XML (None when absent)."""
     uuid: str
@@ -35,8 +33,7 @@ class Superblock:
     metadata_snap: int | None = None
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(NamedTuple):
     """The ``<device>`` element: one thin device's details."""
     dev_id: int
     mapped_blocks: int

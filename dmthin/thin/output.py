@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 from types import TracebackType
 
 from ..pdata.checksum import BLOCK_SIZE, SUPERBLOCK
@@ -83,6 +82,7 @@ class MetadataOutput:
             return
         # a symlink stays: the file it names is replaced
         self.path = os.path.realpath(self.path)
+        import tempfile  # (here: a tool that never replaces a file does not load it)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
                                          suffix=".new", dir=os.path.dirname(self.path))
         self.fd = fd

@@ -26,8 +26,7 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import MetadataError, UsageError
 from ..pdata.block import BlockManager
@@ -55,8 +54,7 @@ from .salvage import DETAILS, EMPTY, MAPPING, TOP, Loss, Salvager, Tree
 Leaf = tuple[int, int, int]               # block, low key, high key
 
 
-@dataclass
-class Overrides:
+class Overrides(NamedTuple):
     """thin_repair's ``--transaction-id``, ``--data-block-size`` (sectors)
     and ``--nr-data-blocks``."""
     transaction_id: int | None = None
@@ -64,22 +62,22 @@ class Overrides:
     nr_data_blocks: int | None = None
 
 
-@dataclass
 class DevPlan:
-    """One device to write: its details and its leaves in key order."""
-    details: DeviceDetails
-    leaves: list[Leaf]
+    """One device to write: its ``details`` and its ``leaves`` in key order."""
+
+    def __init__(self, details: DeviceDetails, leaves: list[Leaf]):
+        self.details = details
+        self.leaves = leaves
 
 
-@dataclass
-class Plan:
+class Plan(NamedTuple):
     """What :func:`repair` writes, and one line per thing lost or guessed."""
     time: int
     transaction_id: int
     data_block_size: int
     nr_data_blocks: int
     devices: dict[int, DevPlan]
-    report: list[str] = field(default_factory=list)
+    report: list[str]
 
 
 def read_superblock_hints(bm: BlockManager) -> tuple[DiskSuperblock | None, bool, str | None]:

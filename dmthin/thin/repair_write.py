@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import struct
 from array import array
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
@@ -59,14 +58,18 @@ _U64 = struct.Struct("<Q")
 E = ENTRIES_PER_BITMAP
 
 
-@dataclass
 class _Layout:
-    """What one pass over the plan produced (blocks are numbered from 1)."""
-    total: int = 0
-    roots: dict[int, int] = field(default_factory=dict)          # dev_id -> root
-    refs: dict[int, int] = field(default_factory=dict)           # shared block -> parents
-    mapped: dict[int, int] = field(default_factory=dict)         # dev_id -> mappings written
-    dropped: int = 0
+    """What one pass over the plan produced (blocks are numbered from 1):
+    the ``total`` written, each device's ``roots`` and mappings written
+    (``mapped``), the parents of shared blocks (``refs``), the mappings
+    ``dropped``."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.roots: dict[int, int] = {}
+        self.refs: dict[int, int] = {}
+        self.mapped: dict[int, int] = {}
+        self.dropped = 0
 
 
 class _Pass:
@@ -193,7 +196,7 @@ class _Pass:
             self.device(dev_id, d.leaves)
         ids = sorted(plan.devices)
         top = build_u64_btree(self.w, ids, [self.layout.roots[i] for i in ids])
-        details = (replace(plan.devices[i].details, mapped_blocks=self.layout.mapped[i]).pack()
+        details = (plan.devices[i].details.replace(mapped_blocks=self.layout.mapped[i]).pack()
                    for i in ids)
         det = build_btree(self.w, ids, b"".join(details), 24)
         data_sm = build_disk_space_map(self.w, self.counts)

@@ -29,9 +29,7 @@ An input file object that cannot seek (stdin) is spooled to a temporary file.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Callable
@@ -383,6 +381,8 @@ def _rereadable(f: IO[bytes]) -> tuple[IO[bytes], int, int, IO[bytes] | None]:
         size = f.seek(0, os.SEEK_END) - start
         f.seek(start)
         return f, start, size, None
+    import shutil  # (here: only a restore from a pipe loads them)
+    import tempfile
     tmp = tempfile.TemporaryFile(prefix="dmthin-restore-")  # noqa: SIM115 - the caller closes it
     try:
         shutil.copyfileobj(f, tmp, 1 << 20)

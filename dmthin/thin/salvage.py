@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import MetadataError
@@ -64,18 +63,21 @@ class Node(NamedTuple):
     small: bool                        # 8-byte leaf whose values could be block numbers
 
 
-@dataclass
 class Loss:
     """A node that could not be used: the keys ``[low, high)`` of *tree*
-    (of device *dev_id* for mapping trees) that it held."""
-    tree: str
-    block: int
-    low: int
-    high: int
-    reason: str
-    dev_id: int | None = None
-    found: int = 0                  # orphaned subtrees put back
-    done: bool = False              # orphans were looked for
+    (of device *dev_id* for mapping trees) that it held; ``found``: orphaned
+    subtrees put back, ``done``: orphans were looked for."""
+
+    def __init__(self, tree: str, block: int, low: int, high: int, reason: str,
+                 dev_id: int | None = None):
+        self.tree = tree
+        self.block = block
+        self.low = low
+        self.high = high
+        self.reason = reason
+        self.dev_id = dev_id
+        self.found = 0
+        self.done = False
 
     def describe(self) -> str:
         hi = "end" if self.high >= KEY_END else str(self.high - 1)
@@ -84,13 +86,15 @@ class Loss:
         return f"{owner}{self.tree} tree: {what} {self.low}..{hi} lost ({self.reason})"
 
 
-@dataclass
 class Tree:
-    """A walked tree: its leaves ``(block, low, high)`` in key order and
-    what was lost."""
-    leaves: list[tuple[int, int, int]] = field(default_factory=list)
-    losses: list[Loss] = field(default_factory=list)
-    nodes: list[int] = field(default_factory=list)      # every valid node walked
+    """A walked tree: its leaves ``(block, low, high)`` in key order, what
+    was lost, and every valid node walked."""
+
+    def __init__(self, leaves: list[tuple[int, int, int]] | None = None,
+                 losses: list[Loss] | None = None, nodes: list[int] | None = None):
+        self.leaves: list[tuple[int, int, int]] = [] if leaves is None else leaves
+        self.losses: list[Loss] = [] if losses is None else losses
+        self.nodes: list[int] = [] if nodes is None else nodes
 
 
 def decode_node(buf: Buffer, b: int, nr_blocks: int) -> Node | str:

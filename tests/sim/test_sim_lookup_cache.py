@@ -207,7 +207,8 @@ class Runner:
                 with pytest.raises(DeviceNotFound):
                     pool.create_snap(new, origin)
                 return
-            err = DeviceNotFound if origin not in devs else DeviceExists
+            # the kernel's order: a used id is EEXIST even when the origin is missing
+            err = DeviceExists if new in devs else DeviceNotFound
             if self._message(lambda: pool.create_snap(new, origin),
                              origin in devs and new not in devs, err):
                 model.snap(new, origin)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from ...errors import MetadataError
 from ...units import MAX_METADATA_BITMAPS
@@ -89,14 +88,18 @@ class CountProblem(enum.Enum):
     UNREADABLE = "unreadable"    # a bitmap block cannot be read
 
 
-@dataclass
 class CountReport:
-    """The outcome of :func:`compare_counts`."""
-    leaked: int = 0            # on-disk > 0, computed 0
-    wrong: int = 0             # both > 0 but different
-    missing: int = 0           # on-disk 0, computed > 0 (in use but free)
-    unreadable_bitmaps: int = 0
-    allocated: int = 0         # on-disk entries with count > 0
+    """The outcome of :func:`compare_counts`: blocks ``leaked`` (on-disk > 0,
+    computed 0), ``wrong`` (both > 0 but different), ``missing`` (on-disk 0,
+    computed > 0: in use but free), ``unreadable_bitmaps``, and the on-disk
+    entries with a count above 0 (``allocated``)."""
+
+    def __init__(self) -> None:
+        self.leaked = 0
+        self.wrong = 0
+        self.missing = 0
+        self.unreadable_bitmaps = 0
+        self.allocated = 0
 
     @property
     def problems(self) -> int:
