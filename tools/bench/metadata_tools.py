@@ -3,7 +3,7 @@
 
   tools/bench/metadata_tools.py [--mappings 1000000 [10000000 ...]] [--shapes ranges singles]
                                 [--devices 10] [--tools dump restore check ls delta rmap repair]
-                                [--repeat 1] [--dir DIR] [--profile TOOL]
+                                [--repeat 1] [--dir DIR] [--profile TOOL] [--no-install]
 
 For each size and shape an XML is generated -- D devices, half of them
 snapshots of the other half (a tenth of their blocks rewritten) -- and
@@ -16,7 +16,10 @@ the undamaged metadata).  Shapes: ``ranges`` -- runs
 of 1..256 blocks, as sequential writers leave -- and ``singles`` -- isolated
 blocks, as random 64 KiB writes leave.  Prints each wall time (best of
 ``--repeat``), the ratios to both tools and each child's peak RSS (its
-``wait4`` resource usage).  ``--profile TOOL`` runs one dmthin command under cProfile.
+``wait4`` resource usage).  dmthin is timed as installed: this checkout
+``pip install``-ed into a fresh venv in the work directory (``--no-install``:
+the checkout's own, editable, whose import hook costs each start ~10 ms).
+``--profile TOOL`` runs one dmthin command under cProfile.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+GNU_TIME = "/usr/bin/time"
 SBIN = "/usr/sbin"
 TOOLS = ("dump", "restore", "check", "ls", "delta", "rmap", "repair")
 PATTERNS = {
@@ -86,38 +90,76 @@ def gen_xml(path: Path, nr_mappings: int, nr_devices: int, pattern: str, seed: i
 
 
 def timed(argv: list, prepare=None) -> tuple[float, float, int, int]:
-    """(CPU seconds, wall seconds, peak RSS in KiB, exit status) of one child,
-    from its own resource usage (``wait4``: the command itself, every thread,
-    to the microsecond; not this large process).  CPU time (user + system)
+    """(CPU seconds, wall seconds, peak RSS in KiB, exit status) of one
+    command, from its resource usage (``wait4``: every thread, to the
+    microsecond; not this large process's).  CPU time (user + system)
     is what the ratios use: on a loaded machine wall time measures the
     scheduler."""
     if prepare:
         prepare()
+    fd, rss_file = tempfile.mkstemp(prefix="dmthin-bench-rss-")
+    os.close(fd)
     t0 = time.perf_counter()
-    p = subprocess.Popen([str(a) for a in argv], stdout=subprocess.DEVNULL,
+    # Launched by GNU time, whose %M is the tool's own peak RSS (Linux keeps
+    # a process's peak across fork and exec: the tool's own rusage would
+    # start from this large process's).  wait4 gives the launcher's usage
+    # with the tool's (reaped) included: CPU to the microsecond.
+    p = subprocess.Popen([GNU_TIME, "-q", "-f", "%M", "-o", rss_file,
+                          *(str(a) for a in argv)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE)
     err = p.stderr.read()
     p.stderr.close()
     _pid, status, ru = os.wait4(p.pid, 0)
     dt = time.perf_counter() - t0
     p.returncode = code = os.waitstatus_to_exitcode(status)
+    try:
+        rss = int(Path(rss_file).read_text().split()[-1])
+    except (ValueError, IndexError):
+        rss = 0
+    os.unlink(rss_file)
     if code != 0:
         print(f"  ! {' '.join(map(str, argv))}: exit {code}: "
               f"{err.decode(errors='replace').strip()[:200]}")
-    return ru.ru_utime + ru.ru_stime, dt, ru.ru_maxrss, code
+    return ru.ru_utime + ru.ru_stime, dt, rss, code
 
 
 def best(argv: list, repeat: int, prepare=None) -> tuple[float, float, int, int]:
     return min(timed(argv, prepare) for _ in range(repeat))
 
 
+#: the dmthin command timed (set by main: an installed copy, see install())
+DMTHIN: list[str] = []
+
+
 def dmthin_command() -> list[str]:
     """How a user runs dmthin: the ``dmthin`` console script installed beside
     this interpreter (``python -m dmthin`` adds runpy's imports), else that."""
+    if DMTHIN:
+        return DMTHIN
     script = Path(sys.executable).parent / "dmthin"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", "dmthin"]
+
+
+def install(work: Path) -> list[str] | None:
+    """Install this checkout into a fresh venv under *work*, as a user's
+    ``pip install`` does (a wheel, its modules compiled to bytecode), and
+    return its ``dmthin`` command; None if that fails.  An editable install's
+    import hook and .pth files cost every start ~10 ms that no installed
+    dmthin pays."""
+    venv = work / "venv"
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(venv / "bin" / "pip"), "install", "-q", "cffi"],
+             [str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(REPO)]]
+    for argv in steps:
+        p = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if p.returncode:
+            print(f"installing into {venv} failed ({' '.join(argv[-3:])}): "
+                  f"{(p.stderr.strip().splitlines() or [''])[-1]}; timing the checkout's "
+                  "dmthin instead")
+            return None
+    return [str(venv / "bin" / "dmthin")]
 
 
 def compile_bytecode() -> None:
@@ -195,6 +237,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--dir", help="work directory (default: a temp dir, removed)")
     ap.add_argument("--profile", choices=TOOLS, help="profile one dmthin command instead")
+    ap.add_argument("--no-install", action="store_true",
+                    help="time the checkout's own dmthin (editable install) instead of a "
+                         "copy installed into a fresh venv")
     args = ap.parse_args()
     compile_bytecode()
     tmp = None
@@ -204,6 +249,9 @@ def main() -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="dmthin-bench-")
         work = Path(tmp.name)
+    if not args.no_install and not args.profile:
+        DMTHIN[:] = install(work) or []
+    print(f"dmthin: {' '.join(dmthin_command())}", flush=True)
     rows = []
     for n in args.mappings:
         for shape in args.shapes:
