@@ -103,11 +103,11 @@ def run_workload(path, ops):
                     model.create(d)
             elif kind == "snap":
                 new, origin = op[1], op[2]
-                if origin not in model.devs:
-                    with pytest.raises(DeviceNotFound):
-                        pool.create_snap(new, origin)
-                elif new in model.devs:
+                if new in model.devs:       # the kernel's order: EEXIST before ENODATA
                     with pytest.raises(DeviceExists):
+                        pool.create_snap(new, origin)
+                elif origin not in model.devs:
+                    with pytest.raises(DeviceNotFound):
                         pool.create_snap(new, origin)
                 else:
                     pool.create_snap(new, origin)
