@@ -24,7 +24,7 @@ included), every cell followed by one space, a newline per row.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import repeat
 from operator import rshift
 from typing import Any
@@ -197,32 +197,35 @@ def _subtree_root(bm: BlockManager, sb: Superblock, dev_id: int) -> int:
     return root
 
 
-def _blocks(bm: BlockManager, root: int, accelerated: bool = True) -> array[int]:
-    """The data block of every mapping under *root*, in vblock order (with
-    the accelerator: each leaf's values copied as they are, then shifted in
-    one call)."""
-    out = array("Q")
+def _block_batches(bm: BlockManager, root: int, accelerated: bool = True
+                   ) -> Iterator[array[int]]:
+    """The data block of every mapping under *root*, in vblock order, a
+    batch at a time (a leaf, or the accelerator's batch of leaves: each
+    leaf's values copied as they are, then shifted in one call), so that
+    memory does not grow with the device."""
     walk = mapping_leaf_batches(bm, root) if accelerated else None
     skip = 0
     if walk is not None:
         values = ffi.new("uint64_t[]", walk.batch * _LEAF_ENTRIES)
         for blocks, n in walk:
             k = lib.dm_leaf_blocks_values(blocks, n, TIME_BITS, values)
+            out = array("Q")
             out.frombytes(ffi.buffer(values, 8 * k))
+            yield out
         if not walk.failed:
-            return out
+            return
         skip = walk.handed       # Python reports the problem
     if accelerated and lib is not None:
-        start = len(out)
         for keys, buf, mx in iter_mapping_leaf_nodes(bm, root, skip=skip):
             off = HEADER_SIZE + 8 * mx
+            out = array("Q")
             out.frombytes(buf[off:off + 8 * len(keys)])
-        if len(out) > start:
-            lib.dm_shift(ffi.from_buffer("uint64_t[]", out) + start, len(out) - start, TIME_BITS)
-        return out
+            if out:
+                lib.dm_shift(ffi.from_buffer("uint64_t[]", out), len(out), TIME_BITS)
+            yield out
+        return
     for _keys, values in iter_mapping_leaves(bm, root, accelerated=False):
-        out.extend(map(rshift, values, _DATA_BLOCK_SHIFT))
-    return out
+        yield array("Q", map(rshift, values, _DATA_BLOCK_SHIFT))
 
 
 def thin_ls(bm: BlockManager, fields: Sequence[str] = DEFAULT_FIELDS, *, headers: bool = True,
@@ -237,32 +240,39 @@ def thin_ls(bm: BlockManager, fields: Sequence[str] = DEFAULT_FIELDS, *, headers
     ids = sorted(devs)
     need_excl = bool(_NEEDS_EXCLUSIVE.intersection(fields))
     roots = {}
-    cache: dict[int, array[int]] = {}
+    cache: dict[int, list[array[int]]] = {}       # devices walked once, bounded
     cached = 0
     marks = _Marks(min(sb.data_sm.nr_blocks, ENTRIES_PER_BITMAP * bm.file_blocks))
     # Pass 1 only matters for the exclusive and shared counts.
     for dev_id in ids if need_excl else ():
         try:
             roots[dev_id] = root = _subtree_root(bm, sb, dev_id)
-            blocks = _blocks(bm, root)
+            kept: list[array[int]] | None = []
+            n = 0
+            for batch in _block_batches(bm, root):
+                marks.mark(batch)
+                n += len(batch)
+                if kept is not None:
+                    if cached + n <= CACHE_ENTRIES:
+                        kept.append(batch)
+                    else:
+                        kept = None
         except MetadataError as e:
             raise MetadataError(f"metadata contains errors (the mapping tree of device "
                                 f"{dev_id}: {e}); run 'dmthin check' for details") from e
-        marks.mark(blocks)
-        if cached + len(blocks) <= CACHE_ENTRIES:
-            cache[dev_id] = blocks
-            cached += len(blocks)
+        if kept is not None:
+            cache[dev_id] = kept
+            cached += n
     rows: list[list[str]] = []
     if headers and fields:
         rows.append(list(fields))
     for dev_id in ids:
         d = devs[dev_id]
+        excl = 0
         if need_excl:
-            cached_blocks = cache.get(dev_id)
-            blocks = _blocks(bm, roots[dev_id]) if cached_blocks is None else cached_blocks
-            excl = marks.exclusive(blocks)
-        else:
-            excl = 0
+            batches = cache.pop(dev_id, None)
+            for batch in batches if batches is not None else _block_batches(bm, roots[dev_id]):
+                excl += marks.exclusive(batch)
         shared = d.mapped_blocks - excl
         values = {
             "DEV": dev_id, "MAPPED_BLOCKS": d.mapped_blocks,

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 
 from dmthin.errors import UsageError
+from dmthin.thin import ls as ls_module
 from dmthin.thin.ls import FIELDS, format_disk_unit, parse_fields, thin_ls
 from dmthin.thin.reader import open_block_manager
 from thin_xmlgen import (
@@ -54,6 +55,17 @@ def test_ls_matches_thin_ls(tmp_path, model):
                                                                      "CREATE_TIME",
                                                                      "SNAP_TIME"), **kw)
         assert text.encode() == ref.stdout, f"args {args}"
+
+
+@pytest.mark.parametrize("cache", [0, 100, 1000])
+def test_ls_walks_again_what_it_cannot_keep(tmp_path, monkeypatch, cache):
+    # Devices beyond the cache between ls's two passes are walked again:
+    # the same counts as thin_ls whatever fits.
+    md = restored(tmp_path, to_xml(gen_metadata(7, max_runs=300, nr_data_blocks=20000)))
+    monkeypatch.setattr(ls_module, "CACHE_ENTRIES", cache)
+    ref = run([THIN_LS, "-o", ALL, md])
+    assert ref.returncode == 0, ref.stderr
+    assert ls_text(md, parse_fields(ALL)).encode() == ref.stdout
 
 
 def test_ls_metadata_snap_and_cli(tmp_path):

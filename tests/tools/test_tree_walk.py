@@ -34,12 +34,17 @@ from dmthin.thin import accel, leaves, reader
 from dmthin.thin.delta import delta
 from dmthin.thin.dump import dump
 from dmthin.thin.leaves import leaf_blocks, node_set, top_level
-from dmthin.thin.ls import _blocks
+from dmthin.thin.ls import _block_batches
 from dmthin.thin.reader import iter_mapping_leaf_nodes, open_block_manager, select_superblock
 from dmthin.thin.rmap import rmap
 from dmthin.thin.trim import referenced
 from dmthin.thin.xml import XmlWriter
 from toolgen import Layout, build_pool, pool_ops
+
+
+def _all_blocks(bm, root: int, accelerated: bool = True) -> list[int]:
+    """Every data block ls's walk yields for the tree at *root*."""
+    return [b for batch in _block_batches(bm, root, accelerated) for b in batch]
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -87,7 +92,7 @@ def walks(path: Path, accelerated: bool) -> dict[str, Outcome]:
             # the seen variant: the bitmap the C walker sets, the set Python keeps
             res[f"seen {dev}"] = outcome(leaf_blocks, bm, root,
                                          seen if accelerated else plain, accelerated)
-            res[f"ls {dev}"] = outcome(lambda r: [tuple(_blocks(bm, r, accelerated))], root)
+            res[f"ls {dev}"] = outcome(lambda r: [tuple(_all_blocks(bm, r, accelerated))], root)
         res["trim"] = outcome(lambda a: [(bytes(referenced(bm, sb, sb.data_sm.nr_blocks, a)),)],
                               accelerated)
         if not accelerated:
