@@ -77,7 +77,9 @@ class _Pass:
         self.bm, self.plan, self.w = bm, plan, w
         self.limit = plan.nr_data_blocks << TIME_BITS
         self.counts = RefCounts(plan.nr_data_blocks)
-        self.copied: dict[int, tuple[int, int]] = {}   # source leaf -> (new block, first key)
+        # source leaf -> its copy's block (0: not copied) and first key
+        self.copy_of = array("Q", bytes(8 * bm.file_blocks))
+        self.first_key = array("Q", bytes(8 * bm.file_blocks))
         self.trees: dict[tuple[int, ...], int] = {}    # source leaves -> new root
         self.layout = _Layout()
 
@@ -147,8 +149,8 @@ class _Pass:
             return root
         level: list[tuple[int, int]] = []
         for b in leaves:
-            got = self.copied.get(b)
-            if got is None:
+            nb = self.copy_of[b]
+            if not nb:
                 buf = kept.get(b)
                 if buf is None:
                     buf, keys, values, _mx = self._read(b)
@@ -163,10 +165,11 @@ class _Pass:
                 off = self.w.offset(nb)
                 self.w.buf[off:off + BLOCK_SIZE] = buf
                 self.counts.inc_packed(values, TIME_BITS)
-                got = self.copied[b] = (nb, keys[0] if keys else 0)
+                self.copy_of[b] = nb
+                self.first_key[b] = keys[0] if keys else 0
             else:
-                self._ref(got[0])
-            level.append((got[1], got[0]))
+                self._ref(nb)
+            level.append((self.first_key[b], nb))
         root = self._internal(level)
         self.trees[leaves] = root
         return root
@@ -249,9 +252,11 @@ def write_repaired(bm: BlockManager, plan: Plan, output: str | os.PathLike[str])
         os.close(fd)
     dry = _Pass(bm, plan, BlockWriter(None))
     dry.run(nr_meta)
-    if dry.layout.total > nr_meta:
+    need = dry.layout.total
+    del dry                             # (its tables, before the real pass builds its own)
+    if need > nr_meta:
         raise UsageError(f"the output is too small: the repaired metadata needs "
-                         f"{dry.layout.total} blocks ({dry.layout.total * 4} KiB) but the output "
+                         f"{need} blocks ({need * 4} KiB) but the output "
                          f"holds {nr_meta}; use a bigger metadata file or device")
     with MetadataOutput(p) as target:
         target.begin()
