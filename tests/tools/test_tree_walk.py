@@ -179,6 +179,15 @@ def test_same_leaves_on_random_pools(tmp_path, ops):
             assert not walk.failed
             assert walk.handed == len(got[f"mapping {dev}"][0])
             assert blocks == b"".join(blk for _k, blk, _mx in got[f"mapping {dev}"][0])
+        # and without stopping in leaf_blocks' form, nodes visited once across devices
+        seen, plain = NodeBitmap(bm.file_blocks), set()
+        for _dev, root in top_level(bm, select_superblock(bm).data_mapping_root):
+            walk = LeafBatches(bm, root, mapping=False, seen=seen)
+            blocks = b"".join(bytes(accel.ffi.buffer(out, n * BLOCK_SIZE)) for out, n in walk)
+            assert not walk.failed
+            assert blocks == b"".join(bytes(blk) for blk, _nr, _mx
+                                      in leaf_blocks(bm, root, plain, accelerated=False))
+        assert [b for b in range(bm.file_blocks) if b in seen] == sorted(plain)
     finally:
         bm.close()
 
