@@ -120,20 +120,27 @@ int walk_read(dm_walk *w, uint64_t b, uint8_t *buf) {
     return 0;
 }
 
-/* thin_dump's further checks (walk.py _check_node with 8-byte values). */
-int walk_check_mapping(dm_walk *w, uint64_t b, const uint8_t *buf, uint64_t lo, uint64_t hi,
-                       int has_hi) {
-    uint32_t flags = le32(buf + 4), nr = le32(buf + 16), mx = le32(buf + 20);
-    if ((flags & (INTERNAL_NODE | LEAF_NODE)) == (INTERNAL_NODE | LEAF_NODE))
-        return walk_fail(w, WALK_FLAGS, b);
-    if (mx % 3)
-        return walk_fail(w, WALK_SHAPE, b);
+/* Keys ascending within the node and inside the range its parent gives
+ * (both forms: walk.py _check_node, leaves.py _leaf_blocks). */
+int walk_check_keys(dm_walk *w, uint64_t b, const uint8_t *buf, uint64_t lo, uint64_t hi,
+                    int has_hi) {
+    uint32_t nr = le32(buf + 16);
     const uint8_t *keys = buf + 32;
     for (uint32_t i = 1; i < nr; i++)
         if (le64(keys + 8ull * i) <= le64(keys + 8ull * (i - 1)))
             return walk_fail(w, WALK_KEYS, b);
     if (nr && (le64(keys) < lo || (has_hi && le64(keys + 8ull * (nr - 1)) >= hi)))
         return walk_fail(w, WALK_KEYS, b);
+    return 0;
+}
+
+/* thin_dump's further checks (walk.py _check_node with 8-byte values). */
+int walk_check_mapping(dm_walk *w, uint64_t b, const uint8_t *buf) {
+    uint32_t flags = le32(buf + 4), mx = le32(buf + 20);
+    if ((flags & (INTERNAL_NODE | LEAF_NODE)) == (INTERNAL_NODE | LEAF_NODE))
+        return walk_fail(w, WALK_FLAGS, b);
+    if (mx % 3)
+        return walk_fail(w, WALK_SHAPE, b);
     return 0;
 }
 
@@ -145,7 +152,8 @@ extern "C" {
  * (file_blocks 4 KiB blocks).  mapping: check as thin_dump does (node
  * flags, max_entries, key order within and across leaves and against the
  * parent's keys; empty leaves are not handed out); else as leaf_blocks does
- * (header and value size), skipping nodes set in the bitmap seen (seen_bits
+ * (header, value size, keys ascending and inside the parent's range),
+ * skipping nodes set in the bitmap seen (seen_bits
  * bits; NULL: none) and setting the others. */
 void dm_walk_init(struct dm_walk *w, int fd, uint64_t file_blocks, uint64_t root, int mapping,
                   uint8_t *seen, uint64_t seen_bits) {
@@ -207,7 +215,9 @@ long dm_walk_leaves(struct dm_walk *w, uint8_t *out, size_t max_leaves) {
         /* Read into the leaf slot; an internal node moves to its level. */
         if (walk_read(w, b, dest) < 0)
             break;
-        if (w->mapping && walk_check_mapping(w, b, dest, lo, hi, has_hi) < 0)
+        if (w->mapping && walk_check_mapping(w, b, dest) < 0)
+            break;
+        if (walk_check_keys(w, b, dest, lo, hi, has_hi) < 0)
             break;
         uint32_t flags = le32(dest + 4), nr = le32(dest + 16);
         if (flags & INTERNAL_NODE) {

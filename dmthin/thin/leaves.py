@@ -6,6 +6,7 @@ keys and values, optionally visiting each node once across devices (as the
 """
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterator
 from itertools import islice
@@ -89,9 +90,12 @@ def leaf_batches(bm: BlockManager, root: int, seen: NodeSet | None = None
 
 def _leaf_blocks(bm: BlockManager, root: int, seen: NodeSet | None
                  ) -> Iterator[tuple[Buffer, int, int]]:
-    stack = [(root, 0)]
+    # stack of (block, depth, low, high): the keys the parent allows (high
+    # None: unbounded; a first child's low is its parent's, as the kernel
+    # lowers an internal node's first key)
+    stack: list[tuple[int, int, int, int | None]] = [(root, 0, 0, None)]
     while stack:
-        b, depth = stack.pop()
+        b, depth, lo, hi = stack.pop()
         if seen is not None:
             if b in seen:
                 continue
@@ -103,9 +107,20 @@ def _leaf_blocks(bm: BlockManager, root: int, seen: NodeSet | None
         flags, nr, mx, vs = check_header(buf, b)
         if vs != 8:
             raise BTreeError(f"mapping tree node {b} has value size {vs}, not 8", b)
+        keys = struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE)
+        if not all(map(operator.lt, keys, keys[1:])):
+            i = next(i for i in range(1, nr) if keys[i] <= keys[i - 1])
+            raise BTreeError(f"mapping tree node {b}: keys out of order (key {keys[i]} after "
+                             f"{keys[i - 1]})", b)
+        if nr and (keys[0] < lo or (hi is not None and keys[-1] >= hi)):
+            top = "" if hi is None else hi - 1
+            raise BTreeError(f"mapping tree node {b}: keys {keys[0]}..{keys[-1]} are outside "
+                             f"the range its parent gives it ({lo}..{top})", b)
         if flags & INTERNAL_NODE:
             children = struct.unpack_from(f"<{nr}Q", buf, HEADER_SIZE + 8 * mx)
-            stack.extend((c, depth + 1) for c in reversed(children))
+            for i in range(nr - 1, -1, -1):
+                stack.append((children[i], depth + 1, keys[i] if i else lo,
+                              keys[i + 1] if i + 1 < nr else hi))
         else:
             yield buf, nr, mx
 

