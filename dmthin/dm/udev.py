@@ -44,8 +44,13 @@ UDEV_WAIT = 30.0
 POLL_INTERVAL = 0.001
 #: seconds between checks while waiting on a monitor (events wake it sooner)
 MONITOR_RECHECK = 0.25
+#: seconds between checks of udevd's queue
+SETTLE_INTERVAL = 0.002
 
 UDEV_DATA = "/run/udev/data"
+#: present while systemd-udevd has events queued or running (libudev's
+#: ``udev_queue_get_queue_is_empty`` and ``udevadm settle`` read it)
+UDEV_QUEUE = "/run/udev/queue"
 
 _local = threading.local()
 
@@ -346,20 +351,35 @@ def _wait_events(monitor: Any, path: str, rdev: int | None, present: bool,
     return True
 
 
+def _settle(deadline: float) -> bool:
+    """Wait until udevd's event queue is empty (``udevadm settle``)."""
+    while os.path.exists(UDEV_QUEUE):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(SETTLE_INTERVAL)
+    return True
+
+
 def wait_node(path: str, rdev: int | None = None, *, present: bool = True,
               timeout: float | None = None) -> bool:
     """Wait until *path* is the node of device number *rdev* (any block
-    device if None), or with *present* false until *path* is gone.  Waits on
-    a udev monitor when udevd runs, else polls.  Returns whether that
-    happened within *timeout* seconds (:data:`UDEV_WAIT` if None); returns
-    at once, without loading pyudev, if it already has."""
-    if _reached(path, rdev, present):
-        return True
+    device if None), or with *present* false until *path* is gone and udevd
+    has finished its events (the removal's link update, still running when
+    the node is gone, would otherwise remove a node of the same name made
+    next for a new device).  Waits on a udev monitor when udevd runs, else
+    polls.  Returns whether that happened within *timeout* seconds
+    (:data:`UDEV_WAIT` if None); returns at once, without loading pyudev, if
+    it already has."""
     deadline = time.monotonic() + (UDEV_WAIT if timeout is None else timeout)
-    monitor = _monitor() if _lib.udev_running() else None
-    if monitor is None:
-        return _poll(path, rdev, present, deadline)
-    return _wait_events(monitor, path, rdev, present, deadline)
+    if not _reached(path, rdev, present):
+        monitor = _monitor() if _lib.udev_running() else None
+        if monitor is None:
+            reached = _poll(path, rdev, present, deadline)
+        else:
+            reached = _wait_events(monitor, path, rdev, present, deadline)
+        if not reached:
+            return False
+    return present or _settle(deadline)
 
 
 __all__ = ["UDEV_WAIT", "BlockDevice", "context", "describe", "loop_devices", "owns_nodes",

@@ -134,6 +134,30 @@ def test_wait_node_polls_without_udevd(tmp_path, monkeypatch):
     assert not udev.wait_node(str(tmp_path / "never"), None, timeout=0.05)
 
 
+def test_removal_waits_for_udev_to_finish_its_events(tmp_path, monkeypatch):
+    """A node gone is not enough after a removal: udevd's link update for the
+    removed device may still run and would remove a same-named node made
+    next (a guest test lost /dev/mapper/NAME that way).  wait_node(present=
+    False) also waits until udevd's queue is empty; a node's appearance
+    does not."""
+    queue = tmp_path / "queue"
+    queue.touch()
+    monkeypatch.setattr(udev, "UDEV_QUEUE", str(queue))
+    monkeypatch.setattr(_lib, "udev_running", lambda: False)
+    gone = str(tmp_path / "gone")
+    timer = threading.Timer(0.2, os.unlink, (queue,))
+    timer.start()
+    t0 = time.monotonic()
+    assert udev.wait_node(gone, None, present=False, timeout=10)
+    assert 0.2 <= time.monotonic() - t0 < 5
+    timer.join()
+    queue.touch()                    # a queue that never empties: a timeout
+    assert not udev.wait_node(gone, None, present=False, timeout=0.05)
+    t0 = time.monotonic()           # appearance: the queue does not matter
+    assert udev.wait_node("/dev/null", None, timeout=0.05)
+    assert time.monotonic() - t0 < 0.05
+
+
 class _Monitor:
     """A monitor whose events are the given callables, one per poll."""
 
