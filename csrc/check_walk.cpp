@@ -11,13 +11,14 @@
  * work than its undo log holds.  It then undoes what it did and returns -1,
  * and the caller walks the tree in Python, which names the problem.  So the
  * state after a call is exactly the pure-Python walk's, or untouched.
+ *
+ * Compiled after tools_accel.cpp in one unit: it reads blocks with that
+ * file's read_blocks and seal_problem.
  */
-#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <new>
 #include <utility>
-#include <unistd.h>
 #include <vector>
 
 namespace ckwalk {
@@ -27,8 +28,6 @@ const uint32_t INTERNAL = 1, LEAF = 2, SALT = 121107;   // BTREE_CSUM_XOR
 const uint32_t MAX_ENTRIES = 252;                      // calc_max_entries(8)
 const size_t UNDO_MAX = size_t(1) << 22;
 
-inline uint32_t g32(const uint8_t *p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
-inline uint64_t g64(const uint8_t *p) { uint64_t v; std::memcpy(&v, p, 8); return v; }
 
 struct Frame {
     uint64_t b;
@@ -52,33 +51,22 @@ struct Walk {
     uint64_t walked = 0;
 
     bool read(uint64_t b, uint8_t *buf) {
-        if (b >= file_blocks)
-            return false;
-        size_t got = 0;
-        while (got < BS) {
-            ssize_t r = pread(fd, buf + got, BS - got, (off_t)(b * BS + got));
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                return false;
-            got += (size_t)r;
-        }
-        return g64(buf + 8) == b &&
-               (dm_crc32c(0xFFFFFFFFu, buf + 4, BS - 4) ^ SALT) == g32(buf);
+        return b < file_blocks && read_blocks(fd, b, 1, buf) == 1 &&
+               seal_problem(buf, b, SALT) == 0;
     }
 
     /* add -1 or +1 to the counts of a leaf's values [0, n) */
     void count_values(const uint8_t *buf, uint32_t n, int d) {
         const uint8_t *vals = buf + HDR + 8ull * MAX_ENTRIES;
         for (uint32_t i = 0; i < n; i++)
-            vcounts[g64(vals + 8ull * i) >> shift] += d;
+            vcounts[le64(vals + 8ull * i) >> shift] += d;
     }
 
     void undo() {
         uint8_t buf[BS];
         for (uint64_t b : leaves)
             if (read(b, buf))
-                count_values(buf, g32(buf + 16), -1);
+                count_values(buf, le32(buf + 16), -1);
         if (mcounts)
             for (uint64_t b : refs)
                 mcounts[b]--;
@@ -134,29 +122,29 @@ bool Walk::run(uint64_t root) {
             if (f.has_lo || f.has_hi) {
                 if (!read(b, buf))
                     return false;
-                uint32_t nr = g32(buf + 16), mx = g32(buf + 20);
+                uint32_t nr = le32(buf + 16), mx = le32(buf + 20);
                 if (nr > mx || nr > MAX_ENTRIES)
                     return false;
-                if (nr && ((f.has_lo && g64(buf + HDR) < f.lo) ||
-                           (f.has_hi && g64(buf + HDR + 8ull * (nr - 1)) >= f.hi)))
+                if (nr && ((f.has_lo && le64(buf + HDR) < f.lo) ||
+                           (f.has_hi && le64(buf + HDR + 8ull * (nr - 1)) >= f.hi)))
                     return false;
             }
             continue;
         }
         if (!read(b, buf))
             return false;
-        uint32_t flags = g32(buf + 4), nr = g32(buf + 16), mx = g32(buf + 20),
-                 vs = g32(buf + 24);
+        uint32_t flags = le32(buf + 4), nr = le32(buf + 16), mx = le32(buf + 20),
+                 vs = le32(buf + 24);
         if ((flags != INTERNAL && flags != LEAF) || vs != 8 || mx != MAX_ENTRIES || nr > mx)
             return false;
         if (f.depth > 0 && nr < mx / 3)
             return false;
         const uint8_t *keys = buf + HDR, *vals = buf + HDR + 8ull * mx;
         for (uint32_t i = 1; i < nr; i++)
-            if (g64(keys + 8ull * i) <= g64(keys + 8ull * (i - 1)))
+            if (le64(keys + 8ull * i) <= le64(keys + 8ull * (i - 1)))
                 return false;
-        if (nr && ((f.has_lo && g64(keys) < f.lo) ||
-                   (f.has_hi && g64(keys + 8ull * (nr - 1)) >= f.hi)))
+        if (nr && ((f.has_lo && le64(keys) < f.lo) ||
+                   (f.has_hi && le64(keys + 8ull * (nr - 1)) >= f.hi)))
             return false;
         if (marked.size() >= UNDO_MAX)
             return false;
@@ -167,13 +155,13 @@ bool Walk::run(uint64_t root) {
             path.push_back(b);
             std::vector<uint64_t> children(nr);
             for (uint32_t i = 0; i < nr; i++)
-                children[i] = g64(vals + 8ull * i);
+                children[i] = le64(vals + 8ull * i);
             stack.push_back(Frame{b, 0, 0, false, false, true, f.depth});
             for (uint32_t j = nr; j-- > 0;) {
-                Frame c{children[j], g64(keys + 8ull * j), f.hi, true, f.has_hi, false,
+                Frame c{children[j], le64(keys + 8ull * j), f.hi, true, f.has_hi, false,
                         f.depth + 1};
                 if (j + 1 < nr) {
-                    c.hi = g64(keys + 8ull * (j + 1));
+                    c.hi = le64(keys + 8ull * (j + 1));
                     c.has_hi = true;
                 }
                 stack.push_back(c);
@@ -183,7 +171,7 @@ bool Walk::run(uint64_t root) {
         }
         /* a leaf: count its values' blocks */
         for (uint32_t i = 0; i < nr; i++) {
-            uint64_t v = g64(vals + 8ull * i) >> shift;
+            uint64_t v = le64(vals + 8ull * i) >> shift;
             if (v >= vlimit || vcounts[v] >= 254) {
                 count_values(buf, i, -1);
                 return false;

@@ -95,6 +95,45 @@ uint32_t dm_crc32c(uint32_t crc, const uint8_t *p, size_t n) {
     return crc_soft(crc, p, n);
 }
 
+}  /* extern "C" */
+
+/* Metadata block reading, shared by dm_read_blocks and the walkers
+ * (tree_walk.cpp, check_walk.cpp). */
+namespace {
+
+/* Read the n 4 KiB blocks from block b on of fd into buf (retrying EINTR
+ * and short reads); returns how many whole blocks were read. */
+size_t read_blocks(int fd, uint64_t b, size_t n, uint8_t *buf) {
+    const uint64_t BS = 4096;
+    if (b > (uint64_t)INT64_MAX / BS - n)
+        return 0;
+    size_t got = 0, want = n * BS;
+    while (got < want) {
+        ssize_t r = pread(fd, buf + got, want - got, (off_t)(b * BS + got));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return got / BS;
+}
+
+/* How block b (4 KiB at buf) fails its seal as a block of the kind whose
+ * checksum salt is `salt`, in Validator.check's order: 0 it does not,
+ * 2 its blocknr field is not b, 3 its checksum is wrong. */
+int seal_problem(const uint8_t *buf, uint64_t b, uint32_t salt) {
+    if (le64(buf + 8) != b)
+        return 2;
+    if ((dm_crc32c(0xFFFFFFFFu, buf + 4, 4096 - 4) ^ salt) != le32(buf))
+        return 3;
+    return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
 /* thin_delta's mapping_recorder over one leaf: runs (vbegin, dbegin, len)
  * of consecutive virtual and data blocks, time ignored.  state holds the
  * pending run (v0, d0, n) across leaves.  Writes at most cap triples to out;
@@ -809,28 +848,9 @@ void dm_read_blocks(int fd, const uint64_t *blocks, size_t n, uint8_t *out, uint
         size_t j = i + 1;
         while (j < n && blocks[j] == blocks[j - 1] + 1 && j - i < 256)
             j++;
-        size_t want = (j - i) * BS, got = 0;
-        uint8_t *dst = out + i * BS;
-        bool bad = blocks[i] > (uint64_t)INT64_MAX / BS;
-        while (!bad && got < want) {
-            ssize_t r = pread(fd, dst + got, want - got, (off_t)(blocks[i] * BS + got));
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                break;
-            got += (size_t)r;
-        }
-        for (size_t k = i; k < j; k++) {
-            const uint8_t *b = out + k * BS;
-            if (bad || (k - i + 1) * BS > got)
-                status[k] = 1;
-            else if (le64(b + 8) != blocks[k])
-                status[k] = 2;
-            else if ((dm_crc32c(0xFFFFFFFFu, b + 4, BS - 4) ^ salt) != le32(b))
-                status[k] = 3;
-            else
-                status[k] = 0;
-        }
+        size_t got = read_blocks(fd, blocks[i], j - i, out + i * BS);
+        for (size_t k = i; k < j; k++)
+            status[k] = k - i < got ? (uint8_t)seal_problem(out + k * BS, blocks[k], salt) : 1;
         i = j;
     }
 }

@@ -67,16 +67,7 @@ int walk_fail(dm_walk *w, int why, uint64_t b) {
  * check_header do; 0 or -1 (w->error set). */
 /* Read n blocks from block b on into buf; returns the whole blocks read. */
 size_t walk_pread(const dm_walk *w, uint64_t b, size_t n, uint8_t *buf) {
-    size_t got = 0, want = n * DM_WALK_BLOCK;
-    while (got < want) {
-        ssize_t r = pread(w->fd, buf + got, want - got, (off_t)(b * DM_WALK_BLOCK + got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    return got / DM_WALK_BLOCK;
+    return read_blocks(w->fd, b, n, buf);
 }
 
 /* Before reading child i of level p: if it is not read ahead already, read
@@ -105,10 +96,9 @@ int walk_read(dm_walk *w, uint64_t b, uint8_t *buf) {
         std::memcpy(buf, w->ra + (b - w->ra_first) * DM_WALK_BLOCK, DM_WALK_BLOCK);
     else if (walk_pread(w, b, 1, buf) != 1)
         return walk_fail(w, WALK_READ, b);
-    if (le64(buf + 8) != b)
-        return walk_fail(w, WALK_BLOCKNR, b);
-    if (le32(buf) != (dm_crc32c(0xFFFFFFFFu, buf + 4, DM_WALK_BLOCK - 4) ^ BTREE_CSUM_XOR))
-        return walk_fail(w, WALK_CSUM, b);
+    int seal = seal_problem(buf, b, BTREE_CSUM_XOR);
+    if (seal)
+        return walk_fail(w, seal == 2 ? WALK_BLOCKNR : WALK_CSUM, b);
     uint32_t flags = le32(buf + 4), nr = le32(buf + 16), mx = le32(buf + 20),
              vs = le32(buf + 24);
     if (32 + (8ull + vs) * mx > DM_WALK_BLOCK || nr > mx)

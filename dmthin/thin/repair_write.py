@@ -54,8 +54,19 @@ if TYPE_CHECKING:                       # repair.py imports this module
 MAPPING_MAX = calc_max_entries(8)
 _KEEP_LEAVES = 2048          # reused leaves kept between the checks and the copy (8 MiB)
 _NR_MX = struct.Struct("<II")   # nr_entries, max_entries at offset 16 of a node
-_U64 = struct.Struct("<Q")
 E = ENTRIES_PER_BITMAP
+
+
+def _decode(buf: bytes | bytearray) -> tuple[array[int], array[int], int]:
+    """A leaf's (keys, values, max_entries), copied out at C speed
+    (``frombytes``)."""
+    nr, mx = _NR_MX.unpack_from(buf, 16)
+    mv = memoryview(buf)
+    keys, values = array("Q"), array("Q")
+    keys.frombytes(mv[HEADER_SIZE:HEADER_SIZE + 8 * nr])
+    at = HEADER_SIZE + 8 * mx
+    values.frombytes(mv[at:at + 8 * nr])
+    return keys, values, mx
 
 
 class _Layout:
@@ -84,15 +95,9 @@ class _Pass:
         self.layout = _Layout()
 
     def _read(self, b: int) -> tuple[bytes | bytearray, array[int], array[int], int]:
-        """Leaf *b*: (contents, keys, values, max_entries); the keys and
-        values copied out of the block at C speed (``frombytes``)."""
+        """Leaf *b*: (contents, keys, values, max_entries)."""
         buf = self.bm.read(b, BTREE_NODE)
-        nr, mx = _NR_MX.unpack_from(buf, 16)
-        mv = memoryview(buf)
-        keys, values = array("Q"), array("Q")
-        keys.frombytes(mv[HEADER_SIZE:HEADER_SIZE + 8 * nr])
-        at = HEADER_SIZE + 8 * mx
-        values.frombytes(mv[at:at + 8 * nr])
+        keys, values, mx = _decode(buf)
         return buf, keys, values, mx
 
     def _ref(self, b: int) -> None:
@@ -155,12 +160,7 @@ class _Pass:
                 if buf is None:
                     buf, keys, values, _mx = self._read(b)
                 else:
-                    nr, mx = _NR_MX.unpack_from(buf, 16)
-                    keys, values = array("Q"), array("Q")
-                    at = HEADER_SIZE + 8 * mx
-                    values.frombytes(memoryview(buf)[at:at + 8 * nr])
-                    if nr:
-                        keys.append(_U64.unpack_from(buf, HEADER_SIZE)[0])
+                    keys, values, _mx = _decode(buf)
                 nb = self.w.alloc(BTREE_NODE)
                 off = self.w.offset(nb)
                 self.w.buf[off:off + BLOCK_SIZE] = buf
