@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 import helpers
+from dmthin.pdata import accel
 from helpers import skip_or_fail
 
 
@@ -35,3 +36,13 @@ def thin_tools_090() -> dict[str, str]:
         return helpers.thin_tools_090()
     except helpers.Unavailable as e:
         skip_or_fail(f"thin-provisioning-tools 0.9.0 unavailable: {e}")
+
+
+@pytest.fixture
+def accel_built() -> None:
+    """The C accelerator (``dmthin._tools_ffi``) is built and enabled: tests
+    comparing it with the pure-Python paths need it (skipped without it,
+    failed under CI)."""
+    if accel.lib is None:
+        skip_or_fail("dmthin._tools_ffi is not built (it needs g++; pip install -e . "
+                     "builds it) or DMTHIN_NO_ACCEL is set")

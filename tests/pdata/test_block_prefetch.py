@@ -9,19 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import helpers
 from dmthin.errors import MetadataError
-from dmthin.pdata import accel
 from dmthin.pdata.block import BlockManager
 from dmthin.pdata.checksum import BITMAP, BTREE_NODE
 
 NR = 24
 
 
-@pytest.fixture(autouse=True)
-def _accelerated() -> None:
-    if accel.lib is None:       # prefetch then does nothing: nothing to compare
-        helpers.skip_or_fail("the C accelerator (dmthin._tools_ffi) is not built")
+pytestmark = pytest.mark.usefixtures("accel_built")   # (prefetch does nothing without it)
 
 
 def _write_blocks(path, damage: dict[int, str]) -> None:

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import helpers
 from dmthin.pdata import checksum
 from dmthin.pdata.refcounts import RefCounts
 from dmthin.pdata.space_map.format import ENTRIES_PER_BITMAP
@@ -37,11 +36,7 @@ def _all_blocks(bm, root: int, accelerated: bool = True) -> list[int]:
     return [b for batch in _block_batches(bm, root, accelerated) for b in batch]
 
 
-@pytest.fixture(autouse=True)
-def _built() -> None:
-    if accel.lib is None:
-        helpers.skip_or_fail("dmthin._tools_ffi is not built (it needs g++; pip install -e . "
-                             "builds it) or DMTHIN_NO_ACCEL is set")
+pytestmark = pytest.mark.usefixtures("accel_built")
 
 
 @settings(max_examples=20, deadline=None,

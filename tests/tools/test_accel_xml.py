@@ -14,17 +14,12 @@ from hypothesis import strategies as st
 
 import helpers
 from dmthin.errors import InvalidArgument, UsageError
-from dmthin.thin import accel, xml
 from dmthin.thin import restore as restore_mod
+from dmthin.thin import xml
 from dmthin.thin.restore import restore
 from dmthin.thin.xml import XmlError, read_xml
 
-
-@pytest.fixture(autouse=True)
-def _built() -> None:
-    if accel.lib is None:
-        helpers.skip_or_fail("dmthin._tools_ffi is not built (it needs g++; pip install -e . "
-                             "builds it) or DMTHIN_NO_ACCEL is set")
+pytestmark = pytest.mark.usefixtures("accel_built")
 
 
 class Events:

@@ -15,9 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import helpers
 from dmthin.errors import MetadataError
-from dmthin.pdata import accel
 from dmthin.pdata.block import BlockManager
 from dmthin.pdata.btree.check import BTreeChecker, new_totals
 from dmthin.pdata.checksum import BTREE_NODE
@@ -29,11 +27,7 @@ from toolgen import Layout, build_pool, corrupt, pool_ops
 NR_DATA = 100000
 
 
-@pytest.fixture(autouse=True)
-def _built() -> None:
-    if accel.lib is None:
-        helpers.skip_or_fail("dmthin._tools_ffi is not built (it needs g++; pip install -e . "
-                             "builds it) or DMTHIN_NO_ACCEL is set")
+pytestmark = pytest.mark.usefixtures("accel_built")
 
 
 class _State:

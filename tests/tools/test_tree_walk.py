@@ -26,7 +26,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import helpers
 from dmthin.errors import DmThinError
 from dmthin.pdata.btree.cwalk import LeafBatches, NodeBitmap, usable
 from dmthin.pdata.checksum import BLOCK_SIZE, BTREE_NODE
@@ -51,11 +50,7 @@ SETTINGS = settings(max_examples=30, deadline=None,
                                            HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@pytest.fixture(autouse=True)
-def _built() -> None:
-    if accel.lib is None:
-        helpers.skip_or_fail("dmthin._tools_ffi is not built (it needs g++; pip install -e . "
-                             "builds it) or DMTHIN_NO_ACCEL is set")
+pytestmark = pytest.mark.usefixtures("accel_built")
 
 
 Outcome = tuple[list[Any], tuple[str, str] | None]
